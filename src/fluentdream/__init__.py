@@ -1,0 +1,28 @@
+"""fluentdream: fluent dreaming for language models (EPO, arXiv 2402.01702).
+
+    import fluentdream as fd
+    lm = fd.load_model("embedded")
+    hist = fd.epo(lm, fd.parse_target("L1.N5", lm), fd.EPOConfig(seed=0))
+    print(fd.pareto_frontier([hist], lm.tokenizer).table())
+"""
+from .config import EPOConfig
+from .epo import IterationReport, epo, gcg
+from .evaluate import Scorer, xentropy
+from .frontier import Frontier, frontier_quality, pareto_frontier
+from .history import EPOState, History
+from .models import LoadedModel, load_model, wrap_model
+from .targets import (AttentionEntry, CustomTarget, Logit, Neuron, ResidualDirection, SAELatent,
+                      Target, parse_target)
+
+__version__ = "0.1.0"
+__all__ = ["EPOConfig", "IterationReport", "epo", "gcg", "Scorer", "xentropy", "Frontier",
+           "frontier_quality", "pareto_frontier", "EPOState", "History", "LoadedModel",
+           "load_model", "wrap_model", "AttentionEntry", "CustomTarget", "Logit", "Neuron",
+           "ResidualDirection", "SAELatent", "Target", "parse_target", "attribution"]
+
+
+def __getattr__(name):
+    if name == "attribution":  # lazy: pulls in HTML rendering only when asked for
+        from . import attribution
+        return attribution
+    raise AttributeError(name)

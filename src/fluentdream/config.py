@@ -1,0 +1,125 @@
+"""EPO hyperparameters: one frozen dataclass, a docstring under every field (paper Table 1).
+
+    cfg = fd.EPOConfig(seed=0)                 # the paper's defaults
+    cfg = fd.EPOConfig(iters=50, topk=64)      # anything else is a keyword away
+    cfg.lambdas                                # the M fluency penalties, log-spaced
+
+Field names follow the paper's symbols or the reference code's names so that results compare.
+`fields_help()` feeds the command line's `--help`, so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class EPOConfig:
+    iters: int = 300
+    """T: number of EPO iterations (paper Table 1: 300)."""
+    population_size: int = 8
+    """M: population members, one per fluency penalty lambda_i (Table 1: 8)."""
+    explore_per_pop: int = 32
+    """r: children made by each member per iteration (Table 1: 32)."""
+    topk: int = 512
+    """k: candidate tokens per position, ranked by the one-hot gradient (Table 1: 512)."""
+    x_penalty_min: float = 0.1
+    """Smallest fluency penalty lambda; the M penalties are log-spaced from here (Table 1: 0.1)."""
+    x_penalty_max: float = 10.0
+    """Largest fluency penalty lambda (Table 1: 10)."""
+    restart_frequency: int = 30
+    """T_restart: restart every this many iterations, iteration 0 included; 0 never restarts (Table 1: 30)."""
+    restart_xentropy_min: float = 0.667
+    """Lower end of the uniform draw of the restart penalty lambda_r (Table 1: 0.667)."""
+    restart_xentropy_max: float = 6.0
+    """Upper end of the uniform draw of the restart penalty lambda_r (Table 1: 6.0)."""
+    seq_len: int = 12
+    """n: prompt length in tokens (paper §2: 12)."""
+    batch_size: int = 256
+    """Most prompts scored in one forward pass; lower it if memory runs out."""
+    seed: int = 0
+    """Seeds the initial prompts and every random choice of the run."""
+    initial_prompt: str | None = None
+    """Start every member from this text instead of random tokens (must encode to seq_len tokens)."""
+    retokenize: bool = True
+    """Reject prompts whose decoded text does not encode back to the same tokens (target = -inf)."""
+    device: str | None = None
+    """Device the model is loaded on ("cpu", "cuda", ...); None = wherever it already is."""
+    dtype: str | None = None
+    """Model dtype: float32, float16 or bfloat16; None = the model's own."""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    """Free-form notes stored with the run (not used by the algorithm)."""
+
+    def __post_init__(self) -> None:
+        positive = dict(iters=self.iters, population_size=self.population_size,
+                        explore_per_pop=self.explore_per_pop, topk=self.topk,
+                        batch_size=self.batch_size)
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len must be at least 2 (the first token is not scored for "
+                             f"fluency), got {self.seq_len}")
+        if self.restart_frequency < 0:
+            raise ValueError(f"restart_frequency must be >= 0 (0 = never), got {self.restart_frequency}")
+        if not 0 <= self.x_penalty_min <= self.x_penalty_max:
+            raise ValueError(f"need 0 <= x_penalty_min <= x_penalty_max, got "
+                             f"{self.x_penalty_min} and {self.x_penalty_max}")
+        if self.population_size > 1 and self.x_penalty_min == 0 and self.x_penalty_max > 0:
+            raise ValueError("x_penalty_min must be > 0 for log-spaced penalties "
+                             "(or set x_penalty_max = 0 too)")
+        if not 0 <= self.restart_xentropy_min <= self.restart_xentropy_max:
+            raise ValueError(f"need 0 <= restart_xentropy_min <= restart_xentropy_max, got "
+                             f"{self.restart_xentropy_min} and {self.restart_xentropy_max}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def lambdas(self) -> np.ndarray:
+        """(M,) fluency penalty of each population slot, log-evenly spaced (paper §2)."""
+        if self.x_penalty_min == self.x_penalty_max:
+            return np.full(self.population_size, float(self.x_penalty_min))
+        return np.geomspace(self.x_penalty_min, self.x_penalty_max, self.population_size)
+
+    @property
+    def children(self) -> int:
+        """M * r: candidates scored per iteration."""
+        return self.population_size * self.explore_per_pop
+
+    def replace(self, **changes) -> "EPOConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EPOConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown EPOConfig fields {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+def fields_help(cls=EPOConfig) -> dict[str, str]:
+    """Field name -> its docstring, read from the source so --help and code cannot disagree."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    out = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) \
+                and isinstance(nxt.value, ast.Constant):
+            out[node.target.id] = " ".join(str(nxt.value.value).split())
+    return out

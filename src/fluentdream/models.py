@@ -1,0 +1,178 @@
+"""Load a causal LM and locate its sites: MLP hidden units, residual stream, attention.
+
+    lm = fd.load_model("embedded")                        # shipped with the package
+    lm = fd.load_model("EleutherAI/pythia-12b-deduped", device="cuda", dtype="float16")
+    lm = fd.load_model("/path/to/a/local/hf/dir")
+    lm.mlp_out_proj(3)   # the module whose *input* is layer 3's MLP hidden units (DESIGN §5)
+
+Each architecture is a row of `ARCHITECTURES`: where the blocks, the MLP output projection, the
+attention module and the final norm live. Adding one is adding a row.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DIR = Path(__file__).parent / "embedded"
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Attribute paths (dotted, from the CausalLM) of one architecture's parts."""
+    blocks: str         # ModuleList of transformer blocks
+    mlp_out: str        # inside a block: the MLP output projection; its input = hidden units
+    attn: str           # inside a block: the self-attention module
+    final_norm: str     # the norm before the unembedding; its input = the last residual
+
+
+ARCHITECTURES: dict[str, Arch] = {
+    "gpt_neox": Arch("gpt_neox.layers", "mlp.dense_4h_to_h", "attention", "gpt_neox.final_layer_norm"),
+    "phi": Arch("model.layers", "mlp.fc2", "self_attn", "model.final_layernorm"),
+    "gpt2": Arch("transformer.h", "mlp.c_proj", "attn", "transformer.ln_f"),
+    "llama": Arch("model.layers", "mlp.down_proj", "self_attn", "model.norm"),
+    "mistral": Arch("model.layers", "mlp.down_proj", "self_attn", "model.norm"),
+    "qwen2": Arch("model.layers", "mlp.down_proj", "self_attn", "model.norm"),
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM, its tokenizer, and where its internals live."""
+    model: nn.Module
+    tokenizer: object
+    name: str
+    arch: Arch
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return _get(self.model, self.arch.blocks)
+
+    @property
+    def d_model(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def d_mlp(self) -> int:
+        proj = self.mlp_out_proj(0)
+        # GPT-2's Conv1D stores (in, out); nn.Linear stores (out, in).
+        return proj.weight.shape[0] if type(proj).__name__ == "Conv1D" else proj.in_features
+
+    @property
+    def n_heads(self) -> int:
+        c = self.config
+        return getattr(c, "num_attention_heads", None) or c.n_head
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the embedding matrix (can exceed len(tokenizer) through padding)."""
+        return self.model.get_input_embeddings().weight.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def mlp_out_proj(self, layer: int) -> nn.Module:
+        return _get(self.blocks[layer], self.arch.mlp_out)
+
+    def attention(self, layer: int) -> nn.Module:
+        return _get(self.blocks[layer], self.arch.attn)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return _get(self.model, self.arch.final_norm)
+
+    def __repr__(self) -> str:
+        return (f"LoadedModel({self.name!r}, {self.config.model_type}, layers={self.n_layers}, "
+                f"d_model={self.d_model}, d_mlp={self.d_mlp}, vocab={self.vocab_size}, "
+                f"{self.dtype}, {self.device})")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_architecture(model_type: str) -> Arch:
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(ARCHITECTURES))}. "
+            "To add one, add a row to fluentdream.models.ARCHITECTURES naming its blocks, MLP "
+            "output projection, attention module and final norm.")
+    return ARCHITECTURES[model_type]
+
+
+def wrap_model(model: nn.Module, tokenizer, name: str) -> LoadedModel:
+    """Wrap an already-built HF causal LM (tests build tiny random ones from configs)."""
+    arch = check_architecture(model.config.model_type)
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, arch=arch)
+
+
+def load_model(name_or_path: str, device: str | None = None, dtype: str | torch.dtype | None = None,
+               ) -> LoadedModel:
+    """Load "embedded", a local HF directory, or a hub name (hub names need the network or cache).
+
+    dtype: "float32" | "float16" | "bfloat16" | torch.dtype | None (the checkpoint's own, fp32 on
+    CPU when the checkpoint is half precision and no dtype is asked for).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    device = device or default_device()
+    path = str(EMBEDDED_DIR) if name_or_path == "embedded" else name_or_path
+    if name_or_path == "embedded" and not (EMBEDDED_DIR / "config.json").exists():
+        raise ValueError(f"the embedded model is missing from {EMBEDDED_DIR}; rebuild it with "
+                         "`python experiments/00_build_embedded_model.py`")
+    looks_local = os.sep in path or path.startswith(".") or Path(path).exists()
+    if looks_local and not Path(path).is_dir():
+        raise ValueError(f"model path {path!r} does not exist; give a local HF model directory, "
+                         "'embedded', or a hub name such as EleutherAI/pythia-1.4b")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]} "
+                         "(allowed: 'embedded', a local HF model directory, or a hub name "
+                         "available offline in the HF cache or online)") from None
+    check_architecture(config.model_type)  # before loading any weights
+    if dtype is None:
+        ckpt = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None)
+        half = str(ckpt).replace("torch.", "") in ("float16", "bfloat16")
+        dtype = torch.float32 if (device == "cpu" and half) else "auto"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.to(device)
+    lm = wrap_model(model, tokenizer, name_or_path)
+    log.info("loaded %r", lm)
+    return lm

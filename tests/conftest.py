@@ -1,0 +1,90 @@
+"""Shared fixtures: a small BPE tokenizer and tiny random models of every supported architecture.
+
+Everything is built offline from configs in a few seconds; models are cached per session.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+VOCAB = 1024
+ARCHS = ("gpt_neox", "phi", "gpt2", "llama", "mistral", "qwen2")
+
+
+def _tokenizer():
+    import pydoc_data.topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(list(pydoc_data.topics.topics.values()), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return _tokenizer()
+
+
+def build_model(arch: str, vocab: int = VOCAB, hidden: int = 64, layers: int = 2, heads: int = 4,
+                seed: int = 0):
+    """A tiny random causal LM of the given architecture (eval mode, fp32)."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, intermediate_size=4 * hidden,
+                  max_position_embeddings=128)
+    configs = {
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**common),
+        "phi": lambda: tf.PhiConfig(**common, num_key_value_heads=heads),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers,
+                                      n_head=heads, n_positions=128),
+        "llama": lambda: tf.LlamaConfig(**common, num_key_value_heads=heads),
+        "mistral": lambda: tf.MistralConfig(**common, num_key_value_heads=heads),
+        "qwen2": lambda: tf.Qwen2Config(**common, num_key_value_heads=heads),
+    }
+    torch.manual_seed(seed)
+    cfg = configs[arch]()
+    cfg._attn_implementation = "sdpa"
+    return tf.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def make_lm(tokenizer):
+    """make_lm(arch="gpt_neox", **sizes) -> fd.LoadedModel, cached per (arch, sizes)."""
+    import fluentdream as fd
+
+    cache = {}
+
+    def make(arch: str = "gpt_neox", **sizes):
+        key = (arch, tuple(sorted(sizes.items())))
+        if key not in cache:
+            cache[key] = fd.wrap_model(build_model(arch, **sizes), tokenizer, f"tiny-{arch}")
+        return cache[key]
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(make_lm):
+    return make_lm("gpt_neox")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A saved tiny GPT-NeoX directory, loadable with fd.load_model(path)."""
+    path = tmp_path_factory.mktemp("tiny_neox")
+    build_model("gpt_neox").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
