@@ -4,10 +4,16 @@ Everything is built offline from configs in a few seconds; models are cached per
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # analysis/ and paper_figures/ are imported as packages
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -88,3 +94,12 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     build_model("gpt_neox").save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def load_experiment(name: str):
+    """Import experiments/<name>.py (file names start with digits, so not importable by name)."""
+    path = REPO / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -5,6 +5,7 @@
     hist = fd.epo(lm, fd.parse_target("L1.N5", lm), fd.EPOConfig(seed=0))
     print(fd.pareto_frontier([hist], lm.tokenizer).table())
 """
+from . import attribution
 from .config import EPOConfig
 from .epo import IterationReport, epo, gcg
 from .evaluate import Scorer, xentropy
@@ -20,9 +21,3 @@ __all__ = ["EPOConfig", "IterationReport", "epo", "gcg", "Scorer", "xentropy", "
            "load_model", "wrap_model", "AttentionEntry", "CustomTarget", "Logit", "Neuron",
            "ResidualDirection", "SAELatent", "Target", "parse_target", "attribution"]
 
-
-def __getattr__(name):
-    if name == "attribution":  # lazy: pulls in HTML rendering only when asked for
-        from . import attribution
-        return attribution
-    raise AttributeError(name)

@@ -2,14 +2,20 @@
 
     fluentdream dream --model embedded --target L1.N5 --iters 300 --seed 0
     fluentdream dream --model ./my-hf-model --target "logit: dog" --topk 64
+    fluentdream dream ... --run-dir results/x --resume     # continue after a kill or Ctrl-C
+    fluentdream frontier results/a results/b               # one frontier over several runs
+    fluentdream sweep --model embedded --targets L1.N5,L1.N6 --seeds 0-3 --executor ray --out DIR
 
 Every user error ends with one line on stderr, exit status 2, no traceback, nothing half-written.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -57,11 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="L1.N5 | 'logit: dog' | resid:L2:7 | attn:L1.H3.K0 | sae:DIR:123")
     p.add_argument("--fluency-model", default=None, help="score fluency with another model "
                    "(same tokenizer); default: the target model")
-    p.add_argument("--out", default="results", help="parent directory of the run directory")
-    p.add_argument("--run-dir", default=None, help="write the run exactly here")
+    p.add_argument("--out", default="results", help="make a named run directory "
+                   "(MODEL__TARGET__seedS) inside this directory [default: results]")
+    p.add_argument("--run-dir", default=None, help="write the run exactly here (overrides --out)")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run in the run "
+                   "directory from its checkpoint (same arguments as the first time)")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="save "
+                   "history.npz every N iterations [default: restart_frequency, or 30 if 0]")
+    _add_tracking_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(p)
     p.set_defaults(func=cmd_dream)
+    _add_run_commands(sub)
+    _add_mine_parser(sub)
     return parser
 
 
@@ -79,38 +93,250 @@ def _writable_dir(path: Path) -> Path:
 
 
 def cmd_dream(args: argparse.Namespace) -> int:
-    from .epo import epo
     from .evaluate import check_same_vocab
-    from .frontier import pareto_frontier
     from .models import load_model
-    from .runs import progress_callback, save_run, run_dir_for
+    from .runs import CHECKPOINT, is_complete, load_run, run_dir_for, run_dream
+    from .targets import parse_target
+    from .tracking import start_tracker
 
     cfg = config_from_args(args)
-    run_dir = Path(args.run_dir) if args.run_dir else None
-    _writable_dir(run_dir.parent if run_dir else Path(args.out))
+    run_dir = (Path(args.run_dir) if args.run_dir
+               else run_dir_for(Path(args.out), args.model, args.target, cfg.seed))
+    if is_complete(run_dir) and args.resume:
+        hist, records, _ = load_run(run_dir)
+        print(_records_table(records))
+        print(f"\n{run_dir} is already complete ({len(hist)} iterations); nothing to resume")
+        return 0
+    if (run_dir / CHECKPOINT).exists() and not args.resume:
+        done = "a complete" if is_complete(run_dir) else "an unfinished"
+        raise UserError(f"{run_dir} already holds {done} run; pass --resume to continue an "
+                        "unfinished one, or choose another --run-dir/--out")
+    _writable_dir(run_dir.parent)
     lm = load_model(args.model, device=cfg.device, dtype=cfg.dtype)
     fluency = None
     if args.fluency_model:
         fluency = load_model(args.fluency_model, device=cfg.device, dtype=cfg.dtype)
         check_same_vocab(lm, fluency)
-    from .targets import parse_target
     target = parse_target(args.target, lm)
-    run_dir = run_dir or run_dir_for(Path(args.out), lm.name, target.name, cfg.seed)
-    callback = None if args.no_progress else progress_callback(cfg.iters)
-    hist = epo(lm, target, cfg, callback, fluency=fluency)
-    front = pareto_frontier([hist], lm.tokenizer)
-    save_run(run_dir, hist, front, cfg)
-    print(front.table())
-    print(f"\n{len(front)} frontier points from {len(hist)} iterations; run saved to {run_dir}")
-    if hist.meta.get("interrupted"):
-        print("interrupted: the partial run above was saved", file=sys.stderr)
+    tracker = functools.partial(start_tracker, args.wandb, project=args.wandb_project,
+                                group=args.wandb_group)
+    result = run_dream(lm, target, cfg, run_dir, fluency=fluency, resume=args.resume,
+                       checkpoint_every=args.checkpoint_every, make_tracker=tracker,
+                       frontier_ref=args.frontier_ref, progress=not args.no_progress)
+    if not result.complete:
+        argv = list(args.argv) + ([] if args.resume else ["--resume"])
+        print(f"interrupted after {len(result.history)} iterations; saved to {run_dir}\n"
+              f"resume with: {shlex.join(['fluentdream', *argv])}", file=sys.stderr)
         return 130
+    print(result.frontier.table())
+    print(f"\n{len(result.frontier)} frontier points from {len(result.history)} iterations; "
+          f"run saved to {run_dir}")
+    _print_wandb(run_dir)
+    return 0
+
+
+def _add_tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
+                   help="mirror the run to W&B; auto = online if logged in, else offline "
+                   "(upload later with `wandb sync`); WANDB_MODE, if set, decides auto [default: auto]")
+    p.add_argument("--wandb-project", default="fluentdream", help="W&B project [default: fluentdream]")
+    p.add_argument("--wandb-group", default=None, help="W&B group (sweeps: the --out directory's name)")
+    p.add_argument("--frontier-ref", type=_frontier_ref, default=(6.0, 0.0), metavar="CE,TARGET",
+                   help="reference point of the frontier quality (hypervolume): CE upper limit and "
+                   "target lower limit [default: 6,0]")
+
+
+def _frontier_ref(text: str) -> tuple[float, float]:
+    try:
+        ce, target = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CE,TARGET such as 6,0; got {text!r}") from None
+    return ce, target
+
+
+def _print_wandb(run_dir: Path) -> None:
+    from .runs import read_json
+    prov = read_json(run_dir / "provenance.json")
+    if prov.get("wandb_mode") == "offline":
+        print(f"W&B offline run {prov['wandb_run_id']}; upload with: "
+              f"wandb sync {run_dir}/wandb/offline-run-*-{prov['wandb_run_id']}")
+    elif prov.get("wandb_run_id"):
+        print(f"W&B run {prov['wandb_run_id']}")
+
+
+def _records_table(records: list[dict], runs: list[str] | None = None, max_width: int = 60) -> str:
+    """Frontier records (frontier.json) as a plain-text table, optionally with their run."""
+    head = f"{'activation':>10}  {'xentropy':>8}  {'perplexity':>10}  " + ("run  " if runs else "")
+    lines = [head + "text"]
+    for i, r in enumerate(records):
+        shown = repr(r["text"])[1:-1]
+        shown = shown if len(shown) <= max_width else shown[:max_width - 1] + "…"
+        run = f"{runs[i]}  " if runs else ""
+        lines.append(f"{r['target']:10.3f}  {r['xentropy']:8.3f}  {r['perplexity']:10.1f}  "
+                     f"{run}{shown}")
+    return "\n".join(lines)
+
+
+def _add_run_commands(sub) -> None:
+    """The `frontier` and `sweep` subcommands (DESIGN §7)."""
+    p = sub.add_parser("frontier", help="merge finished runs into one Pareto frontier table")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (same model, "
+                   "fluency model, target and prompt length)")
+    p.add_argument("--json", action="store_true", help="print the merged frontier as JSON records")
+    p.set_defaults(func=cmd_frontier)
+
+    p = sub.add_parser("sweep", help="dream for every target x seed (in-process or on Ray); "
+                       "finished runs are skipped, so re-running finishes a sweep")
+    p.add_argument("--model", required=True, help="'embedded', a local HF directory or a hub name")
+    p.add_argument("--targets", required=True, help="comma-separated target specs, e.g. L1.N5,L1.N6")
+    p.add_argument("--seeds", default="0", help="seeds: 0-3 or 0,5,7 [default: 0]")
+    p.add_argument("--out", required=True, help="directory holding one run directory per job")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: one job after another in this process; ray: a Ray cluster")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (e.g. auto or "
+                   "ray://host:10001); default: start a local Ray instance")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors, each holding one model copy")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray actor reserves")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="save each run's history every N iterations [default: restart_frequency]")
+    _add_tracking_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from .runs import merged_frontier
+    records, runs = merged_frontier([Path(d) for d in args.run_dirs])
+    if args.json:
+        print(json.dumps([dict(r, run=run) for r, run in zip(records, runs)], indent=2))
+    else:
+        print(_records_table(records, runs))
+        print(f"\n{len(records)} frontier points from {len(args.run_dirs)} runs")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .distributed import make_jobs, parse_seeds, run_jobs
+
+    if args.seed is not None:
+        raise UserError("sweep takes --seeds (e.g. 0-3), not --seed")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not targets:
+        raise UserError("--targets is empty; give e.g. L1.N5,L1.N6")
+    jobs = make_jobs(targets, parse_seeds(args.seeds))
+    out = _writable_dir(Path(args.out))
+    results = run_jobs(args.model, jobs, out, config_from_args(args), executor=args.executor,
+                       ray_address=args.ray_address, workers=args.workers,
+                       gpus_per_worker=args.gpus_per_worker, wandb=args.wandb,
+                       project=args.wandb_project, group=args.wandb_group,
+                       checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    for r in results:
+        what = r.error if r.error else f"best target {r.summary['best_target']:.3f}"
+        print(f"{r.status:8}  {r.run_dir}  {what}")
+    failed = sum(r.status == "failed" for r in results)
+    print(f"\n{len(results) - failed} of {len(results)} jobs complete in {out}"
+          + (f"; {failed} failed (see error.json in their run directories)" if failed else ""))
+    return 1 if failed else 0
+
+
+def _add_mine_parser(sub) -> None:
+    from .mining import MineConfig
+
+    p = sub.add_parser("mine", help="max-activating dataset examples for every feature of layers")
+    p.add_argument("--model", required=True, help="'embedded', a local HF directory or a hub name")
+    p.add_argument("--dataset", default="embedded", help="'embedded' (the repo's data/corpus), a "
+                   "local parquet/json/jsonl/txt/csv file or directory, or a hub name such as "
+                   "monology/pile-uncopyrighted (streamed) [default: embedded]")
+    p.add_argument("--split", default="train", help="dataset split [default: train]")
+    p.add_argument("--text-column", default="text", help="column holding the documents' text")
+    p.add_argument("--layers", required=True, help="comma-separated layers, e.g. 1,2")
+    p.add_argument("--top-k", type=int, default=MineConfig.top_k, help="examples kept per feature")
+    p.add_argument("--tokens", type=int, default=None, help="stop after N dataset tokens "
+                   "[default: the whole split]")
+    p.add_argument("--context", type=int, default=MineConfig.context, help="tokens per context window")
+    p.add_argument("--window", type=int, default=MineConfig.window, help="tokens of each example "
+                   "re-scored alone, ending at its max token (the dream prompt length)")
+    p.add_argument("--batch-size", type=int, default=MineConfig.batch_size,
+                   help="context windows per forward pass")
+    p.add_argument("--resid-directions", type=int, default=0, metavar="N", help="also mine N "
+                   "random residual directions entering each layer (targets resid:L:vS..)")
+    p.add_argument("--resid-seed", type=int, default=0, help="seed S of the first direction")
+    p.add_argument("--no-neurons", action="store_true", help="mine residual directions only")
+    p.add_argument("--baseline-prompts", type=int, default=1024, help="random-token prompts for "
+                   "the residual directions' z-score baseline (paper §3.5); 0 skips it")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="ray shards documents over --workers tasks (RAY_ADDRESS joins a cluster)")
+    p.add_argument("--workers", type=int, default=2, help="Ray tasks (one GPU each on CUDA)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... [default: cuda if available]")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--out", default=None, help="output directory "
+                   "[default: results/mining/MODEL__DATASET__L<layers>]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_mine)
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from . import calibration, mining
+    from .models import load_model
+    from .runs import slug
+
+    try:
+        layers = sorted({int(x) for x in args.layers.split(",")})
+    except ValueError:
+        raise UserError(f"--layers must be comma-separated integers such as 1,2; got {args.layers!r}") from None
+    if args.resid_directions < 0 or (args.no_neurons and not args.resid_directions):
+        raise UserError("--resid-directions must be >= 0, and > 0 with --no-neurons")
+    cfg = mining.MineConfig(top_k=args.top_k, context=args.context, window=args.window,
+                            batch_size=args.batch_size, tokens=args.tokens)
+    out = Path(args.out or Path("results", "mining", f"{slug(Path(args.model).name)}__"
+                                f"{slug(Path(args.dataset).name)}__L{'-'.join(map(str, layers))}"))
+    _writable_dir(out.parent)
+    source = mining.DataSource(args.dataset, args.split, args.text_column)
+    source.open()   # a bad dataset fails before a big model loads
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    feats = [] if args.no_neurons else [mining.neurons(layer) for layer in layers]
+    feats += [mining.random_residual(layer, lm.d_model, args.resid_directions, args.resid_seed)
+              for layer in layers if args.resid_directions]
+    from tqdm.auto import tqdm
+    bars = {}
+
+    def bar(name: str, total: int | None, unit: str):
+        if name not in bars:   # made on first use, so an early error prints one line only
+            for other in bars.values():
+                other.close()
+            bars[name] = tqdm(total=total, desc=name, unit=unit, unit_scale=True,
+                              disable=args.no_progress)
+        return bars[name]
+
+    def rescore_progress(done: int, total: int) -> None:
+        b = bar("re-score alone", total, "window")
+        b.update(done - b.n)
+    try:
+        res = mining.mine(lm, source, feats, cfg, args.executor, args.workers,
+                          lambda n: bar("scan", cfg.tokens, "tok").update(n), rescore_progress)
+    finally:
+        for b in bars.values():
+            b.close()
+    resid = [f for f in feats if f.directions is not None]
+    if resid and args.baseline_prompts:
+        base = calibration.random_prompt_baseline(lm, resid, args.baseline_prompts, cfg.window,
+                                                  seed=args.resid_seed)
+        mining.write_parquet(base, out / "baseline.parquet")
+        res.summary["baseline"] = dict(file="baseline.parquet", n_prompts=args.baseline_prompts,
+                                       n_tokens=cfg.window)
+    mining.save(res, out)
+    s = res.summary
+    print(f"{len(res.examples)} examples of {sum(f.size(lm) for f in feats)} features from "
+          f"{s['tokens_scanned']} tokens ({s['documents']} documents) in {s['seconds']:.1f} s "
+          f"(scan {s['tokens_per_second']:.0f} tokens/s); saved to {out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)   # for "resume with: ..." hints
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

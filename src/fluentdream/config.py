@@ -62,11 +62,14 @@ class EPOConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len must be at least 2 (the first token is not scored for "
-                             f"fluency), got {self.seq_len}")
-        if self.restart_frequency < 0:
-            raise ValueError(f"restart_frequency must be >= 0 (0 = never), got {self.restart_frequency}")
+        if not isinstance(self.seq_len, int) or self.seq_len < 2:
+            raise ValueError(f"seq_len must be an integer of at least 2 (the first token is not "
+                             f"scored for fluency), got {self.seq_len!r}")
+        if not isinstance(self.restart_frequency, int) or self.restart_frequency < 0:
+            raise ValueError(f"restart_frequency must be an integer >= 0 (0 = never), "
+                             f"got {self.restart_frequency!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not 0 <= self.x_penalty_min <= self.x_penalty_max:
             raise ValueError(f"need 0 <= x_penalty_min <= x_penalty_max, got "
                              f"{self.x_penalty_min} and {self.x_penalty_max}")

@@ -123,7 +123,8 @@ def _new_state(lm, cfg: EPOConfig, scorer: Scorer, gen: torch.Generator) -> EPOS
                     fresh=np.zeros(M, bool), rng_state=gen.get_state().numpy())
 
 
-def _check_model(lm, cfg: EPOConfig, target: Target) -> None:
+def check_run(lm, cfg: EPOConfig, target: Target) -> None:
+    """Raise ValueError for settings that cannot run on `lm`, before anything is computed."""
     if cfg.dtype is not None and lm.dtype != DTYPES[cfg.dtype]:
         raise ValueError(f"cfg.dtype is {cfg.dtype} but the model is {lm.dtype}; load it with "
                          f"fd.load_model(..., dtype={cfg.dtype!r}) or set dtype=None")
@@ -134,13 +135,25 @@ def _check_model(lm, cfg: EPOConfig, target: Target) -> None:
     target.validate(lm)
     if hasattr(target, "check_seq_len"):
         target.check_seq_len(cfg.seq_len)
+    if cfg.initial_prompt is not None:
+        initial_prompts(lm, cfg, torch.Generator())   # raises if it does not fit seq_len
+
+
+def _replay_memo(scorer: Scorer, hist: History, M: int) -> None:
+    """The scorer's memo is loop state too: refill it with the score() calls of the saved
+    iterations, in order (the initial prompts, then each iteration's children)."""
+    for t in range(len(hist)):
+        ids = torch.from_numpy(hist.ids[t].astype(np.int64))    # (P, n): M parents, then children
+        if t == 0:
+            scorer.remember(ids[:M], hist.target[0][:M], hist.xentropy[0][:M])
+        scorer.remember(ids[M:], hist.target[t][M:], hist.xentropy[t][M:])
 
 
 def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | None = None, *,
         fluency=None, resume: History | None = None, scorer: Scorer | None = None) -> History:
     """Run EPO; returns the History of every candidate. `resume` continues a saved History."""
     cfg = cfg or EPOConfig()
-    _check_model(lm, cfg, target)
+    check_run(lm, cfg, target)
     scorer = scorer or Scorer(lm, target, fluency, cfg.batch_size, cfg.retokenize)
     gen = torch.Generator().manual_seed(cfg.seed)
     lambdas = torch.tensor(cfg.lambdas, dtype=torch.float32)
@@ -152,6 +165,7 @@ def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | N
             raise ValueError("this History has no saved loop state to resume from")
         hist, state = resume, resume.state
         gen.set_state(torch.from_numpy(np.asarray(state.rng_state, dtype=np.uint8)))
+        _replay_memo(scorer, hist, M)
     else:
         hist = History(lambdas=cfg.lambdas.copy(), meta=dict(
             config=cfg.to_dict(), target=target.name, model=lm.name,
@@ -164,7 +178,8 @@ def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | N
             t0 = time.perf_counter()
             propose(scorer, state, lambdas, allowed, cfg.topk)
             children = mutate(state, r, gen)
-            f_kids, ce_kids = scorer.score(children)
+            parents = torch.from_numpy(state.slot_ids).repeat_interleave(r, dim=0)
+            f_kids, ce_kids = scorer.score(children, parents=parents)   # reuses parent prefixes
             pool = torch.cat([torch.from_numpy(state.slot_ids), children])      # (P, n)
             f = torch.cat([torch.from_numpy(state.slot_target), f_kids])        # (P,)
             ce = torch.cat([torch.from_numpy(state.slot_xentropy), ce_kids])
@@ -180,7 +195,7 @@ def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | N
             hist.append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r, seconds,
                         len(children))
             hist.state = state
-            finite = f_kids[torch.isfinite(f_kids)]
+            finite = f[torch.isfinite(f)]      # parents too: iteration 0's are new candidates
             best = max(best, float(finite.max())) if len(finite) else best
             log.debug("iter %d best %.3f %.3fs", t, best, seconds)
             if callback is not None and callback(IterationReport(

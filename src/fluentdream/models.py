@@ -155,7 +155,9 @@ def load_model(name_or_path: str, device: str | None = None, dtype: str | torch.
     if name_or_path == "embedded" and not (EMBEDDED_DIR / "config.json").exists():
         raise ValueError(f"the embedded model is missing from {EMBEDDED_DIR}; rebuild it with "
                          "`python experiments/00_build_embedded_model.py`")
-    looks_local = os.sep in path or path.startswith(".") or Path(path).exists()
+    # Hub ids are "name" or "org/name"; anything else that is not there is a missing path.
+    looks_local = (Path(path).exists() or path.startswith((os.sep, ".", "~"))
+                   or path.count("/") > 1)
     if looks_local and not Path(path).is_dir():
         raise ValueError(f"model path {path!r} does not exist; give a local HF model directory, "
                          "'embedded', or a hub name such as EleutherAI/pythia-1.4b")

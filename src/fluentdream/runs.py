@@ -1,28 +1,46 @@
 """Run directories: one per dream, the source of truth for every reported number (DESIGN §7).
 
-    run_dir = run_dir_for(Path("results"), "embedded", "L1.N5", seed=0)
-    save_run(run_dir, hist, front, cfg)   # config.json provenance.json history.npz frontier.json summary.json
-    load_run(run_dir) -> (History, dict frontier, dict summary)
+    result = run_dream(lm, target, cfg, Path("results/my-run"), resume=True,
+                       make_tracker=lambda run_dir, config: start_tracker("auto", run_dir, config))
+    hist, frontier_records, summary = load_run("results/my-run")
 
-Every file is written atomically (temporary file + rename), so a reader never sees half a file.
+A run directory holds
+  config.json      the EPOConfig, model, target and fluency model (what `resume` must match)
+  provenance.json  git SHA and dirty flag, package versions, device, seed, start and end time,
+                   W&B run id; earlier sessions of a resumed run under "previous_sessions"
+  history.npz      every candidate so far plus the loop state: the checkpoint, rewritten every
+                   `checkpoint_every` iterations, on Ctrl-C and at the end
+  frontier.json    the final Pareto frontier         } written only when the run is complete,
+  summary.json     best targets, frontier quality... } summary.json last: it marks completion
+  wandb/           the W&B run's local files (offline runs: `wandb sync RUN_DIR/wandb/offline-run-*`)
+A directory with history.npz but no summary.json is an unfinished run: resume it. Every file is
+written atomically (temporary file + rename), so a reader never sees half a file, and a run killed
+at any instant resumes from its last checkpoint to the same History as an uninterrupted run.
 """
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import re
 import subprocess
 import sys
-import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .config import EPOConfig
-from .frontier import Frontier
+from .frontier import Frontier, frontier_indices, frontier_quality, pareto_frontier
 from .history import History, atomic_write
+from .tracking import CE_THRESHOLDS, FRONTIER_REF, IterationMetrics, NullTracker, Tracker
 
-CE_THRESHOLDS = (4.0, 5.0, 6.0)   # best target under these CE limits goes in the summary
+CHECKPOINT = "history.npz"
+NOT_COMPARED = ("extra", "checkpoint_every", "frontier_ref_xentropy", "frontier_ref_target")
+PACKAGES = ("numpy", "torch", "transformers", "tokenizers", "datasets", "wandb", "ray")
 
 
 def slug(text: str) -> str:
@@ -33,9 +51,17 @@ def run_dir_for(parent: Path, model: str, target: str, seed: int) -> Path:
     return Path(parent) / f"{slug(Path(model).name)}__{slug(target)}__seed{seed}"
 
 
+def is_complete(run_dir: Path) -> bool:
+    return (Path(run_dir) / "summary.json").exists()
+
+
 def write_json(path: Path, obj) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode()
     atomic_write(path, lambda fh: fh.write(data))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 def _jsonable(x):
@@ -44,6 +70,10 @@ def _jsonable(x):
     if isinstance(x, np.ndarray):
         return x.tolist()
     return str(x)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def git_info() -> dict:
@@ -58,59 +88,224 @@ def git_info() -> dict:
     return {"git_sha": sha or None, "git_dirty": dirty if sha else None}
 
 
-def provenance(cfg: EPOConfig, device: str, **extra) -> dict:
-    import torch
-    import transformers
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
+
+def provenance(cfg: EPOConfig, device: str, **extra) -> dict:
     from . import __version__
     return dict(git_info(), fluentdream=__version__, python=sys.version.split()[0],
-                torch=torch.__version__, transformers=transformers.__version__,
-                platform=platform.platform(), device=device, seed=cfg.seed, **extra)
+                packages={p: _version(p) for p in PACKAGES}, platform=platform.platform(),
+                device=device, seed=cfg.seed, **extra)
 
 
-def summary(hist: History, front: Frontier) -> dict:
+def run_config(cfg: EPOConfig, model: str, target: str, fluency_model: str | None = None,
+               frontier_ref: tuple[float, float] = FRONTIER_REF,
+               checkpoint_every: int | None = None) -> dict:
+    """What config.json holds and W&B receives as the run's config."""
+    return dict(cfg.to_dict(), model=model, target=target, fluency_model=fluency_model,
+                frontier_ref_xentropy=float(frontier_ref[0]),
+                frontier_ref_target=float(frontier_ref[1]), checkpoint_every=checkpoint_every)
+
+
+def summary(hist: History, front: Frontier, frontier_ref: tuple[float, float] = FRONTIER_REF) -> dict:
+    """Headline numbers; best-under-CE values are over all candidates, like the W&B metrics."""
+    _, f, ce = hist.candidates()
     out = dict(iterations=len(hist), best_target=hist.best_target(),
-               frontier_points=len(front), seconds_total=float(np.sum(hist.seconds)),
+               frontier_points=len(front), frontier_quality=frontier_quality(front, *frontier_ref),
+               frontier_ref_xentropy=frontier_ref[0], frontier_ref_target=frontier_ref[1],
+               seconds_total=float(np.sum(hist.seconds)),
                seconds_per_iteration=float(np.mean(hist.seconds)) if len(hist) else None,
                candidates_scored=int(np.sum(hist.n_scored)),
                interrupted=bool(hist.meta.get("interrupted", False)))
     for limit in CE_THRESHOLDS:
-        i = front.best_under(limit)
-        out[f"best_target_ce_below_{limit:g}"] = None if i is None else float(front.target[i])
+        below = f[ce < limit]
+        out[f"best_target_ce_below_{limit:g}"] = float(below.max()) if len(below) else None
     return out
 
 
 def save_run(run_dir: Path, hist: History, front: Frontier, cfg: EPOConfig,
-             prov: dict | None = None) -> Path:
+             prov: dict | None = None, config: dict | None = None,
+             frontier_ref: tuple[float, float] = FRONTIER_REF) -> Path:
+    """Write a finished run; summary.json goes last because its presence means "complete"."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", dict(cfg.to_dict(), target=hist.meta.get("target"),
-                                             model=hist.meta.get("model")))
-    prov = prov or provenance(cfg, device=str(hist.meta.get("device", "")), end_time=time.time())
+    write_json(run_dir / "config.json", config or run_config(
+        cfg, hist.meta.get("model"), hist.meta.get("target"), hist.meta.get("fluency_model"),
+        frontier_ref))
+    prov = prov or provenance(cfg, device=str(hist.meta.get("device", "")), end_time=_now())
     write_json(run_dir / "provenance.json", prov)
-    hist.save(run_dir / "history.npz")
+    hist.save(run_dir / CHECKPOINT)
     write_json(run_dir / "frontier.json", front.records())
-    write_json(run_dir / "summary.json", summary(hist, front))
+    write_json(run_dir / "summary.json", summary(hist, front, frontier_ref))
     return run_dir
 
 
 def load_run(run_dir: Path) -> tuple[History, list[dict], dict]:
     run_dir = Path(run_dir)
-    hist = History.load(run_dir / "history.npz")
-    front = json.loads((run_dir / "frontier.json").read_text())
-    summ = json.loads((run_dir / "summary.json").read_text())
-    return hist, front, summ
+    if not is_complete(run_dir):
+        raise ValueError(f"{run_dir} is not a complete run (no summary.json); resume it first")
+    hist = History.load(run_dir / CHECKPOINT)
+    return hist, read_json(run_dir / "frontier.json"), read_json(run_dir / "summary.json")
 
 
-def progress_callback(total: int):
-    """A tqdm bar (iteration, best target, iterations per second) as an EPO callback."""
-    from tqdm.auto import tqdm
+def open_run(run_dir: Path, config: dict, resume: bool) -> History | None:
+    """Check that `run_dir` can take this run; return the checkpoint to continue, if any."""
+    run_dir = Path(run_dir)
+    if is_complete(run_dir):
+        raise ValueError(f"{run_dir} already holds a complete run; choose another run directory")
+    if not (run_dir / CHECKPOINT).exists():
+        return None
+    if not resume:
+        raise ValueError(f"{run_dir} holds an unfinished run; resume it (--resume) or choose "
+                         "another run directory")
+    saved = read_json(run_dir / "config.json")
+    keys = sorted((set(saved) | set(config)) - set(NOT_COMPARED))
+    diff = [f"{k} (saved {saved.get(k)!r}, requested {config.get(k)!r})"
+            for k in keys if saved.get(k) != config.get(k)]
+    if diff:
+        raise ValueError(f"cannot resume {run_dir}: its config differs in {'; '.join(diff)}; "
+                         "rerun with the saved settings or choose another run directory")
+    return History.load(run_dir / CHECKPOINT)
 
-    bar = tqdm(total=total, desc="dream", unit="it", dynamic_ncols=True)
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: History
+    frontier: Frontier | None   # None when interrupted
+    complete: bool              # False after Ctrl-C: history.npz holds what was done; resume it
+
+
+class ProgressBar:
+    """A tqdm bar on stderr: iteration, best target, iterations per second."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "dream"):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="it", dynamic_ncols=True)
+
+    def __call__(self, report) -> None:
+        self.bar.set_postfix(best=f"{report.best_target:.3f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+MakeTracker = Callable[[Path, dict], Tracker]
+
+
+def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume: bool = False,
+              checkpoint_every: int | None = None, make_tracker: MakeTracker | None = None,
+              frontier_ref: tuple[float, float] = FRONTIER_REF, progress: bool = False,
+              **provenance_extra) -> RunResult:
+    """EPO with a run directory: checkpoints every `checkpoint_every` iterations (default the
+    restart period, else 30), resumes an unfinished run when `resume`, mirrors every iteration to
+    the tracker (a resumed run replays the saved iterations into a new tracker run first), and
+    saves on Ctrl-C. Raises ValueError if run_dir holds a finished run or a different one."""
+    from .epo import check_run, epo
+
+    check_run(lm, target=target, cfg=cfg)    # bad settings fail before anything is written
+    run_dir = Path(run_dir)
+    every = checkpoint_every or cfg.restart_frequency or 30
+    if every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {every}")
+    config = run_config(cfg, lm.name, target.name, fluency.name if fluency else None,
+                        frontier_ref, every)
+    saved = open_run(run_dir, config, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config)
+    tracker = make_tracker(run_dir, config) if make_tracker else NullTracker()
+    prov = _start_provenance(run_dir, cfg, lm, tracker, saved, provenance_extra)
+    metrics = IterationMetrics(*frontier_ref)
+    done = {"n": 0, "state": None}       # last finished iteration's state, for Ctrl-C
+    if saved is not None:
+        saved.meta.pop("interrupted", None)
+        saved.meta.setdefault("resumed_at", []).append(len(saved))
+        done.update(n=len(saved), state=copy.deepcopy(saved.state))
+        for t in range(len(saved)):
+            tracker.log(metrics(saved, t), step=t)
+    bar = ProgressBar(cfg.iters, done["n"]) if progress else None
 
     def callback(report) -> None:
-        bar.update(1)
-        bar.set_postfix(best=f"{report.best_target:.3f}", refresh=False)
-        if report.iteration + 1 >= total:
+        hist, t = report.history, report.iteration
+        done.update(n=t + 1, state=copy.deepcopy(hist.state))   # epo mutates its state in place
+        tracker.log(metrics(hist, t), step=t)
+        if (t + 1) % every == 0 and t + 1 < cfg.iters:
+            hist.save(run_dir / CHECKPOINT)
+        if bar:
+            bar(report)
+
+    try:
+        hist = epo(lm, target, cfg, callback, fluency=fluency, resume=saved)
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    finally:
+        if bar:
             bar.close()
-    return callback
+    if hist.meta.get("interrupted"):
+        return _save_interrupted(run_dir, hist, done, prov, tracker)
+    front = pareto_frontier([hist], lm.tokenizer)
+    save_run(run_dir, hist, front, cfg, dict(prov, end_time=_now()), config, frontier_ref)
+    tracker.log_frontier(front.records())
+    tracker.log_file(run_dir / CHECKPOINT, "history")
+    tracker.finish()
+    return RunResult(run_dir, hist, front, True)
+
+
+def _start_provenance(run_dir: Path, cfg: EPOConfig, lm, tracker, saved: History | None,
+                      extra: dict) -> dict:
+    earlier = []
+    if saved is not None and (run_dir / "provenance.json").exists():
+        old = read_json(run_dir / "provenance.json")
+        earlier = old.pop("previous_sessions", []) + [old]
+    prov = provenance(cfg, device=str(lm.device), start_time=_now(), end_time=None,
+                      wandb_run_id=tracker.run_id, wandb_mode=getattr(tracker, "mode", None),
+                      resumed_from_iteration=len(saved) if saved is not None else None,
+                      previous_sessions=earlier, **extra)
+    write_json(run_dir / "provenance.json", prov)
+    return prov
+
+
+def _save_interrupted(run_dir: Path, hist: History, done: dict, prov: dict,
+                      tracker: Tracker) -> RunResult:
+    """Ctrl-C may land mid-iteration, so save the History up to the last finished iteration
+    with that iteration's state (not the loop's half-updated one)."""
+    partial = hist.truncated(done["n"])
+    partial.state = done["state"]
+    if partial.state is not None:
+        partial.save(run_dir / CHECKPOINT)
+    write_json(run_dir / "provenance.json", dict(prov, end_time=_now(), interrupted=True))
+    tracker.finish(exit_code=130)
+    return RunResult(run_dir, partial, None, False)
+
+
+def merged_frontier(run_dirs: list[Path]) -> tuple[list[dict], list[str]]:
+    """One frontier over several finished runs: its records (frontier.json format) and the run
+    each point came from. Only each run's own frontier points can be on the merged frontier
+    (a point beaten at every penalty within its run stays beaten), so no model is loaded."""
+    keys = ("model", "fluency_model", "target", "seq_len")
+    records, runs, first = [], [], None
+    for d in map(Path, run_dirs):
+        if not is_complete(d):
+            raise ValueError(f"{d} is not a complete run directory (no summary.json); "
+                             "finish it with `fluentdream dream ... --resume`")
+        config = read_json(d / "config.json")
+        seen = {k: config.get(k) for k in keys}
+        first = first or (d, seen)
+        if seen != first[1]:
+            diff = ", ".join(f"{k} {first[1][k]!r} vs {seen[k]!r}" for k in keys
+                             if seen[k] != first[1][k])
+            raise ValueError(f"cannot merge {first[0]} and {d}: different {diff}; "
+                             "a frontier compares prompts for one target on one model")
+        part = read_json(d / "frontier.json")
+        records += part
+        runs += [d.name] * len(part)
+    f = np.array([r["target"] for r in records], dtype=np.float64)
+    ce = np.array([r["xentropy"] for r in records], dtype=np.float64)
+    idx, lams = frontier_indices(f, ce)
+    return [dict(records[i], lam=float(lam)) for i, lam in zip(idx, lams)], [runs[i] for i in idx]

@@ -45,7 +45,8 @@ def _check_position(position: Position, seq_len: int | None = None) -> None:
     if position in ("last", "max"):
         return
     if not isinstance(position, int) or (seq_len is not None and not -seq_len <= position < seq_len):
-        raise ValueError(f"position must be 'last', 'max' or an index into the prompt, got {position!r}")
+        raise ValueError(f"position must be 'last', 'max' or an index into the prompt"
+                         f"{'' if seq_len is None else f' (-{seq_len}..{seq_len - 1})'}, got {position!r}")
 
 
 def _check_range(what: str, value: int, upper: int) -> None:
@@ -72,6 +73,10 @@ class Target:
     def rejects(self, texts: list[str]) -> np.ndarray:
         """(B,) bool: prompts this target refuses (they score -inf and are never kept)."""
         return np.zeros(len(texts), dtype=bool)
+
+    def check_seq_len(self, seq_len: int) -> None:
+        """Raise ValueError if the target reads a position that seq_len-token prompts lack."""
+        _check_position(getattr(self, "position", "last"), seq_len)
 
     def __str__(self) -> str:
         return self.name
@@ -197,6 +202,7 @@ class AttentionEntry(Target):
             raise ValueError(f"key position must be >= 0, got {self.key}")
 
     def check_seq_len(self, seq_len: int) -> None:
+        super().check_seq_len(seq_len)
         _check_range(f"key position (prompts have {seq_len} tokens):", self.key, seq_len)
 
 
@@ -293,6 +299,8 @@ def parse_target(spec: str, lm) -> Target:
         tgt = Neuron(int(m[1]), int(m[2]), _position(m[3]))
     elif m := re.fullmatch(r"logit:(.+?)" + _POS, spec, flags=re.S):
         text = m[1]  # verbatim after the colon: "logit: dog" targets " dog" (paper §3.1)
+        if not text.strip():  # the banned text would be "", which every prompt contains
+            raise ValueError(f"logit target {text!r} is blank; give a word, e.g. 'logit: dog'")
         ids = lm.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) != 1:
             raise ValueError(f"logit target {text!r} must be exactly one token, but encodes to "

@@ -1,0 +1,132 @@
+"""02 — Token logits: dream prompts whose next token is a given word (paper §3.1, Table 2).
+
+    python experiments/02_token_logits.py                     # embedded preset
+    python experiments/02_token_logits.py --preset paper      # " dog", " AI", " grand" on Pythia-12B
+
+Target: logit of the word minus the largest other logit at the last position; prompts that contain
+the word (case-insensitive) are rejected, or EPO would just repeat it (fd.Logit). Two runs per
+word (seeds 0 and 1) at the paper's EPO settings (Table 1); Table 2 lists the Pareto frontier of
+both runs merged, as "logit difference @ perplexity".
+
+Analog of the paper's words on the embedded model (stated rule): the three most frequent tokens of
+the training corpus that are a leading space plus >= 4 lowercase ASCII letters and are not a
+Python keyword, a Python builtin name, `self`/`cls`, or an English stopword. The embedded corpus is
+Python documentation, so this picks ordinary prose words the model knows well, like the paper's
+" dog". The chosen words are written to targets.json.
+
+Writes <results>/<preset>/02_token_logits/: targets.json and one run directory per (word, seed).
+"""
+
+import argparse
+import builtins
+import keyword
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import fluentdream as fd
+from fluentdream.distributed import make_jobs, run_jobs
+from fluentdream.mining import DataSource, documents
+from fluentdream.runs import read_json, write_json
+
+NAME = "02_token_logits"
+STOPWORDS = frozenset("""about above after again against also among because been before being
+below between both but could does doing down during each either else even every from further have
+having here into itself just last least less like many more most much must next none only other
+ours over same should since some such than that their them then there these they this those
+through under until upon very were what when where which while will with within without would
+your yours""".split())
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str
+    """Model dreamed on ("embedded", a local HF dir, or a hub name)."""
+    words: tuple[str, ...] | None = None
+    """Logit targets, each one token with its leading space; None = the rule in the docstring."""
+    n_words: int = 3
+    """How many words the rule picks (the paper has three)."""
+    count_tokens: int | None = None
+    """Tokens of the training corpus counted by the rule (None = all)."""
+    seeds: tuple[int, ...] = (0, 1)
+    """One run per seed and word (paper §3.1: two runs each)."""
+    epo: fd.EPOConfig = fd.EPOConfig()
+    """EPO settings (Table 1, iterations as the preset says)."""
+    wandb: str = "disabled"
+    """W&B mode for every run (auto, online, offline, disabled)."""
+
+
+PRESETS = {
+    # 40 iterations: 6 runs of ~0.3 s/iteration on 2 CPU cores fit the ~1 min this experiment gets
+    # of the embedded preset's budget (README); M, r, k, penalties and restarts are Table 1's.
+    "embedded": Config(model="embedded", epo=fd.EPOConfig(iters=40, device="cpu", dtype="float32")),
+    "paper": Config(model="EleutherAI/pythia-12b-deduped", words=(" dog", " AI", " grand"),
+                    epo=fd.EPOConfig(iters=300, device="cuda", dtype="float16"), wandb="auto"),
+    "smoke": Config(model="embedded", n_words=2, count_tokens=5000, seeds=(0,),
+                    epo=fd.EPOConfig(iters=3, population_size=4, explore_per_pop=4, topk=16,
+                                     restart_frequency=2, device="cpu", dtype="float32")),
+}
+
+
+def common_words(tokenizer, source: DataSource, n: int, tokens: int | None = None) -> list[str]:
+    """The rule above: the n most frequent ' word' tokens (>= 4 lowercase letters) that are not
+    Python keywords, builtins, self/cls or stopwords; ties broken by token id."""
+    banned = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | {"self", "cls"}
+    counts = Counter()
+    for _, ids in documents(source, tokenizer, tokens):
+        counts.update(ids)
+    words = []
+    for tok, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        text = tokenizer.decode([tok], clean_up_tokenization_spaces=False)
+        if re.fullmatch(r" [a-z]{4,}", text) and text[1:] not in banned | STOPWORDS:
+            words.append(text)
+            if len(words) == n:
+                return words
+    raise ValueError(f"the corpus has only {len(words)} tokens that fit the word rule, {n} needed")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="embedded")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--model", help="override the preset's model")
+    parser.add_argument("--iters", type=int, help="override the preset's EPO iterations")
+    parser.add_argument("--wandb", choices=("auto", "online", "offline", "disabled"))
+    args = parser.parse_args(argv)
+    cfg = PRESETS[args.preset]
+    cfg = replace(cfg, model=args.model or cfg.model, wandb=args.wandb or cfg.wandb,
+                  epo=cfg.epo.replace(iters=args.iters or cfg.epo.iters))
+    out = args.results / args.preset / NAME
+
+    # targets: the paper's words, or the rule's (saved so re-runs and figures see the same words)
+    if (out / "targets.json").exists():
+        words = read_json(out / "targets.json")["words"]
+    else:
+        lm = fd.load_model(cfg.model, device=cfg.epo.device, dtype=cfg.epo.dtype)
+        words = list(cfg.words or common_words(lm.tokenizer, DataSource("embedded"),
+                                               cfg.n_words, cfg.count_tokens))
+        del lm
+        rule = "paper" if cfg.words else "most frequent ' word' tokens of the training corpus"
+        write_json(out / "targets.json", dict(words=words, rule=rule))
+    print(f"{NAME}: logit targets {words}")
+
+    # run: 2 seeds per word (§3.1); complete run directories are skipped, unfinished ones resumed
+    jobs = make_jobs([f"logit:{w}" for w in words], cfg.seeds)
+    results = run_jobs(cfg.model, jobs, out, cfg.epo, wandb=cfg.wandb, group=f"{args.preset}-{NAME}",
+                       progress=True)
+    failed = [r for r in results if r.status != "done" and r.status != "skipped"]
+    for r in failed:
+        print(f"{NAME}: {r.run_dir.name} {r.status}: {r.error}", file=sys.stderr)
+    print(f"{NAME}: {len(results) - len(failed)}/{len(results)} runs complete in {out}")
+    if failed:
+        raise SystemExit(1)
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:      # a user error: one line, no traceback
+        sys.exit(f"{NAME}: error: {e}")

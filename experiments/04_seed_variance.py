@@ -1,0 +1,122 @@
+"""04 — Seed variance and frontier growth on one neuron (paper §3.2, Fig 2).
+
+    python experiments/04_seed_variance.py                    # embedded preset (needs 05's mining)
+    python experiments/04_seed_variance.py --target L1.N7     # any neuron, no mining needed
+    python experiments/04_seed_variance.py --preset paper     # 60 seeds on L10.N5, Pythia-12B
+
+The paper runs EPO with 60 seeds on L10.N5 (the "example" neuron of §3.3): the per-seed maximal
+activation ranges 2.4-10.2 and the maximal activation with CE < 5 ranges 0-8.6 (Fig 2a); one
+run's frontier after 20, 40, 100 and 300 iterations shows most late progress at low CE (Fig 2b).
+
+Analog on the embedded model: the "example-like" neuron that experiment 05 picks from its mined
+top examples (05_dream_vs_dataset/neuron_choices.json, key "example_neuron"; the Makefile runs
+05's mining first), or `--target`. The CE-5 limit becomes its analog from 01 (analysis/seeds.py).
+Fig 2b's checkpoints are the paper's 20/40/100/300 of 300 iterations scaled to the preset's
+iteration count; the frontier-growth numbers (analysis/seeds.py) compare each run's frontier at a
+restart with its frontier 10/30 of a restart period later.
+
+Writes <results>/<preset>/04_seed_variance/: study.json (target, seeds, checkpoints) and one run
+directory per seed.
+"""
+import argparse
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import fluentdream as fd
+from fluentdream.distributed import make_jobs, run_jobs
+from fluentdream.runs import read_json, write_json
+
+NAME = "04_seed_variance"
+CHOICES = Path("05_dream_vs_dataset") / "neuron_choices.json"
+PAPER_CHECKPOINTS = (20, 40, 100, 300)   # Fig 2b, of T = 300 iterations
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str
+    """Model dreamed on ("embedded", a local HF dir, or a hub name)."""
+    target: str | None = None
+    """Neuron; None = 05's "example_neuron" (paper: L10.N5)."""
+    seeds: int = 60
+    """Runs, seeds 0..seeds-1 (paper §3.2: 60)."""
+    growth_seed: int = 0
+    """The run whose frontier is drawn after each checkpoint (Fig 2b)."""
+    epo: fd.EPOConfig = fd.EPOConfig()
+    """EPO settings (Table 1, iterations as the preset says)."""
+    wandb: str = "disabled"
+    """W&B mode for every run (auto, online, offline, disabled)."""
+
+    @property
+    def checkpoints(self) -> list[int]:
+        """Fig 2b's iteration counts scaled to epo.iters (at least 1 each, no duplicates)."""
+        scaled = [max(1, round(c * self.epo.iters / 300)) for c in PAPER_CHECKPOINTS]
+        return sorted(set(scaled))
+
+
+PRESETS = {
+    # 16 seeds x 60 iterations: two restart periods (restarts at 0 and 30), so frontier growth
+    # after a restart is measurable, in ~3 min of the embedded budget at ~0.3 s/iteration.
+    "embedded": Config(model="embedded", seeds=16,
+                       epo=fd.EPOConfig(iters=60, device="cpu", dtype="float32")),
+    "paper": Config(model="EleutherAI/pythia-12b-deduped", target="L10.N5", seeds=60,
+                    epo=fd.EPOConfig(iters=300, device="cuda", dtype="float16"), wandb="auto"),
+    "smoke": Config(model="embedded", seeds=3,
+                    epo=fd.EPOConfig(iters=6, population_size=4, explore_per_pop=4, topk=16,
+                                     restart_frequency=3, device="cpu", dtype="float32")),
+}
+
+
+def choose_target(cfg: Config, preset_dir: Path) -> str:
+    if cfg.target:
+        return cfg.target
+    path = preset_dir / CHOICES
+    if not path.exists():
+        raise ValueError(f"{path} is missing: run experiments/05_dream_vs_dataset.py first (its "
+                         "mining picks the example-like neuron), or give --target LX.NY")
+    return read_json(path)["example_neuron"]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="embedded")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--model", help="override the preset's model")
+    parser.add_argument("--target", help="neuron to study instead of 05's example neuron")
+    parser.add_argument("--seeds", type=int, help="override the preset's number of seeds")
+    parser.add_argument("--iters", type=int, help="override the preset's EPO iterations")
+    parser.add_argument("--wandb", choices=("auto", "online", "offline", "disabled"))
+    args = parser.parse_args(argv)
+    cfg = PRESETS[args.preset]
+    cfg = replace(cfg, model=args.model or cfg.model, target=args.target or cfg.target,
+                  seeds=args.seeds or cfg.seeds, wandb=args.wandb or cfg.wandb,
+                  epo=cfg.epo.replace(iters=args.iters or cfg.epo.iters))
+    preset_dir = args.results / args.preset
+    out = preset_dir / NAME
+
+    # target
+    target = choose_target(cfg, preset_dir)
+    write_json(out / "study.json", dict(target=target, seeds=list(range(cfg.seeds)),
+                                        iters=cfg.epo.iters, checkpoints=cfg.checkpoints,
+                                        growth_seed=cfg.growth_seed,
+                                        restart_frequency=cfg.epo.restart_frequency))
+    print(f"{NAME}: {cfg.seeds} seeds on {target}")
+
+    # run: every seed is its own run directory, so an interrupted sweep resumes where it stopped
+    results = run_jobs(cfg.model, make_jobs([target], range(cfg.seeds)), out, cfg.epo,
+                       wandb=cfg.wandb, group=f"{args.preset}-{NAME}", progress=True)
+    failed = [r for r in results if r.status not in ("done", "skipped")]
+    for r in failed:
+        print(f"{NAME}: {r.run_dir.name} {r.status}: {r.error}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+    best = sorted(r.summary["best_target"] for r in results)
+    print(f"{NAME}: per-seed max activation {best[0]:.3f} .. {best[-1]:.3f}; runs in {out}")
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:      # a user error: one line, no traceback
+        sys.exit(f"{NAME}: error: {e}")

@@ -1,0 +1,536 @@
+"""Max-activating dataset examples for every feature of a site at once (DESIGN §8; paper §3.3-3.5).
+
+    from fluentdream import mining
+    src = mining.DataSource("embedded")          # or a local file/directory, or a hub name
+    feats = [mining.neurons(1), mining.random_residual(2, lm.d_model, n=50, seed=0)]
+    res = mining.mine(lm, src, feats, mining.MineConfig(top_k=64, tokens=10**6))
+    mining.save(res, "results/mining/run")       # examples.parquet + summary.json
+
+The paper compares dreams with the top 64 max-activating examples of 500M Pile tokens. It does not
+say how the examples' cross-entropy was measured; we re-score each example *alone*, as the
+`window`-token prompt ending at its max token (LOG.md), so dataset examples and dreams sit on the
+same (activation, CE) axes.
+
+Scan: each document is tokenized (no BOS) and cut into `context`-token windows that overlap by
+`window - 1` tokens. Only positions >= `window - 1` of a window are eligible, so every document
+position from `window - 1` on is eligible in exactly one window, always with at least `window - 1`
+tokens of context, and one example per (document, position) comes for free. Per feature, a
+window's activation is its max over eligible positions. The running top-k per feature is exact and
+deterministic: ordered by (activation desc, doc_id asc, position asc), so Ray shards merge to the
+single-process result.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .evaluate import capture, decode, retokenizes, xentropy
+from .history import atomic_write
+from .targets import ResidualDirection, Site, _standardize
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus"
+FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".txt": "text",
+                 ".csv": "csv", ".arrow": "arrow"}
+_KEY = 1 << 32   # (doc, position) -> one int64 sort key; positions stay below 2**32
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A text dataset read through `datasets`, streamed (nothing is downloaded whole).
+
+    dataset: "embedded" (the repo's data/corpus; from an installed package give its path
+    instead), a local file (.parquet/.json/.jsonl/.txt/.csv) or directory of them, or a hub name
+    such as "monology/pile-uncopyrighted". A single file is one split, whatever `split` says.
+    """
+    dataset: str
+    split: str = "train"
+    text_column: str = "text"
+
+    def _load(self):
+        import datasets
+        datasets.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+        name, path = self.dataset, Path(self.dataset).expanduser()
+        if name == "embedded":
+            if not EMBEDDED_CORPUS.is_dir():
+                raise ValueError(f"the embedded corpus is missing from {EMBEDDED_CORPUS} (an "
+                                 "installed package does not ship data/); give --dataset PATH to "
+                                 "the corpus directory or one of its parquet files")
+            name, path = str(EMBEDDED_CORPUS), EMBEDDED_CORPUS
+        if path.is_file() and path.suffix not in FILE_BUILDERS:
+            raise ValueError(f"dataset file {name!r} has an unknown type; allowed: "
+                             f"{', '.join(FILE_BUILDERS)}")
+        if not path.exists() and name.startswith((".", "/", "~")):
+            raise ValueError(f"dataset path {name!r} does not exist")
+        try:
+            if path.is_file():
+                return datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path),
+                                             split="train", streaming=True)
+            return datasets.load_dataset(str(path) if path.is_dir() else name, split=self.split,
+                                         streaming=True)
+        except Exception as e:  # datasets raises many types: connection, not found, split, format
+            raise ValueError(f"cannot load dataset {self.dataset!r} ({type(e).__name__}: "
+                             f"{(str(e) or '?').splitlines()[0]}); allowed: 'embedded', a local "
+                             "parquet/json/text file or directory, or a hub dataset name "
+                             "reachable online or in the HF cache") from None
+
+    def open(self):
+        """The streaming dataset, after checking that it has rows and the text column."""
+        ds = self._load()
+        first = next(iter(ds), None)
+        if first is None:
+            raise ValueError(f"dataset {self.dataset!r} (split {self.split!r}) has no rows")
+        if self.text_column not in first:
+            raise ValueError(f"dataset {self.dataset!r} has no text column {self.text_column!r}; "
+                             f"its columns are {sorted(first)} (choose one with --text-column)")
+        return ds
+
+    def texts(self) -> Iterator[str]:
+        for row in self.open():
+            text = row[self.text_column]
+            yield text if isinstance(text, str) else ("" if text is None else str(text))
+
+
+def documents(source: DataSource, tokenizer, tokens: int | None = None,
+              batch: int = 64) -> Iterator[tuple[int, list[int]]]:
+    """(doc_id, token ids) in dataset order, no BOS; stops after `tokens` tokens in all (the last
+    document cut short), so every shard of a sharded scan sees the same documents."""
+    texts, doc_id, seen = source.texts(), 0, 0
+    while chunk := list(itertools.islice(texts, batch)):
+        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+            ids = ids if tokens is None else ids[:tokens - seen]
+            seen += len(ids)
+            yield doc_id, ids
+            doc_id += 1
+            if tokens is not None and seen >= tokens:
+                return
+
+
+def context_windows(ids: list[int], context: int, window: int) -> Iterator[tuple[int, list[int]]]:
+    """(start, tokens) of one document; consecutive windows overlap by window - 1 tokens so that
+    their eligible positions [window - 1, context) tile the document from position window - 1."""
+    stride = context - (window - 1)
+    for start in range(0, max(len(ids) - window + 1, 0), stride):
+        yield start, ids[start:start + context]
+
+
+@dataclass(frozen=True, eq=False)
+class Features:
+    """Every feature of one site: all MLP neurons (directions None), or residual directions
+    (F, d_model) dotted with the standardized residual, as `ResidualDirection` does (paper §3.5)."""
+    site: Site
+    directions: torch.Tensor | None = None
+    labels: tuple[str, ...] = ()
+
+    def size(self, lm) -> int:
+        return lm.d_mlp if self.directions is None else len(self.directions)
+
+    def names(self, lm) -> list[str]:
+        """Target names, as `parse_target` spells them (L1.N5, resid:L2:v7)."""
+        kind, layer = self.site
+        if kind == "mlp":
+            return [f"L{layer}.N{i}" for i in range(lm.d_mlp)]
+        return [f"resid:L{layer}:{label}" for label in self.labels]
+
+    def values(self, acts: dict) -> torch.Tensor:
+        """Captured activations -> (B, n, F) float32 feature values at every position."""
+        x = acts[self.site]
+        if self.directions is None:
+            return x.float()
+        return _standardize(x) @ self.directions.to(x.device, torch.float32).T
+
+    def validate(self, lm) -> None:
+        kind, layer = self.site
+        upper = lm.n_layers + (kind == "resid")
+        if not 0 <= layer < upper:
+            raise ValueError(f"layer {layer} is out of range for {kind} features; allowed "
+                             f"0..{upper - 1}")
+        if self.directions is not None and (self.directions.ndim != 2 or
+                                            self.directions.shape[1] != lm.d_model):
+            raise ValueError(f"residual directions have shape {tuple(self.directions.shape)}; "
+                             f"the model needs (F, {lm.d_model})")
+
+
+def neurons(layer: int) -> Features:
+    """Every MLP hidden unit of `layer` (targets L{layer}.N*)."""
+    return Features(("mlp", layer))
+
+
+def random_residual(layer: int, d_model: int, n: int, seed: int = 0) -> Features:
+    """n random unit directions of the residual entering `layer`; row i is the vector of target
+    resid:L{layer}:v{seed + i}, so dreams and dataset examples name the same direction."""
+    rows = [ResidualDirection.random_vector(d_model, seed + i) for i in range(n)]
+    return Features(("resid", layer), torch.stack(rows), tuple(f"v{seed + i}" for i in range(n)))
+
+
+@dataclass
+class TopK:
+    """Running top-k of F features, each row ordered by (value desc, doc asc, position asc).
+
+    values (F, k) float32, -inf where empty; doc, pos (F, k) int64; windows (F, k, w) token ids.
+    """
+    values: torch.Tensor
+    doc: torch.Tensor
+    pos: torch.Tensor
+    windows: torch.Tensor
+
+    @classmethod
+    def empty(cls, n_features: int, k: int, window: int, device=None) -> "TopK":
+        shape = (n_features, k)
+        return cls(torch.full(shape, -torch.inf, device=device),
+                   torch.full(shape, -1, dtype=torch.long, device=device),
+                   torch.zeros(shape, dtype=torch.long, device=device),
+                   torch.zeros(shape + (window,), dtype=torch.long, device=device))
+
+    def _update(self, values, doc, pos, windows_of: Callable[[torch.Tensor], torch.Tensor]):
+        """Merge candidates values/doc/pos (F, N); windows_of(j (F, k)) -> (F, k, w) their windows."""
+        k, w = self.values.shape[1], self.windows.shape[2]
+        all_v = torch.cat([self.values, values.float().nan_to_num(nan=-torch.inf)], 1)
+        all_doc, all_pos = torch.cat([self.doc, doc], 1), torch.cat([self.pos, pos], 1)
+        by_key = (all_doc * _KEY + all_pos).argsort(dim=1, stable=True)
+        by_value = (-all_v.gather(1, by_key)).argsort(dim=1, stable=True)
+        idx = by_key.gather(1, by_value[:, :k])                                  # (F, k)
+        mine = self.windows.gather(1, idx.clamp(max=k - 1)[..., None].expand(-1, -1, w))
+        theirs = windows_of((idx - k).clamp(min=0))
+        self.windows = torch.where((idx < k)[..., None], mine, theirs)
+        self.values, self.doc, self.pos = all_v.gather(1, idx), all_doc.gather(1, idx), all_pos.gather(1, idx)
+
+    def push(self, best: torch.Tensor, arg: torch.Tensor, doc: torch.Tensor, start: torch.Tensor,
+             ids: torch.Tensor) -> None:
+        """One batch: best, arg (B, F) per-window max and its local position; doc, start (B,);
+        ids (B, C) the windows' tokens."""
+        w = self.windows.shape[2]
+        arg_t = arg.T                                                            # (F, B)
+        offsets = torch.arange(1 - w, 1, device=ids.device)
+
+        def windows_of(j):
+            last = arg_t.gather(1, j).clamp(min=w - 1)                          # (F, k)
+            return ids[j[..., None], last[..., None] + offsets]                 # (F, k, w)
+        self._update(best.T, doc[None].expand_as(arg_t), (start[:, None] + arg).T, windows_of)
+
+    def merge(self, other: "TopK") -> None:
+        """Fold another top-k (e.g. a Ray shard's) of the same features into this one."""
+        w = self.windows.shape[2]
+        self._update(other.values, other.doc, other.pos,
+                     lambda j: other.windows.gather(1, j[..., None].expand(-1, -1, w)))
+
+    def to(self, device) -> "TopK":
+        return TopK(*(t.to(device) for t in (self.values, self.doc, self.pos, self.windows)))
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    top_k: int = 64
+    """Examples kept per feature (paper §3.3: the top 64)."""
+    context: int = 128
+    """Tokens per context window of the scan."""
+    window: int = 12
+    """Tokens of the re-scored example ending at its max token (paper: 12-token prompts)."""
+    batch_size: int = 32
+    """Context windows per forward pass."""
+    tokens: int | None = None
+    """Stop after this many dataset tokens (paper: 500M for neurons, 100M for residuals); None = all."""
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "batch_size", "tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if self.window < 2:
+            raise ValueError(f"window must be >= 2 tokens (cross-entropy needs two), got {self.window}")
+        if self.context < self.window:
+            raise ValueError(f"context ({self.context}) must be >= window ({self.window})")
+
+
+@dataclass
+class ScanStats:
+    tokens: int = 0          # dataset tokens read (summed over shards)
+    documents: int = 0
+    windows: int = 0         # context windows run through the model
+    batches: int = 0
+    forward_tokens: int = 0  # batch rows x length, padding included
+
+    def add(self, other: "ScanStats") -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+class _Stop(Exception):
+    """Raised by a hook once the deepest requested site is captured: later layers are skipped."""
+
+
+def _deepest_module(lm, sites: Sequence[Site]):
+    kind, layer = max(sites, key=lambda s: 2 * s[1] + (s[0] == "mlp"))
+    if kind == "mlp":
+        return lm.mlp_out_proj(layer)
+    return lm.final_norm if layer == lm.n_layers else lm.blocks[layer]
+
+
+def _shape(n: int, cfg: MineConfig) -> tuple[int, int]:
+    """(rows, length) of the batch a window of n tokens goes to: n rounded up to a multiple of
+    context/8 (at least 8), with rows * length ~ batch_size * context. A window's numbers then
+    depend on itself alone (fixed shapes) and short documents are not padded to the context."""
+    step = max(8, cfg.context // 8)
+    length = min(cfg.context, -(-max(n, cfg.window) // step) * step)
+    return max(1, cfg.batch_size * cfg.context // length), length
+
+
+def _run_batch(lm, rows, features, tops, shape: tuple[int, int], window: int) -> None:
+    """Forward one (B, L) batch and push every feature's window maxima; padding is -inf."""
+    (B, L), dev = shape, lm.device
+    ids = torch.zeros(B, L, dtype=torch.long)
+    eligible = torch.zeros(B, L, dtype=torch.bool)
+    doc, start = torch.full((B,), -1, dtype=torch.long), torch.zeros(B, dtype=torch.long)
+    for i, (d, s, toks) in enumerate(rows):
+        ids[i, :len(toks)] = torch.tensor(toks)
+        eligible[i, window - 1:len(toks)] = True
+        doc[i], start[i] = d, s
+    ids, eligible, doc, start = ids.to(dev), eligible.to(dev), doc.to(dev), start.to(dev)
+
+    def stop(module, args, kwargs):
+        raise _Stop
+    sites = tuple(f.site for f in features)
+    with torch.inference_mode(), capture(lm, sites) as acts:
+        handle = _deepest_module(lm, sites).register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            lm.model(input_ids=ids, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        for i, f in enumerate(features):
+            v = f.values(acts).masked_fill(~eligible[..., None], -torch.inf)    # (B, L, F)
+            best, arg = v.max(dim=1)                                             # (B, F)
+            tops[i].push(best, arg, doc, start, ids)
+
+
+def scan(lm, source: DataSource, features: Sequence[Features], cfg: MineConfig,
+         shard: int = 0, n_shards: int = 1,
+         progress: Callable[[int], None] | None = None) -> tuple[list[TopK], ScanStats]:
+    """Stream the dataset once; this shard takes documents with doc_id % n_shards == shard.
+    progress(n) is called with the dataset tokens of each finished document of this shard."""
+    tops = [TopK.empty(f.size(lm), cfg.top_k, cfg.window, lm.device) for f in features]
+    stats, pending = ScanStats(), {}
+
+    def flush(shape):
+        rows = pending.pop(shape)
+        _run_batch(lm, rows, features, tops, shape, cfg.window)
+        stats.batches, stats.windows = stats.batches + 1, stats.windows + len(rows)
+        stats.forward_tokens += shape[0] * shape[1]
+    for doc_id, ids in documents(source, lm.tokenizer, cfg.tokens):
+        if doc_id % n_shards != shard:
+            continue
+        for start, toks in context_windows(ids, cfg.context, cfg.window):
+            shape = _shape(len(toks), cfg)
+            pending.setdefault(shape, []).append((doc_id, start, toks))
+            if len(pending[shape]) == shape[0]:
+                flush(shape)
+        stats.tokens, stats.documents = stats.tokens + len(ids), stats.documents + 1
+        if progress is not None:
+            progress(len(ids))
+    for shape in sorted(pending):
+        flush(shape)
+    return [t.to("cpu") for t in tops], stats
+
+
+def _window_scores(lm, features, windows: torch.Tensor, rows: int):
+    """(U, w) windows, each alone -> per batch (start, [(b, F) last-position values], ce (b,))."""
+    for a in range(0, len(windows), rows):
+        chunk = windows[a:a + rows]
+        ids = torch.zeros(rows, windows.shape[1], dtype=torch.long)   # fixed shape, as in the scan
+        ids[:len(chunk)] = chunk
+        ids = ids.to(lm.device)
+        with torch.inference_mode(), capture(lm, tuple(f.site for f in features)) as acts:
+            logits = lm.model(input_ids=ids, use_cache=False).logits
+            vals = [f.values(acts)[:len(chunk), -1].cpu() for f in features]
+            ce = xentropy(logits, ids)[:len(chunk)].cpu()
+        yield a, vals, ce
+
+
+def rescore(lm, features: Sequence[Features], tops: Sequence[TopK], cfg: MineConfig,
+            progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """One row per kept example, its window re-scored alone: target at the last position and CE.
+    Each distinct window runs once; progress(done, total) counts windows."""
+    parts = []
+    for f, t in zip(features, tops):
+        F, k = t.values.shape
+        keep = torch.isfinite(t.values).reshape(-1)
+        feature, rank = torch.arange(F).repeat_interleave(k)[keep], torch.arange(k).repeat(F)[keep]
+        parts.append(dict(feature=feature, rank=rank, activation=t.values.reshape(-1)[keep],
+                          doc=t.doc.reshape(-1)[keep], pos=t.pos.reshape(-1)[keep],
+                          windows=t.windows.reshape(-1, cfg.window)[keep]))
+    keys = torch.cat([p["doc"] * _KEY + p["pos"] for p in parts])
+    uniq, inverse = np.unique(keys.numpy(), return_inverse=True)
+    windows = torch.zeros(len(uniq), cfg.window, dtype=torch.long)
+    windows[torch.from_numpy(inverse)] = torch.cat([p["windows"] for p in parts])
+    u_parts = np.split(inverse, np.cumsum([len(p["doc"]) for p in parts])[:-1])
+    act = [np.empty(len(u)) for u in u_parts]
+    ce_u = np.empty(len(uniq))
+    rows = max(1, cfg.batch_size * cfg.context // cfg.window)
+    for a, vals, ce in _window_scores(lm, features, windows, rows):
+        ce_u[a:a + len(ce)] = ce.numpy()
+        if progress is not None:
+            progress(a + len(ce), len(uniq))
+        for i, (p, u) in enumerate(zip(parts, u_parts)):
+            sel = np.flatnonzero((u >= a) & (u < a + len(ce)))
+            act[i][sel] = vals[i][u[sel] - a, p["feature"][sel]].numpy()
+    texts = np.array(decode(lm.tokenizer, windows), dtype=object)
+    retok = retokenizes(lm.tokenizer, windows)
+    frames = []
+    for f, p, u, a in zip(features, parts, u_parts, act):
+        names = np.array(f.names(lm), dtype=object)
+        frames.append(pd.DataFrame(dict(
+            site=f.site[0], layer=f.site[1], feature=p["feature"].numpy(),
+            target=names[p["feature"].numpy()], rank=p["rank"].numpy(),
+            activation=p["activation"].numpy(), doc_id=p["doc"].numpy(), position=p["pos"].numpy(),
+            window_ids=list(windows[u].numpy()), window_text=texts[u], window_activation=a,
+            window_xentropy=ce_u[u], window_retokenizes=retok[u])))
+    return pd.concat(frames, ignore_index=True)
+
+
+class _Counter:
+    """A Ray actor the shards report their tokens to, for the driver's progress bar."""
+    def __init__(self):
+        self.n = 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def total(self) -> int:
+        return self.n
+
+
+def _scan_shard(spec, source, features, cfg, shard, n_shards, counter):
+    """One Ray task: reload the model and scan documents with doc_id % n_shards == shard."""
+    from .models import load_model
+
+    name, device, dtype = spec
+    lm = load_model(name, device=device, dtype=dtype)
+    pending = [0]
+
+    def report(n):  # batch the actor calls: one per 64k tokens
+        pending[0] += n
+        if pending[0] >= 1 << 16:
+            counter.add.remote(pending[0])
+            pending[0] = 0
+    return scan(lm, source, features, cfg, shard, n_shards, report)
+
+
+def scan_ray(lm, source: DataSource, features: Sequence[Features], cfg: MineConfig, workers: int,
+             progress: Callable[[int], None] | None = None) -> tuple[list[TopK], ScanStats]:
+    """Shard documents over `workers` Ray tasks (doc_id % workers) and merge their top-k; the
+    total order makes the merge exactly the single-process result. Joins the cluster at
+    RAY_ADDRESS or an initialized Ray, else starts a local one. One GPU per task on CUDA."""
+    import ray
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    counter = ray.remote(_Counter).remote()
+    task = ray.remote(num_cpus=1, num_gpus=1 if lm.device.type == "cuda" else 0)(_scan_shard)
+    spec = (lm.name, lm.device.type, str(lm.dtype).removeprefix("torch."))
+    refs = [task.remote(spec, source, features, cfg, i, workers, counter) for i in range(workers)]
+    pending, shown = list(refs), 0
+    while pending:
+        _, pending = ray.wait(pending, timeout=1.0)
+        if progress is not None:
+            total = ray.get(counter.total.remote())
+            progress(total - shown)
+            shown = total
+    tops = [TopK.empty(f.size(lm), cfg.top_k, cfg.window) for f in features]
+    stats = ScanStats()
+    for shard_tops, shard_stats in ray.get(refs):
+        for top, other in zip(tops, shard_tops):
+            top.merge(other)
+        stats.add(shard_stats)
+    if progress is not None:
+        progress(stats.tokens - shown)
+    return tops, stats
+
+
+@dataclass
+class MineResult:
+    examples: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+
+
+def mine(lm, source: DataSource, features: Sequence[Features], cfg: MineConfig = MineConfig(),
+         executor: str = "local", workers: int = 2,
+         progress: Callable[[int], None] | None = None,
+         rescore_progress: Callable[[int, int], None] | None = None) -> MineResult:
+    """Top-k dataset examples of every feature, re-scored alone (module docstring).
+
+    executor "ray" shards documents over `workers` Ray tasks (each reloads the model by `lm.name`);
+    the merged result is exactly the local one. progress(tokens) follows the scan,
+    rescore_progress(done, total) the re-scoring of the kept windows.
+    """
+    if executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor {executor!r}; allowed: local, ray")
+    if not features:
+        raise ValueError("nothing to mine: give at least one layer of neurons or residual directions")
+    for f in features:
+        f.validate(lm)
+    max_pos = getattr(lm.config, "max_position_embeddings", None) or getattr(lm.config, "n_positions", None)
+    if max_pos is not None and cfg.context > max_pos:
+        raise ValueError(f"context {cfg.context} exceeds the model's {max_pos} positions")
+    source.open()   # fail on a bad dataset or column before any work
+    t0 = time.perf_counter()
+    if executor == "local":
+        tops, stats = scan(lm, source, features, cfg, progress=progress)
+    else:
+        tops, stats = scan_ray(lm, source, features, cfg, workers, progress)
+    if stats.windows == 0:
+        raise ValueError(f"dataset {source.dataset!r} gave no document of at least "
+                         f"{cfg.window} tokens ({stats.tokens} tokens read); nothing to mine")
+    t1 = time.perf_counter()
+    log.info("scanned %d tokens in %.1f s; re-scoring the kept windows", stats.tokens, t1 - t0)
+    examples = rescore(lm, features, tops, cfg, rescore_progress)
+    t2 = time.perf_counter()
+    return MineResult(examples, summary(lm, source, features, cfg, stats, executor,
+                                        workers if executor == "ray" else 1, t1 - t0, t2 - t1))
+
+
+def summary(lm, source, features, cfg, stats: ScanStats, executor, workers, scan_s, rescore_s) -> dict:
+    import datasets
+
+    from . import __version__
+    from .runs import git_info
+    return dict(
+        model=lm.name, dataset=source.dataset, split=source.split, text_column=source.text_column,
+        config=asdict(cfg), tokens_scanned=stats.tokens, documents=stats.documents,
+        context_windows=stats.windows, forward_tokens=stats.forward_tokens,
+        scan_seconds=scan_s, rescore_seconds=rescore_s, seconds=scan_s + rescore_s,
+        tokens_per_second=stats.tokens / scan_s if scan_s > 0 else None,
+        sites=[dict(site=f.site[0], layer=f.site[1], features=f.size(lm),
+                    labels=list(f.labels) or None) for f in features],
+        executor=executor, workers=workers, device=str(lm.device), dtype=str(lm.dtype),
+        fluentdream=__version__, torch=torch.__version__, datasets=datasets.__version__, **git_info())
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    atomic_write(path, lambda fh: pq.write_table(table, fh))
+
+
+def save(result: MineResult, out_dir: str | Path) -> Path:
+    """examples.parquet, then summary.json (written last: its presence means complete)."""
+    from .runs import write_json
+
+    out = Path(out_dir)
+    write_parquet(result.examples, out / "examples.parquet")
+    write_json(out / "summary.json", result.summary)
+    return out
