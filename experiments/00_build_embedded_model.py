@@ -536,6 +536,9 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model.to(getattr(torch, cfg.save_dtype)).save_pretrained(out)
     tokenizer.save_pretrained(out)
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())  # also loadable by transformers 4.x
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
 
     # ---- evaluate what was saved (reloaded in float32) -----------------------------------------
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
@@ -627,7 +630,7 @@ def model_card(m: dict) -> str:
     - Data: `data/corpus/train.parquet` ({m['corpus_documents']['train']:,} paragraphs,
       {m['corpus_tokens']['train']:,} tokens with one `<|endoftext|>` per document); see `data/README.md`.
     - {m['steps']} AdamW steps of at most {c['steps']} (training is capped at {c['train_minutes']} min of wall clock; the
-      schedule follows whichever runs out first) (peak lr {c['lr']}, betas (0.9, {c['beta2']}), weight decay {c['weight_decay']},
+      lr schedule follows whichever runs out first{'; here the cap stopped it' if m['steps'] < c['steps'] else ''}) (peak lr {c['lr']}, betas (0.9, {c['beta2']}), weight decay {c['weight_decay']},
       {c['warmup_steps']} warmup steps then cosine to {c['min_lr_ratio']}x), batch {m['batch_size']} x
       {m['context_length']} tokens packed from documents joined by `<|endoftext|>`, bf16 autocast: {c['bf16']}.
     - Training tokens: {m['train_tokens']:,} ({m['epochs']} epochs).
@@ -684,14 +687,14 @@ def corpus_readme(cfg: Config, m: dict) -> str:
     Only docstrings (module, class, function) are used; tests, vendored and third-party
     directories are skipped. Licenses were checked in each package's `*.dist-info` metadata.
     All are permissive; redistribution keeps the notices:
-    - Python: Copyright (c) 2001-2024 Python Software Foundation; All Rights Reserved (PSF License Agreement v2).
+    - Python: Copyright (c) 2001-2023 Python Software Foundation; All Rights Reserved (PSF License Agreement v2).
     - numpy: Copyright (c) 2005-2025, NumPy Developers (BSD-3-Clause).
     - pandas: Copyright (c) 2008-2011, AQR Capital Management, LLC, Lambda Foundry, Inc. and PyData
-      Development Team; 2011-2025, Open source contributors (BSD-3-Clause).
+      Development Team; 2011-2026, Open source contributors (BSD-3-Clause).
     - matplotlib: Copyright (c) 2012- Matplotlib Development Team; All Rights Reserved (Matplotlib License).
     - networkx: Copyright (c) 2004-2025, NetworkX Developers (BSD-3-Clause).
     - sympy: Copyright (c) 2006-2023 SymPy Development Team (BSD-3-Clause).
-    - torch: Copyright (c) 2016- Facebook, Inc (Adam Paszke) and contributors (BSD-3-Clause).
+    - torch: Copyright (c) 2016- Facebook, Inc (Adam Paszke) and the other copyright holders listed in torch's LICENSE (BSD-3-Clause).
     - transformers: Copyright 2018- The Hugging Face team (Apache License 2.0).
 
     ## Cleaning
@@ -700,7 +703,7 @@ def corpus_readme(cfg: Config, m: dict) -> str:
        (`.. code-block::`, `.. math::`, ...), reST comments, whole paragraphs containing a `>>>`
        doctest, section underlines, and lines that look like code (shell/doctest prompts, Python
        statements, or fewer than 72% letters and spaces).
-    3. reST/Markdown markup is flattened (`:func:\\`~a.b\\`` -> `b`, ``` ``x`` ``` -> `x`, `**b**` -> `b`,
+    3. reST/Markdown markup is flattened (``:func:`~a.b` `` -> `b`, ``` ``x`` ``` -> `x`, `**b**` -> `b`,
        links -> their text); whitespace is normalized; each paragraph becomes one document.
     4. Kept only paragraphs of >= {cfg.min_doc_chars} characters and >= 6 words, with at least one common
        English function word, >= 60% alphabetic words and >= 80% letters/spaces.

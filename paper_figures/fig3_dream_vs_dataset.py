@@ -9,12 +9,7 @@ dataset_frontiers, dataset_bins and dataset_summary (analysis/dataset.py).
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -52,21 +47,16 @@ def panels(axes, tables: dict[str, pd.DataFrame], role: str) -> None:
 
 
 def make(tables: dict[str, pd.DataFrame]) -> plt.Figure:
-    style.apply()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panels(axes, tables, "example")
-    fig.tight_layout()
-    return fig
+    with plt.rc_context(style.RC):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        panels(axes, tables, "example")
+        fig.tight_layout()
+        return fig
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tables", default="results/embedded/tables")
-    p.add_argument("--out", default="paper_figures/out")
-    args = p.parse_args(argv)
-    tables = {f.stem: pd.read_csv(f) for f in Path(args.tables).glob("*.csv")}
-    style.save(make(tables), Path(args.out) / "fig3_dream_vs_dataset.png")
-
+    args = style.parse_args(argv, __doc__.splitlines()[0])
+    style.save(make(style.read_tables(args.tables)), args.out / "fig3_dream_vs_dataset.png")
 
 if __name__ == "__main__":
     main()

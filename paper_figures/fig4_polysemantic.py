@@ -10,18 +10,12 @@ attribution is written as HTML (fig4_polysemantic.html). Reads the dataset_* tab
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from fluentdream.attribution import Attribution, to_html
-from fluentdream.history import atomic_write
 from paper_figures import style
 from paper_figures.fig3_dream_vs_dataset import panels
 
@@ -29,7 +23,7 @@ from paper_figures.fig3_dream_vs_dataset import panels
 def draw_attribution(ax, att: pd.DataFrame) -> None:
     """Tokens as coloured boxes (worst-swap drop) under bars (best-swap drop), one row per prompt."""
     scale = max(float(np.nanmax(np.abs(att["max_drop"]))), 1e-9)
-    cmap = plt.cm.Reds
+    cmap = plt.cm.RdBu_r   # red: swapping hurts, blue: swapping helps (as in the HTML)
     prompts = sorted(att["prompt"].unique())
     for row, p in enumerate(prompts):
         g = att[att["prompt"] == p].sort_values("position")
@@ -41,11 +35,14 @@ def draw_attribution(ax, att: pd.DataFrame) -> None:
             tok = repr(str(r.token))[1:-1] if isinstance(r.token, str) else "·"
             w = max(0.5, 0.11 * len(tok) + 0.15)
             ax.add_patch(plt.Rectangle((x, y), w - 0.05, 0.32,
-                                       color=cmap(0.1 + 0.85 * np.clip(r.max_drop / scale, 0, 1))))
+                                       color=cmap(0.5 + 0.45 * np.clip(r.max_drop / scale, -1, 1)),
+                                       lw=0))
             ax.text(x + (w - 0.05) / 2, y + 0.16, tok, ha="center", va="center", fontsize=7,
                     family="monospace")
             h = 0.45 * np.clip(r.min_drop / scale, 0, 1) if np.isfinite(r.min_drop) else 0
-            ax.add_patch(plt.Rectangle((x + 0.1 * w, y + 0.36), 0.8 * w - 0.05, h, color="0.25"))
+            if h > 0:
+                ax.add_patch(plt.Rectangle((x + 0.1 * w, y + 0.36), 0.8 * w - 0.05, h, color="0.25",
+                                           lw=0))
             x += w
         ax.set_xlim(-1.6, max(ax.get_xlim()[1], x + 0.2))
     ax.set_ylim(-0.2, len(prompts))
@@ -55,15 +52,15 @@ def draw_attribution(ax, att: pd.DataFrame) -> None:
 
 
 def make(tables: dict[str, pd.DataFrame]) -> plt.Figure:
-    style.apply()
-    att = tables["dataset_attribution"]
-    n = att["prompt"].nunique()
-    fig = plt.figure(figsize=(11, 4.4 + 0.75 * n))
-    grid = fig.add_gridspec(2, 2, height_ratios=[4.2, 0.75 * n + 0.6])
-    panels([fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])], tables, "polysemantic")
-    draw_attribution(fig.add_subplot(grid[1, :]), att)
-    fig.tight_layout()
-    return fig
+    with plt.rc_context(style.RC):
+        att = tables["dataset_attribution"]
+        n = att["prompt"].nunique()
+        fig = plt.figure(figsize=(11, 4.4 + 0.75 * n))
+        grid = fig.add_gridspec(2, 2, height_ratios=[4.2, 0.75 * n + 0.6])
+        panels([fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])], tables, "polysemantic")
+        draw_attribution(fig.add_subplot(grid[1, :]), att)
+        fig.tight_layout()
+        return fig
 
 
 def make_html(tables: dict[str, pd.DataFrame]) -> str:
@@ -81,17 +78,10 @@ def make_html(tables: dict[str, pd.DataFrame]) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tables", default="results/embedded/tables")
-    p.add_argument("--out", default="paper_figures/out")
-    args = p.parse_args(argv)
-    tables = {f.stem: pd.read_csv(f, keep_default_na=False, na_values=[""])
-              for f in Path(args.tables).glob("*.csv")}
-    out = Path(args.out)
-    style.save(make(tables), out / "fig4_polysemantic.png")
-    page = make_html(tables).encode()
-    atomic_write(out / "fig4_polysemantic.html", lambda fh: fh.write(page))
-
+    args = style.parse_args(argv, __doc__.splitlines()[0])
+    tables = style.read_tables(args.tables)
+    style.save(make(tables), args.out / "fig4_polysemantic.png")
+    style.write_text(make_html(tables), args.out / "fig4_polysemantic.html")
 
 if __name__ == "__main__":
     main()

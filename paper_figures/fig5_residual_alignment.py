@@ -10,12 +10,7 @@ mean CE of the most fluent dream within the slack, against the corpus's mean 12-
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -56,33 +51,28 @@ def strip_panel(ax, cols: dict[str, pd.Series], title: str) -> None:
 
 
 def make(tables: dict[str, pd.DataFrame]) -> plt.Figure:
-    style.apply()
-    d = tables["residual_directions"]
-    limit = float(d["threshold"].iloc[0])
-    fig, axes = plt.subplots(1, 4, figsize=(15, 4))
-    if "residual_slack" in tables:
-        slack_panel(axes[0], tables["residual_slack"])
-    strip_panel(axes[1], {"dream": d["dream_z"], "dataset": d["dataset_z"], "random": d["random_z"]},
-                "(c) alignment, no CE limit")
-    axes[1].set_ylabel("alignment (z vs random prompts)")
-    strip_panel(axes[2], {f"dream CE<{limit:.1f}": d["dream_limited_z"], "dataset": d["dataset_z"],
-                          "random": d["random_z"]}, "(d) dreams limited to in-distribution CE")
-    strip_panel(axes[3], {"dream": d["dream_ce"], f"dream CE<{limit:.1f}": d["dream_limited_ce"],
-                          "dataset": d["dataset_ce"]}, "(e) CE of the chosen prompts")
-    axes[3].axhline(limit, color="0.4", ls="--", lw=0.8)
-    axes[3].set_ylabel("cross-entropy (nats)")
-    fig.tight_layout()
-    return fig
+    with plt.rc_context(style.RC):
+        d = tables["residual_directions"]
+        limit = float(d["threshold"].iloc[0])
+        fig, axes = plt.subplots(1, 4, figsize=(15, 4))
+        if "residual_slack" in tables:
+            slack_panel(axes[0], tables["residual_slack"])
+        strip_panel(axes[1], {"dream": d["dream_z"], "dataset": d["dataset_z"], "random": d["random_z"]},
+                    "(c) alignment, no CE limit")
+        axes[1].set_ylabel("alignment (z vs random prompts)")
+        strip_panel(axes[2], {f"dream CE<{limit:.1f}": d["dream_limited_z"], "dataset": d["dataset_z"],
+                              "random": d["random_z"]}, "(d) dreams limited to in-distribution CE")
+        strip_panel(axes[3], {"dream": d["dream_ce"], f"dream CE<{limit:.1f}": d["dream_limited_ce"],
+                              "dataset": d["dataset_ce"]}, "(e) CE of the chosen prompts")
+        axes[3].axhline(limit, color="0.4", ls="--", lw=0.8)
+        axes[3].set_ylabel("cross-entropy (nats)")
+        fig.tight_layout()
+        return fig
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tables", default="results/embedded/tables")
-    p.add_argument("--out", default="paper_figures/out")
-    args = p.parse_args(argv)
-    tables = {f.stem: pd.read_csv(f) for f in Path(args.tables).glob("*.csv")}
-    style.save(make(tables), Path(args.out) / "fig5_residual_alignment.png")
-
+    args = style.parse_args(argv, __doc__.splitlines()[0])
+    style.save(make(style.read_tables(args.tables)), args.out / "fig5_residual_alignment.png")
 
 if __name__ == "__main__":
     main()

@@ -7,12 +7,7 @@ Error bars: SD over the layer's directions. Reads residual_summary (analysis/res
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
@@ -23,31 +18,26 @@ SERIES = (("dream_z", "dream (no CE limit)", "C0", "-"), ("dream_limited_z", "dr
 
 
 def make(tables: dict[str, pd.DataFrame]) -> plt.Figure:
-    style.apply()
-    s = tables["residual_summary"]
-    s = s[s["layer"].astype(str) != "all"].assign(layer=lambda x: x["layer"].astype(int)).sort_values("layer")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for col, label, colour, ls in SERIES:
-        if col in s:
-            ax.errorbar(s["layer"], s[col], yerr=s[f"{col}_sd"], label=label, color=colour, ls=ls,
-                        marker="o", ms=4, capsize=3)
-    ax.set_xticks(s["layer"])
-    ax.set_xlabel("layer (residual stream entering it)")
-    ax.set_ylabel("mean alignment (z vs random prompts)")
-    ax.set_title(f"alignment per layer ({int(s['directions'].iloc[0])} directions each)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    with plt.rc_context(style.RC):
+        s = tables["residual_summary"]
+        s = s[s["layer"].astype(str) != "all"].assign(layer=lambda x: x["layer"].astype(int)).sort_values("layer")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for col, label, colour, ls in SERIES:
+            if col in s:
+                ax.errorbar(s["layer"], s[col], yerr=s[f"{col}_sd"], label=label, color=colour, ls=ls,
+                            marker="o", ms=4, capsize=3)
+        ax.set_xticks(s["layer"])
+        ax.set_xlabel("layer (residual stream entering it)")
+        ax.set_ylabel("mean alignment (z vs random prompts)")
+        ax.set_title(f"alignment per layer ({int(s['directions'].iloc[0])} directions each)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tables", default="results/embedded/tables")
-    p.add_argument("--out", default="paper_figures/out")
-    args = p.parse_args(argv)
-    tables = {f.stem: pd.read_csv(f) for f in Path(args.tables).glob("*.csv")}
-    style.save(make(tables), Path(args.out) / "fig6_residual_layers.png")
-
+    args = style.parse_args(argv, __doc__.splitlines()[0])
+    style.save(make(style.read_tables(args.tables)), args.out / "fig6_residual_layers.png")
 
 if __name__ == "__main__":
     main()

@@ -69,3 +69,16 @@ def shorten(text: str, width: int = 40) -> str:
     """A prompt as one printable line for a label: escapes shown, ellipsis when cut."""
     shown = repr(text)[1:-1]
     return shown if len(shown) <= width else shown[:width - 1] + "…"
+
+
+def md_cell(text: str) -> str:
+    """Text as a markdown table cell: a code span, escapes visible, pipes escaped."""
+    return "`` " + repr(str(text))[1:-1].replace("|", "\\|") + " ``"
+
+
+def require(tables: dict[str, pd.DataFrame], name: str, experiment: str) -> pd.DataFrame:
+    """tables[name], or a ValueError naming the experiment that makes it."""
+    if name not in tables or tables[name].empty:
+        raise ValueError(f"table {name!r} is missing; run experiments/{experiment}.py and "
+                         "analysis/build_tables.py first")
+    return tables[name]

@@ -6,12 +6,11 @@ Reads the `dataset_frontiers` and `dataset_summary` tables (analysis/dataset.py)
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import pandas as pd
 
-from fluentdream.history import atomic_write
+from paper_figures import style
+
 
 
 def make_markdown(tables: dict[str, pd.DataFrame]) -> str:
@@ -30,14 +29,8 @@ def make_markdown(tables: dict[str, pd.DataFrame]) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tables", default="results/embedded/tables")
-    p.add_argument("--out", default="paper_figures/out")
-    args = p.parse_args(argv)
-    tables = {f.stem: pd.read_csv(f) for f in Path(args.tables).glob("*.csv")}
-    text = make_markdown(tables).encode()
-    atomic_write(Path(args.out) / "table4_example_neuron.md", lambda fh: fh.write(text))
-
+    args = style.parse_args(argv, __doc__.splitlines()[0])
+    style.write_text(make_markdown(style.read_tables(args.tables)), args.out / "table4_example_neuron.md")
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,10 @@ sys.path.insert(0, str(REPO))  # analysis/ and paper_figures/ are imported as pa
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses too
+# One thread: tiny models are overhead-bound, and two threads on a shared 2-core machine were
+# 10-30x slower (LOG.md). It also keeps float results independent of the thread count.
+torch.set_num_threads(1)
 
 VOCAB = 1024
 ARCHS = ("gpt_neox", "phi", "gpt2", "llama", "mistral", "qwen2")

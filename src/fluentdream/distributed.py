@@ -133,8 +133,8 @@ class SweepProgress:
         self.counts["running"] -= int(was_running)
         if r.status in self.counts:
             self.counts[r.status] += 1
+        self.bar.set_postfix(self.counts, refresh=False)
         self.bar.update(1)
-        self.bar.set_postfix(self.counts)
 
     def close(self) -> None:
         self.bar.close()

@@ -187,10 +187,12 @@ def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | N
             lam_r = float("nan")
             if cfg.restart_frequency and t % cfg.restart_frequency == 0:
                 kept, lam_r = restart(f, ce, M, cfg, gen)
-            state.fresh &= (kept == torch.arange(M)).numpy()   # gradients survive only in place
-            state.slot_ids = pool[kept].numpy()
-            state.slot_target, state.slot_xentropy = f[kept].numpy(), ce[kept].numpy()
-            state.iteration, state.rng_state = t + 1, gen.get_state().numpy()
+            # A new state object, so an interrupt before hist.state is set leaves the old one whole.
+            state = EPOState(
+                iteration=t + 1, slot_ids=pool[kept].numpy(), slot_target=f[kept].numpy(),
+                slot_xentropy=ce[kept].numpy(), topk=state.topk,
+                fresh=state.fresh & (kept == torch.arange(M)).numpy(),  # gradients survive in place
+                rng_state=gen.get_state().numpy())
             seconds = time.perf_counter() - t0
             hist.append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r, seconds,
                         len(children))
@@ -204,6 +206,8 @@ def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | N
                 break
     except KeyboardInterrupt:
         hist.meta["interrupted"] = True
+        if hist.state is not None:   # drop an iteration appended after its state was saved
+            hist.trim(hist.state.iteration)
     return hist
 
 

@@ -58,6 +58,11 @@ class History:
         self.seconds.append(float(seconds))
         self.n_scored.append(int(n_scored))
 
+    def trim(self, n_iters: int) -> None:
+        """Drop iterations from n_iters on (in place)."""
+        for name in ("ids", "target", "xentropy", "kept", "restart_lambda", "seconds", "n_scored"):
+            del getattr(self, name)[n_iters:]
+
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -1,0 +1,226 @@
+"""Benchmark: fluentdream's EPO against a plain implementation of the same algorithm (DESIGN §10).
+
+    python benchmarks/run.py                                   # embedded model, paper settings
+    python benchmarks/run.py --iters 100 --threads 1           # what BENCHMARKS.md records
+    python benchmarks/run.py --model-config benchmarks/configs/pythia-1.4b.json --device cuda \
+        --dtypes bfloat16 --methods fluentdream               # random-init Pythia on a GPU
+    python benchmarks/run.py --quick                           # smoke test, seconds
+
+In one process: (a) `plain_epo` (no savings, fp32) and (b) `fd.epo` in each dtype run the same
+seeds, interleaved (method order rotates per seed) so that machine load hits them alike; medians
+of per-iteration seconds give the speed. Frontier quality (hypervolume above a stated reference
+point) is compared at equal iterations; bf16 runs' frontier points are re-scored in fp32 first.
+Achieved FLOP/s of candidate scoring is compared with a large square matmul in the same dtype.
+Writes BENCHMARKS.md (or --out) and prints the same table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fluentdream as fd  # noqa: E402
+from fluentdream.evaluate import Scorer  # noqa: E402
+from plain_epo import plain_epo, plain_score  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TimedScorer(Scorer):
+    """A Scorer that adds up the seconds spent in `score` (candidate scoring)."""
+    seconds = 0.0
+
+    def score(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = super().score(*args, **kwargs)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype: torch.dtype, device: str, size: int, reps: int = 5) -> float:
+    """FLOP/s of a (size x size) @ (size x size) matmul, median of `reps`."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * size ** 3 / statistics.median(times)
+
+
+def flops_per_token(lm, seq_len: int) -> float:
+    """2 x every weight matrix (projections, MLP, unembedding) + attention scores and mixing."""
+    mats = sum(m.weight.numel() for m in lm.model.modules()
+               if type(m).__name__ in ("Linear", "Conv1D"))
+    return 2 * mats + 4 * lm.n_layers * seq_len * lm.d_model
+
+
+def load(args, dtype: str):
+    if args.model_config:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        config = AutoConfig.from_pretrained(args.model_config)
+        for item in filter(None, args.config_override.split(",")):   # e.g. smoke-test sizes
+            key, value = item.split("=")
+            setattr(config, key, type(getattr(config, key))(value))
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
+                                                 dtype=fd.models.DTYPES[dtype]).to(args.device)
+        tok_dir = fd.models.EMBEDDED_DIR if args.tokenizer == "embedded" else args.tokenizer
+        # The embedded tokenizer's ids are a subset of the config's vocabulary; the costs
+        # (full-vocabulary logits) are the model's.
+        return fd.wrap_model(model, AutoTokenizer.from_pretrained(tok_dir), Path(args.model_config).stem)
+    return fd.load_model(args.model, device=args.device, dtype=dtype)
+
+
+def frontier(hist, lm32, target, batch_size, rescore: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(f, ce) of the run's frontier points; a bf16 run's points are re-scored in fp32."""
+    front = fd.pareto_frontier([hist])
+    if not rescore or not len(front):
+        return front.target, front.xentropy
+    f, ce = plain_score(lm32, target, torch.from_numpy(front.ids).long(), batch_size)
+    return f.numpy(), ce.numpy()
+
+
+def run_one(method: str, lm, lm32, target, cfg) -> dict:
+    n = cfg.seq_len
+    if method == "plain":
+        timer = {}
+        t0 = time.perf_counter()
+        hist = plain_epo(lm, target, cfg, timer)
+        total = time.perf_counter() - t0
+        executed = timer["score_tokens"]
+        score_seconds = timer["score_seconds"]
+    else:
+        scorer = TimedScorer(lm, target, batch_size=cfg.batch_size, retokenize=cfg.retokenize)
+        t0 = time.perf_counter()
+        hist = fd.epo(lm, target, cfg, scorer=scorer)
+        total = time.perf_counter() - t0
+        executed = scorer.counts["model_tokens"] + scorer.counts["parent_rows"] * n
+        score_seconds = scorer.seconds
+    return dict(seconds=list(hist.seconds), total=total, score_seconds=score_seconds,
+                executed_tokens=executed, plain_tokens=cfg.iters * cfg.children * n,
+                front=frontier(hist, lm32, target, cfg.batch_size, lm.dtype != torch.float32),
+                initial=(float(np.max(hist.xentropy[0][:cfg.population_size])),
+                         float(np.min(hist.target[0][:cfg.population_size]))),
+                best=float(np.nanmax(np.where(np.isfinite(np.concatenate(hist.target)),
+                                              np.concatenate(hist.target), np.nan))))
+
+
+def summarize(method, runs, fpt, peak, ref) -> dict:
+    secs = [s for r in runs for s in r["seconds"]]
+    score_s = sum(r["score_seconds"] for r in runs)
+    return dict(method=method, sec_per_iter=statistics.median(secs),
+                executed_flops=sum(r["executed_tokens"] for r in runs) * fpt / score_s,
+                effective_flops=sum(r["plain_tokens"] for r in runs) * fpt / score_s,
+                peak=peak, ref=ref,
+                quality=[fd.frontier_quality(r["front"], *ref) for r in runs], total=[r["total"] for r in runs],
+                best=[r["best"] for r in runs])
+
+
+def report(args, cfg, lm32, target, rows, peaks) -> str:
+    plain = next((r for r in rows if r["method"].startswith("plain")), None)
+    lines = ["# Benchmarks", "",
+             f"Reproduce: `{args.command}` (about {sum(sum(r['total']) for r in rows) / 60:.0f} min here).", "",
+             f"Model: {lm32!r}", f"Target: {target.name}; EPO settings: M={cfg.population_size}, "
+             f"r={cfg.explore_per_pop}, k={cfg.topk}, n={cfg.seq_len}, T={cfg.iters} iterations, "
+             f"seeds {list(range(args.seeds))}; restart every {cfg.restart_frequency}.",
+             f"Machine: {platform.processor() or platform.machine()}, {args.device}, torch "
+             f"{torch.__version__}, {torch.get_num_threads()} intra-op thread(s); load average at "
+             f"start {args.load}.", "",
+             "| method | dtype | s / iteration (median) | candidates / s | speed-up vs plain fp32 "
+             "| frontier quality (mean ± sd over seeds) | scoring GFLOP/s executed | effective "
+             "| matmul peak GFLOP/s | fraction of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        q = np.array(r["quality"])
+        speed = plain["sec_per_iter"] / r["sec_per_iter"] if plain else float("nan")
+        lines.append(
+            f"| {r['method'].split(':')[0]} | {r['method'].split(':')[1]} | {r['sec_per_iter']:.3f} | "
+            f"{cfg.children / r['sec_per_iter']:.0f} | {speed:.2f}x | {q.mean():.3f} ± {q.std():.3f} | "
+            f"{r['executed_flops'] / 1e9:.1f} | {r['effective_flops'] / 1e9:.1f} | "
+            f"{r['peak'] / 1e9:.0f} | {r['executed_flops'] / r['peak']:.2f} |")
+    lines += ["", "Per-seed frontier quality (reference point: CE "
+              f"{rows[0]['ref'][0]:.3f} nats, activation {rows[0]['ref'][1]:.4f}: the worst CE and the lowest "
+              "activation among the seeds' random initial prompts, fp32; larger is better):", ""]
+    for r in rows:
+        lines.append(f"- {r['method']}: " + ", ".join(f"{q:.3f}" for q in r["quality"]))
+    lines += ["", "Columns: *executed* FLOP/s counts the work actually done while scoring "
+              "candidates (2 x weight-matrix parameters + attention per computed token); "
+              "*effective* counts the work the plain implementation would have done for the same "
+              "candidates, so it shows what the savings buy. Matmul peak: a "
+              f"{args.peak_size}x{args.peak_size} square matmul in that dtype, same threads.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--model-config", help="a config.json: random init, no weights needed")
+    ap.add_argument("--config-override", default="", help="key=value,... e.g. num_hidden_layers=2")
+    ap.add_argument("--tokenizer", default="embedded", help="tokenizer for --model-config")
+    ap.add_argument("--target", help="default: L{layers//2}.N7")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="fluentdream dtypes")
+    ap.add_argument("--methods", default="plain,fluentdream")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--peak-size", type=int, default=2048)
+    ap.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results.json"))
+    ap.add_argument("--extra", default="", help="text appended to the report (limits, notes)")
+    args = ap.parse_args(argv)
+    args.command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = fd.EPOConfig(iters=args.iters)
+    if args.quick:
+        cfg = cfg.replace(iters=2, population_size=2, explore_per_pop=4, topk=16)
+        args.seeds, args.peak_size = min(args.seeds, 1), 256
+    methods = ["plain:float32"] if "plain" in args.methods else []
+    if "fluentdream" in args.methods:
+        methods += [f"fluentdream:{d}" for d in args.dtypes.split(",")]
+    lm32 = load(args, "float32")
+    models = {m: (lm32 if m.endswith("float32") else load(args, m.split(":")[1])) for m in methods}
+    target = fd.parse_target(args.target or f"L{lm32.n_layers // 2}.N7", lm32)
+    fpt = flops_per_token(lm32, cfg.seq_len)
+    peaks = {d: matmul_peak(fd.models.DTYPES[d], args.device, args.peak_size)
+             for d in {m.split(":")[1] for m in methods}}
+    results: dict[str, list] = {m: [] for m in methods}
+    for seed in range(args.seeds):
+        order = methods[seed % len(methods):] + methods[:seed % len(methods)]   # rotate: A/B/C, B/C/A
+        for m in order:
+            results[m].append(run_one(m.split(":")[0], models[m], lm32, target, cfg.replace(seed=seed)))
+            print(f"seed {seed} {m}: {statistics.median(results[m][-1]['seconds']):.3f} s/iter, "
+                  f"best {results[m][-1]['best']:.3f}", flush=True)
+    # Reference point of frontier quality: the random-prompt corner, the same for every method.
+    first = [r["initial"] for m in methods if m.endswith("float32") for r in results[m]]
+    ref = (max(c for c, _ in first), min(f for _, f in first))
+    rows = [summarize(m, results[m], fpt, peaks[m.split(":")[1]], ref) for m in methods]
+    text = report(args, cfg, lm32, target, rows, peaks) + args.extra
+    Path(args.out).write_text(text)
+    Path(args.json).write_text(json.dumps(rows, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
