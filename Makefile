@@ -1,18 +1,30 @@
-# fluentdream pipeline. `make help` lists the targets.
+# fluentdream pipeline: experiments -> analysis tables -> paper figures. `make help` lists targets.
+# Each step leaves a stamp, so only what is stale reruns; experiments also skip finished runs.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PRESET ?= embedded
+RES := results/$(PRESET)
+OUT := paper_figures/out
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export WANDB_SILENT := true
+export PYTHONUNBUFFERED := 1
+
+EXPERIMENTS := 01_fluency_calibration 02_token_logits 03_six_neurons 04_seed_variance \
+               05_dream_vs_dataset 06_polysemantic_neuron 07_residual_directions 08_companion_phi2
+FIGURES := $(basename $(notdir $(wildcard paper_figures/fig*.py paper_figures/table*.py))) frontier_plots
 
 .DEFAULT_GOAL := help
-.PHONY: help install test figures clean
+.PHONY: help install test figures experiments tables bench embedded-model clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-15s %s\n", $$1, $$2}'
+	@echo "  variables: PRESET=embedded|paper|smoke (default embedded)"
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,8 +38,40 @@ install: $(VENV)/.installed ## create .venv and install the package with its tes
 test: install ## run the test suite (CPU, offline)
 	$(PY) -m pytest tests
 
-figures: install ## run the main job on the embedded model and write the figures
-	$(PY) paper_figures/make_all.py
+# --- experiments (paper §3; DESIGN §9) -------------------------------------------------------
+# 05's mining step chooses the example-like and polysemantic neurons that 04 and 06 dream on.
+$(RES)/.05_mining.done: experiments/05_dream_vs_dataset.py | $(VENV)/.installed
+	$(PY) experiments/05_dream_vs_dataset.py --preset $(PRESET) --only-mine
+	@touch $@
+$(RES)/.04_seed_variance.done $(RES)/.05_dream_vs_dataset.done $(RES)/.06_polysemantic_neuron.done: \
+	$(RES)/.05_mining.done
+$(RES)/.02_token_logits.done $(RES)/.03_six_neurons.done $(RES)/.04_seed_variance.done \
+	$(RES)/.07_residual_directions.done: $(RES)/.01_fluency_calibration.done
+$(RES)/.%.done: experiments/%.py | $(VENV)/.installed
+	$(PY) experiments/$*.py --preset $(PRESET)
+	@touch $@
+
+experiments: $(EXPERIMENTS:%=$(RES)/.%.done) ## run every experiment (PRESET=embedded by default)
+
+# --- analysis and figures ---------------------------------------------------------------------
+$(RES)/tables/.done: $(EXPERIMENTS:%=$(RES)/.%.done) $(wildcard analysis/*.py)
+	$(PY) -m analysis.build_tables --preset $(PRESET)
+	@touch $@
+
+tables: $(RES)/tables/.done ## saved runs -> tidy tables (results/PRESET/tables/*.csv)
+
+$(OUT)/.%.done: paper_figures/%.py paper_figures/style.py $(RES)/tables/.done
+	$(PY) -m paper_figures.$* --tables $(RES)/tables --out $(OUT)
+	@touch $@
+
+figures: $(FIGURES:%=$(OUT)/.%.done) ## the main job: experiments -> tables -> every table and figure
+	@echo "figures and tables written to $(OUT)/:"; ls $(OUT)
+
+bench: install ## speed benchmark vs the plain algorithm; writes BENCHMARKS.md
+	$(PY) benchmarks/run.py --iters 100 --threads 1
+
+embedded-model: install ## rebuild the embedded corpus, tokenizer and model (about 20-30 min)
+	$(PY) experiments/00_build_embedded_model.py
 
 clean: ## remove results and figures (keeps .venv)
-	rm -rf results paper_figures/out
+	rm -rf results $(OUT)

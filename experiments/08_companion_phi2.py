@@ -1,6 +1,6 @@
 """08 · The companion page's walkthrough: dreaming on Phi-2 L8.N1 (confirmlabs.org/posts/dreamy.html).
 
-    python experiments/08_companion_phi2.py --preset paper    # microsoft/phi-2, needs the HF hub or cache
+    python experiments/08_companion_phi2.py --preset paper    # microsoft/phi-2 (HF hub or cache)
     python experiments/08_companion_phi2.py --preset smoke --model /path/to/tiny-phi
 
 The companion page dreams on neuron 1 of layer 8 of Phi-2 with the reference code's defaults,
@@ -9,7 +9,6 @@ about 100 s per run. The walkthrough: one EPO run, the Pareto frontier as a tabl
 token attribution of the best few frontier prompts (HTML). It needs Phi-2, so the `embedded`
 preset only says so and exits 0 (the same steps on the embedded model are experiments 05 and 06).
 """
-from __future__ import annotations
 
 import argparse
 import sys

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import cm, colors
+from matplotlib import colormaps, colors
 from matplotlib.patches import Rectangle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,12 +22,16 @@ from fluentdream.attribution import Attribution, to_html  # noqa: E402
 from paper_figures import style  # noqa: E402
 
 NAME = "fig1_attribution"
-GAP, PITCH, BAR = 0.8, 2.6, 1.0      # in character widths / row units
-CHAR_IN = 0.075                      # inches per monospace character at 7.5 pt
+GAP, PITCH, BAR = 0.8, 2.8, 1.2      # gap in character widths; row pitch and bar in row units
+FONT = 8.0                           # points; a DejaVu Sans Mono character is 0.602 em wide
+CHAR_IN = FONT * 0.602 / 72          # inches per character = one x unit
+UNIT_IN = 0.16                       # inches per y unit (a token cell is one unit high)
 
 
 def shown(token: str) -> str:
-    return token.replace("\n", "↵").replace("\t", "→") or "∅"
+    """A token as drawn: newline and tab as arrows, other control bytes as \\xNN."""
+    token = token.replace("\n", "↵").replace("\t", "→")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in token) or "∅"
 
 
 def prompts(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -37,39 +41,45 @@ def prompts(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def make(tables: dict[str, pd.DataFrame]):
+    """One row per prompt. x is in monospace character widths; the axes fill the figure, so a
+    character of FONT points is exactly one x unit wide and tokens fit their cells."""
     df = style.require(tables, "attribution_03", "03_six_neurons")
     items = prompts(df)
     widths = [sum(len(shown(t)) + GAP for t in rows["token"]) for _, rows in items]
-    label_w = 20
-    n_rows = len(items) + df["target"].nunique()
-    fig, axes = style.figure(1, 1, width=(label_w + max(widths)) * CHAR_IN + 0.4,
-                             height=0.34 * PITCH * n_rows / 2 + 0.8)
+    label_w, right = 22, max(widths) + 1
+    top = 2.0
+    rows_h = PITCH * (len(items) + 0.8 * df["target"].nunique()) + 1
+    fig, axes = style.figure(1, 1, width=(label_w + right) * CHAR_IN,
+                             height=(top + rows_h) * UNIT_IN)
     ax = axes[0, 0]
-    cmap = cm.get_cmap("RdBu_r")
-    y, last = 0.0, None
+    ax.set_position([0, 0, 1, 1])
+    cmap = colormaps["RdBu_r"]
+    ax.text(-label_w, -0.5, "Causal token attribution of dreamed prompts", fontsize=11, va="center")
+    y, last = -top, None
     for neuron, rows in items:
         scale = max(float(df.loc[df["target"] == neuron, "max_drop"].abs().max()), 1e-9)
         norm = colors.Normalize(-scale, scale)
         if neuron != last:
             y -= PITCH * 0.8
-            ax.text(-label_w, y + 0.5, f"{neuron}  (colour and bar scale: drop {scale:.2f})",
-                    fontsize=8.5, weight="bold", va="center")
+            ax.text(-label_w, y + 0.5, f"{neuron}   (full colour / full bar = drop of {scale:.2f})",
+                    fontsize=FONT, weight="bold", va="center")
             last = neuron
         y -= PITCH
-        ax.text(-label_w, y + 0.5, f"{rows['value'].iloc[0]:6.2f} @ CE {rows['xentropy'].iloc[0]:.2f}",
-                family="monospace", fontsize=7.5, va="center", color="0.3")
+        ax.text(-label_w, y + 0.5,
+                f"{rows['value'].iloc[0]:6.2f} @ CE {rows['xentropy'].iloc[0]:.2f}",
+                family="monospace", fontsize=FONT, va="center", color="0.3")
         x = 0.0
         for r in rows.itertuples():
-            w = len(shown(r.token))
-            ax.add_patch(Rectangle((x, y), w, 1.0, color=cmap(norm(r.max_drop)), lw=0))
-            ax.text(x, y + 0.5, shown(r.token), family="monospace", fontsize=7.5, va="center")
+            w, level = len(shown(r.token)), norm(r.max_drop)
+            ax.add_patch(Rectangle((x - 0.1, y), w + 0.2, 1.0, color=cmap(level), lw=0))
+            ax.text(x, y + 0.5, shown(r.token), family="monospace", fontsize=FONT, va="center",
+                    color="white" if abs(level - 0.5) > 0.3 else "black")
             h = BAR * float(np.clip(r.min_drop / scale, 0, 1)) if np.isfinite(r.min_drop) else 0
-            ax.add_patch(Rectangle((x + 0.15 * w, y + 1.1), 0.7 * w, h, color="0.25", lw=0))
+            ax.add_patch(Rectangle((x, y + 1.1), w, h, color="0.2", lw=0))
             x += w + GAP
-    ax.set_xlim(-label_w, max(widths))
-    ax.set_ylim(y - 0.5, 0.5)
+    ax.set_xlim(-label_w, right)
+    ax.set_ylim(-top - rows_h, 0)
     ax.axis("off")
-    ax.set_title("Causal token attribution of dreamed prompts", loc="left")
     return fig
 
 

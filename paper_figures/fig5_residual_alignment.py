@@ -25,13 +25,15 @@ def slack_panel(ax, slack: pd.DataFrame) -> None:
     ax.set_xlabel("allowed slack below each run's max (SDs)")
     ax.set_ylabel("alignment (z)", color="C0")
     cx = ax.twinx()
+    cx.spines["right"].set_visible(True)
     cx.plot(slack["slack"], slack["xentropy"], color="C3", label="mean CE of chosen dream")
     cx.axhline(slack["corpus_ce"].iloc[0], color="C3", ls=":", lw=1, label="corpus 12-token CE")
     cx.axhline(slack["threshold"].iloc[0], color="0.4", ls="--", lw=0.8, label="in-dist. threshold")
     cx.set_ylabel("cross-entropy (nats)", color="C3")
     lines = ax.get_legend_handles_labels()
     more = cx.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper right")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     ax.set_title("(b) slack curve")
 
 

@@ -18,7 +18,7 @@ NAME = "fig5a_fluency_calibration"
 
 def make(tables: dict[str, pd.DataFrame]):
     df = style.require(tables, "fluency_calibration", "01_fluency_calibration").sort_values("n")
-    fig, axes = style.figure(1, 1, width=5.5, height=3.8)
+    fig, axes = style.figure(1, 1, width=6.0, height=4.2)
     ax = axes[0, 0]
     ax.fill_between(df["n"], df["mean"] - df["sd"], df["mean"] + df["sd"], alpha=0.2,
                     color=style.COLOURS[0], lw=0, label="± 1 SD")
@@ -33,7 +33,7 @@ def make(tables: dict[str, pd.DataFrame]):
     ax.set_xlabel("slice length n (tokens)")
     ax.set_ylabel("mean cross-entropy (nats)")
     ax.set_title("Cross-entropy of n-token corpus slices")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     return fig
 
 

@@ -5,8 +5,8 @@ merged-frontier point labelled with its prompt (the main job's `frontier_<target
 
 Input: `frontier_points` (analysis/frontiers.py): every run's own frontier; runs of one target
 (02's two seeds) share a plot, coloured by seed, and the frontier merged over them is the line.
-Labels sit in a column on the right, in the order of their points, joined by thin leaders, so
-they never overlap whatever the points do.
+Points carry numbers (1 = lowest CE); the numbered prompts are listed in a column on the right,
+so labels never overlap whatever the points do.
 """
 import sys
 from pathlib import Path
@@ -39,7 +39,7 @@ def make(tables: dict[str, pd.DataFrame], target: str):
                          f"{sorted(tables['frontier_points']['target'].unique())}")
     idx, _ = frontier_indices(df["activation"].to_numpy(float), df["xentropy"].to_numpy(float))
     merged = df.iloc[idx]
-    fig, axes = style.figure(1, 1, width=10.0, height=5.0)
+    fig, axes = style.figure(1, 1, width=6.0, height=4.0)
     ax = axes[0, 0]
     for i, (seed, rows) in enumerate(df.groupby("seed")):
         ax.scatter(rows["xentropy"], rows["activation"], s=18, color=style.COLOURS[i % 7],
@@ -49,21 +49,22 @@ def make(tables: dict[str, pd.DataFrame], target: str):
     ax.set_xlabel("cross-entropy of the prompt (nats)")
     ax.set_ylabel("logit difference" if target.startswith("logit:") else "activation")
     ax.set_title(f"{target}: {df['experiment'].iloc[0]}")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     _labels(fig, ax, label_rows(merged))
     return fig
 
 
 def _labels(fig, ax, rows: pd.DataFrame) -> None:
-    """Prompts in a column right of the axes, top = highest point, with leader lines."""
-    rows = rows.sort_values("activation", ascending=False)
-    ys = np.linspace(0.97, 0.03, len(rows)) if len(rows) > 1 else np.array([0.5])
-    for y, r in zip(ys, rows.itertuples()):
-        text = f"{r.activation:.2f} @ {r.xentropy:.2f}: {style.shorten(r.text, 48)}"
-        ax.annotate(text, xy=(r.xentropy, r.activation), xycoords="data",
-                    xytext=(1.03, y), textcoords="axes fraction", fontsize=7, va="center",
-                    family="monospace",
-                    arrowprops=dict(arrowstyle="-", color="0.6", lw=0.5, shrinkA=0, shrinkB=2))
+    """Number each labelled point (1 = lowest CE) and list the numbered prompts in a column
+    right of the axes: no leader lines to cross, no label on top of another."""
+    lines = []
+    for i, r in enumerate(rows.itertuples(), start=1):
+        ax.annotate(str(i), xy=(r.xentropy, r.activation), xytext=(4, 4 if i % 2 else -10),
+                    textcoords="offset points", fontsize=7, color="0.2")
+        lines.append(f"{i:>2}  {r.activation:7.2f} @ {r.xentropy:5.2f}  {style.shorten(r.text, 56)}")
+    header = f"{'#':>2}  {'target':>7}   {'CE':>5}  prompt"
+    ax.text(1.02, 1.0, "\n".join([header] + lines), transform=ax.transAxes, va="top",
+            ha="left", family="monospace", fontsize=7, linespacing=1.5)
 
 
 def main(argv=None) -> list[Path]:

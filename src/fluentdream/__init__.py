@@ -5,7 +5,7 @@
     hist = fd.epo(lm, fd.parse_target("L1.N5", lm), fd.EPOConfig(seed=0))
     print(fd.pareto_frontier([hist], lm.tokenizer).table())
 """
-from . import attribution
+from . import attribution, batched
 from .config import EPOConfig
 from .epo import IterationReport, epo, gcg
 from .evaluate import Scorer, xentropy
@@ -19,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = ["EPOConfig", "IterationReport", "epo", "gcg", "Scorer", "xentropy", "Frontier",
            "frontier_quality", "pareto_frontier", "EPOState", "History", "LoadedModel",
            "load_model", "wrap_model", "AttentionEntry", "CustomTarget", "Logit", "Neuron",
-           "ResidualDirection", "SAELatent", "Target", "parse_target", "attribution"]
+           "ResidualDirection", "SAELatent", "Target", "parse_target", "attribution", "batched"]
 
