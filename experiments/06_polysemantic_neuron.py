@@ -79,16 +79,18 @@ def dream(lm, target, cfg: Config, out: Path) -> list[Path]:
 
 
 def pick_prompts(dirs: list[Path], limit: float, n: int) -> list[dict]:
-    """Each run's best frontier point with CE < limit (else its best), then merged-frontier points
-    spread over CE, until n distinct prompts."""
+    """Each run's best frontier point with CE < limit (else its best), then the merged frontier's
+    points with at least half the best activation, until n distinct prompts."""
     picked = []
     for d in dirs:
         front = runs.read_json(d / "frontier.json")
         ok = [r for r in front if r["xentropy"] < limit] or front
         picked.append(dict(max(ok, key=lambda r: r["target"]), run=d.name))
     merged, owners = runs.merged_frontier(dirs)
-    for i in np.linspace(0, len(merged) - 1, len(merged)).round().astype(int):
-        picked.append(dict(merged[i], run=owners[i]))
+    top = max(r["target"] for r in merged)
+    for r, run in zip(merged, owners):     # skip the fluent-but-inactive end of the frontier
+        if r["target"] >= top / 2:
+            picked.append(dict(r, run=run))
     unique = {}
     for r in picked:
         unique.setdefault(tuple(r["ids"]), r)

@@ -32,7 +32,8 @@ def panels(axes, tables: dict[str, pd.DataFrame], role: str) -> None:
                 color=plt.cm.viridis(0.15 + 0.7 * i / max(1, front["run"].nunique() - 1)),
                 label=f"dream frontier, seed {g['seed'].iloc[0]}", zorder=3)
     for a in axes:
-        a.axvline(s["threshold"], color="0.3", ls="--", lw=0.8)
+        a.axvline(s["threshold"], color="0.3", ls="--", lw=0.8,
+                  label=f"in-distribution CE < {s['threshold']:.2f}")
         a.set_xlabel("cross-entropy (nats)")
     ax.set_ylabel(f"{s['neuron']} activation")
     ax.set_title(f"{s['neuron']}: dreams vs dataset examples")

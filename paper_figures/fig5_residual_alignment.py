@@ -64,6 +64,9 @@ def make(tables: dict[str, pd.DataFrame]) -> plt.Figure:
         axes[1].set_ylabel("alignment (z vs random prompts)")
         strip_panel(axes[2], {f"dream CE<{limit:.1f}": d["dream_limited_z"], "dataset": d["dataset_z"],
                               "random": d["random_z"]}, "(d) dreams limited to in-distribution CE")
+        lims = [ax.get_ylim() for ax in axes[1:3]]
+        for ax in axes[1:3]:                       # (c) and (d) on one scale
+            ax.set_ylim(min(lo for lo, _ in lims), max(hi for _, hi in lims))
         strip_panel(axes[3], {"dream": d["dream_ce"], f"dream CE<{limit:.1f}": d["dream_limited_ce"],
                               "dataset": d["dataset_ce"]}, "(e) CE of the chosen prompts")
         axes[3].axhline(limit, color="0.4", ls="--", lw=0.8)
