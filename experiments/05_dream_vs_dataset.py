@@ -18,6 +18,7 @@ round(0.28 * (n_layers - 1)) (L1 of the 4-layer embedded model).
 """
 
 import argparse
+import re
 import sys
 import time
 from collections import Counter
@@ -35,8 +36,12 @@ from fluentdream import batched, calibration, mining, runs
 RULE = ("layer = round(0.28 * (n_layers - 1)) (the paper's L10 of 36). Per neuron, the 'family' of "
         "an example is its max token (the last token of its window), stripped and lower-cased. "
         "Candidates: neurons whose top in-context activation is at least the layer's median. "
-        "Example neuron: the candidate whose most common family (containing a letter) covers the "
-        "largest share of its top-64 examples; ties go to the higher top activation. "
+        "Example neuron: the candidate whose most common word family (a word of 4+ letters, "
+        "a content word like the paper's 'example') covers the "
+        "largest share of its top-64 examples, among candidates that are also 'dreamable': the "
+        "best of 256 random 12-token prompts drives them at least as high as the layer's median "
+        "neuron (a neuron stuck in GELU's flat region on random prompts gives EPO no gradient; "
+        "LOG.md); ties go to the higher top activation. "
         "Polysemantic neuron: among candidates with most common family share <= 0.6 and second "
         "family share >= 0.2, the one with the highest top activation (if none qualifies: the "
         "candidate with the largest second-family share).")
@@ -109,7 +114,8 @@ def neuron_stats(examples: pd.DataFrame, tokenizer) -> pd.DataFrame:
     rows = []
     for name, g in ex.groupby("target", sort=False):
         counts = Counter(g["family"]).most_common()
-        top_word = next((c for c in counts if any(ch.isalpha() for ch in c[0])), (None, 0))
+        # a content word like the paper's "example": alphabetic, at least 4 letters
+        top_word = next((c for c in counts if re.fullmatch(r"[a-z]{4,}", c[0])), (None, 0))
         rows.append(dict(target=name, feature=int(g["feature"].iloc[0]),
                          top_activation=float(g["activation"].max()), n=len(g),
                          family1=counts[0][0], share1=counts[0][1] / len(g),
@@ -122,7 +128,8 @@ def neuron_stats(examples: pd.DataFrame, tokenizer) -> pd.DataFrame:
 def choose(stats: pd.DataFrame, layer: int) -> dict:
     """Apply RULE to neuron_stats -> the neuron_choices.json record."""
     cand = stats[stats["top_activation"] >= stats["top_activation"].median()]
-    example = cand.sort_values(["word_share", "top_activation"], ascending=False).iloc[0]
+    dreamable = cand[cand["random_max"] >= stats["random_max"].median()]
+    example = dreamable.sort_values(["word_share", "top_activation"], ascending=False).iloc[0]
     poly = cand[(cand["share1"] <= 0.6) & (cand["share2"] >= 0.2)]
     fallback = poly.empty
     poly = (cand.sort_values("share2", ascending=False) if fallback
@@ -188,6 +195,8 @@ def main(argv=None) -> int:
 
     # 2. Choose the paper's analogs by RULE; written before any dreaming (04 and 06 read it).
     stats = neuron_stats(examples, lm.tokenizer)
+    base = calibration.random_prompt_baseline(lm, [mining.neurons(layer)], n_prompts=256)
+    stats = stats.merge(base[["target", "max"]].rename(columns={"max": "random_max"}), on="target")
     mining.write_parquet(stats, out / "neuron_stats.parquet")
     choices = choose(stats, layer)
     runs.write_json(out / "neuron_choices.json", choices)

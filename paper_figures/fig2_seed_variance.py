@@ -33,7 +33,7 @@ def seed_panel(ax, seeds: pd.DataFrame) -> None:
     ax.set_xlabel("run (sorted by max activation)")
     ax.set_ylabel("activation")
     ax.set_title(f"(a) {len(seeds)} seeds on {seeds['target'].iloc[0]}")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
 
 
 def growth_panel(ax, growth: pd.DataFrame) -> None:
@@ -44,12 +44,12 @@ def growth_panel(ax, growth: pd.DataFrame) -> None:
     ax.set_xlabel("cross-entropy (nats)")
     ax.set_ylabel("activation")
     ax.set_title("(b) one run's frontier over iterations")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
 
 
 def make(tables: dict[str, pd.DataFrame]):
     seeds = style.require(tables, "seed_variance", "04_seed_variance")
-    fig, axes = style.figure(1, 2, width=10.0, height=4.0)
+    fig, axes = style.figure(1, 2, width=10.0, height=4.6)
     seed_panel(axes[0, 0], seeds)
     if "frontier_growth" in tables:
         growth_panel(axes[0, 1], tables["frontier_growth"])
