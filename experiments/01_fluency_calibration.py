@@ -33,7 +33,7 @@ import torch
 
 import fluentdream as fd
 from fluentdream import calibration
-from fluentdream.mining import DataSource
+from fluentdream.corpus import DataSource
 from fluentdream.runs import write_json
 
 NAME = "01_fluency_calibration"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import fluentdream as fd
 from fluentdream.distributed import make_jobs, run_jobs
-from fluentdream.mining import DataSource, documents
+from fluentdream.corpus import DataSource, documents
 from fluentdream.runs import read_json, write_json
 
 NAME = "02_token_logits"

