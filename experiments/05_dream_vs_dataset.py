@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 import fluentdream as fd
-from fluentdream import batched, calibration, mining, runs
+from fluentdream import calibration, mining, runs
 
 RULE = ("layer = round(0.28 * (n_layers - 1)) (the paper's L10 of 36). Per neuron, the 'family' of "
         "an example is its max token (the last token of its window), stripped and lower-cased. "
@@ -145,19 +145,8 @@ def dream(lm, target, cfg: Config, out: Path) -> list[Path]:
     """EPO on `target` for every seed without a finished run directory, in lockstep."""
     base = fd.EPOConfig(iters=cfg.iters, population_size=cfg.population_size,
                         explore_per_pop=cfg.explore_per_pop, topk=cfg.topk)
-    dirs = [runs.run_dir_for(out, lm.name, target.name, s) for s in cfg.seeds]
-    todo = [(d, base.replace(seed=s)) for d, s in zip(dirs, cfg.seeds) if not runs.is_complete(d)]
-    if todo:
-        bar = tqdm(total=cfg.iters * len(todo), desc=f"dream {target.name}", unit="it")
-
-        def tick(i, report) -> None:   # a True return would stop run i
-            bar.update(1)
-        hists = batched.epo_many(lm, [(target, c) for _, c in todo], callback=tick)
-        bar.close()
-        for (d, c), hist in zip(todo, hists):
-            runs.save_run(d, hist, fd.pareto_frontier([hist], lm.tokenizer), c,
-                          config=runs.run_config(c, lm.name, target.name))
-    return dirs
+    return runs.dream_many(lm, [(target, base.replace(seed=s)) for s in cfg.seeds], out,
+                           desc=f"dream {target.name}")
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import fluentdream as fd
-from fluentdream import batched, runs
+from fluentdream import runs
 from fluentdream.history import atomic_write
 
 
@@ -62,20 +62,8 @@ def dream(lm, target, cfg: Config, out: Path) -> list[Path]:
     """EPO on `target` for every seed without a finished run directory, in lockstep."""
     base = fd.EPOConfig(iters=cfg.iters, population_size=cfg.population_size,
                         explore_per_pop=cfg.explore_per_pop, topk=cfg.topk)
-    dirs = [runs.run_dir_for(out, lm.name, target.name, s) for s in cfg.seeds]
-    todo = [(d, base.replace(seed=s)) for d, s in zip(dirs, cfg.seeds) if not runs.is_complete(d)]
-    if todo:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.iters * len(todo), desc=f"dream {target.name}", unit="it")
-
-        def tick(i, report) -> None:   # a True return would stop run i
-            bar.update(1)
-        hists = batched.epo_many(lm, [(target, c) for _, c in todo], callback=tick)
-        bar.close()
-        for (d, c), hist in zip(todo, hists):
-            runs.save_run(d, hist, fd.pareto_frontier([hist], lm.tokenizer), c,
-                          config=runs.run_config(c, lm.name, target.name))
-    return dirs
+    return runs.dream_many(lm, [(target, base.replace(seed=s)) for s in cfg.seeds], out,
+                           desc=f"dream {target.name}")
 
 
 def pick_prompts(dirs: list[Path], limit: float, n: int) -> list[dict]:

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 import fluentdream as fd
-from fluentdream import batched, calibration, mining, runs
+from fluentdream import calibration, mining, runs
 
 
 @dataclass(frozen=True)
@@ -97,19 +97,8 @@ def dream_all(lm, features: list[mining.Features], cfg: Config, out: Path) -> li
                         explore_per_pop=cfg.explore_per_pop, topk=cfg.topk, seed=0)
     targets = [fd.ResidualDirection(f.site[1], vec, label)
                for f in features for vec, label in zip(f.directions, f.labels)]
-    dirs = [runs.run_dir_for(out, lm.name, t.name, base.seed) for t in targets]
-    todo = [(d, t) for d, t in zip(dirs, targets) if not runs.is_complete(d)]
-    if todo:
-        bar = tqdm(total=cfg.iters * len(todo), desc=f"dream {len(todo)} directions", unit="it")
-
-        def tick(i, report) -> None:   # a True return would stop run i
-            bar.update(1)
-        hists = batched.epo_many(lm, [(t, base) for _, t in todo], callback=tick)
-        bar.close()
-        for (d, t), hist in zip(todo, hists):
-            runs.save_run(d, hist, fd.pareto_frontier([hist], lm.tokenizer), base,
-                          config=runs.run_config(base, lm.name, t.name))
-    return dirs
+    return runs.dream_many(lm, [(t, base) for t in targets], out,
+                           desc=f"dream {len(targets)} directions")
 
 
 def main(argv=None) -> int:

@@ -144,6 +144,29 @@ def save_run(run_dir: Path, hist: History, front: Frontier, cfg: EPOConfig,
     return run_dir
 
 
+def dream_many(lm, jobs: list, parent: Path, desc: str = "dream") -> list[Path]:
+    """Run every (target, cfg) job whose run directory under `parent` is unfinished, in lockstep
+    (fluentdream.batched: one forward pass scores every run's children), and save each run.
+
+    Returns all the jobs' run directories, finished ones included (sweeps resume, STYLE §7).
+    """
+    from tqdm.auto import tqdm
+
+    from .batched import epo_many
+
+    dirs = [run_dir_for(parent, lm.name, target.name, cfg.seed) for target, cfg in jobs]
+    todo = [(d, target, cfg) for d, (target, cfg) in zip(dirs, jobs) if not is_complete(d)]
+    if todo:
+        with tqdm(total=sum(cfg.iters for _, _, cfg in todo), desc=desc, unit="it") as bar:
+            def tick(i, report) -> None:   # tqdm.update can return True, which would stop run i
+                bar.update(1)
+            hists = epo_many(lm, [(target, cfg) for _, target, cfg in todo], callback=tick)
+        for (d, target, cfg), hist in zip(todo, hists):
+            save_run(d, hist, pareto_frontier([hist], lm.tokenizer), cfg,
+                     config=run_config(cfg, lm.name, target.name))
+    return dirs
+
+
 def load_run(run_dir: Path) -> tuple[History, list[dict], dict]:
     run_dir = Path(run_dir)
     if not is_complete(run_dir):
