@@ -9,7 +9,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import _tokenizer, build_model, load_experiment
 
@@ -17,20 +16,15 @@ from conftest import _tokenizer, build_model, load_experiment
 @pytest.fixture(scope="session")
 def b_results(tmp_path_factory, tiny_model_dir):
     """results root holding smoke/05..07 on the tiny GPT-NeoX, smoke/08 on a tiny Phi."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny models gain nothing from threads on a shared CPU
     root = tmp_path_factory.mktemp("results_b")
     common = ["--preset", "smoke", "--results", str(root), "--model", str(tiny_model_dir)]
-    try:
-        for name in ("05_dream_vs_dataset", "06_polysemantic_neuron", "07_residual_directions"):
-            assert load_experiment(name).main(common) == 0
-        phi = tmp_path_factory.mktemp("tiny_phi")
-        build_model("phi").save_pretrained(phi)
-        _tokenizer().save_pretrained(phi)
-        assert load_experiment("08_companion_phi2").main(
-            ["--preset", "smoke", "--results", str(root), "--model", str(phi)]) == 0
-    finally:
-        torch.set_num_threads(before)
+    for name in ("05_dream_vs_dataset", "06_polysemantic_neuron", "07_residual_directions"):
+        assert load_experiment(name).main(common) == 0
+    phi = tmp_path_factory.mktemp("tiny_phi")
+    build_model("phi").save_pretrained(phi)
+    _tokenizer().save_pretrained(phi)
+    assert load_experiment("08_companion_phi2").main(
+        ["--preset", "smoke", "--results", str(root), "--model", str(phi)]) == 0
     return root
 
 

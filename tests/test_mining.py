@@ -17,15 +17,6 @@ from fluentdream.evaluate import Scorer, capture, xentropy
 CFG = mining.MineConfig(top_k=5, context=32, window=6, batch_size=3, tokens=2500)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU OpenMP threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A parquet of real text with a duplicated document (exact ties), a too-short one, an empty one."""

@@ -13,15 +13,6 @@ from fluentdream.runs import load_run, merged_frontier, read_json, run_dream
 CFG = fd.EPOConfig(iters=5, population_size=3, explore_per_pop=6, topk=16, restart_frequency=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def two_runs(tiny_lm, tmp_path_factory):
     parent = tmp_path_factory.mktemp("runs")

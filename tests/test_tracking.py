@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import fluentdream as fd
 from fluentdream.runs import is_complete, read_json, run_dream
@@ -22,15 +21,6 @@ from fluentdream.tracking import IterationMetrics, NullTracker, resolve_mode, st
 CFG = fd.EPOConfig(iters=7, population_size=3, explore_per_pop=6, topk=16, restart_frequency=3,
                    seed=1)
 REF = (8.0, 0.0)   # tiny random models have CE near ln(1024) ~ 7, so the paper's 6 would give 0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
