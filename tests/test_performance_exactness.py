@@ -9,7 +9,7 @@ import torch
 
 import fluentdream as fd
 from fluentdream.batched import epo_many
-from fluentdream.evaluate import Scorer, plan_groups
+from fluentdream.evaluate import Scorer
 
 ARCHS = ("gpt_neox", "phi", "gpt2", "llama", "mistral", "qwen2")
 
@@ -47,7 +47,7 @@ def test_prefix_reuse_equals_full_scoring(make_lm, arch):
     kids[1, 3:] = torch.randint(lm.vocab_size, (9,))    # several changes: reuse before the first
     for target in targets_for(lm):
         full = Scorer(lm, target, retokenize=False, reuse_prefix=False, memo_size=0).score(kids)
-        fast = Scorer(lm, target, retokenize=False, group_overhead=0.0)
+        fast = Scorer(lm, target, retokenize=False)
         assert_same_scores(fast.score(kids, parents=rows), full, atol=1e-4)
         assert fast.counts["model_tokens"] < 0.75 * len(kids) * 12   # the prefix was not recomputed
 
@@ -64,14 +64,6 @@ def test_prefix_reuse_with_separate_fluency_model_and_bf16(make_lm):
     full = Scorer(half, target, retokenize=False, reuse_prefix=False).score(kids)
     fast = Scorer(half, target, retokenize=False).score(kids, parents=rows)
     assert_same_scores(fast, full, atol=0.1)            # bf16 has ~3 significant digits
-
-
-def test_plan_groups_trades_calls_for_recomputation():
-    counts = [3, 0, 5, 5, 0, 4]
-    assert plan_groups(counts, overhead=0.0) == [0, 1, 2, 3, 4, 5]
-    assert plan_groups(counts, overhead=1e6) == [0] * 6
-    starts = plan_groups(counts, overhead=8.0)
-    assert all(s <= p for p, s in enumerate(starts)) and starts == sorted(starts)
 
 
 def test_memo_scores_each_prompt_once(tiny_lm):
@@ -92,11 +84,11 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_numbers(tiny_lm):
     expected = Scorer(tiny_lm, target, retokenize=False).score(kids, parents=rows)
     grads = Scorer(tiny_lm, target, retokenize=False).gradients(kids[:8], torch.ones(8))
 
-    def limit(module, args, kwargs):                     # a device that holds 5 prompts at most
+    def limit(module, args, kwargs):                     # a device that holds 60 tokens at most
         x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
-        if len(x) > 5:
+        if x.shape[0] * x.shape[1] > 60:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-    handle = tiny_lm.model.register_forward_pre_hook(limit, with_kwargs=True)
+    handle = tiny_lm.trunk.register_forward_pre_hook(limit, with_kwargs=True)
     try:
         scorer = Scorer(tiny_lm, target, retokenize=False, batch_size=64)
         assert_same_scores(scorer.score(kids, parents=rows), expected, atol=1e-5)

@@ -9,26 +9,26 @@ CE is the mean next-token cross-entropy of the prompt's own tokens: logits at po
 scored against tokens 1..n-1, no BOS, computed in float32. Rejected prompts (banned text, failed
 retokenization) score target = -inf and CE = nan and are never run through the model.
 
-Where the time goes (DESIGN §10): an EPO child differs from its parent from position p on. The
-parent's keys/values before p, its log-probabilities there and (for targets that read every
-position) its activations there are unchanged, so they are computed once per parent and only
-positions p..n-1 of each child run through the model, children grouped by p. A prompt scored
-before by this scorer is not scored again (`memo`). A batch that runs out of memory is halved and
-retried. One scorer can serve several targets on one model (`fluentdream.batched`): the captured
-activations of one forward pass feed every target.
+Where the time goes (DESIGN §10): an EPO child differs from its parent from position p on, so
+before p its keys/values, activations and log-probabilities are the parent's. Each batch runs as
+one packed forward pass (`fluentdream.packed`): the distinct parents in full and every child's
+positions p..n-1 only, laid end to end, so the model computes about half the tokens of a full pass
+in large matrix products. A prompt scored before by this scorer is not scored again (`memo`). A
+batch that runs out of memory is halved and retried. One scorer can serve several targets on one
+model (`fluentdream.batched`): the captured activations of one pass feed every target.
 """
 from __future__ import annotations
 
 import functools
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .packed import Plan, attention_implementation, packed_attention, packed_nll
 from .targets import AttentionEntry, Logit, Neuron, ResidualDirection, SAELatent, Site, Target
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,10 @@ _PER_POSITION = (Neuron, Logit, ResidualDirection, AttentionEntry, SAELatent)
 
 
 @contextmanager
-def capture(lm, sites: tuple[Site, ...]):
-    """Hooks that fill a dict {site: activation} on every forward pass of `lm.model`."""
+def capture(lm, sites: tuple[Site, ...], eager_attention: bool = True):
+    """Hooks that fill a dict {site: activation} on every forward pass of `lm.model`.
+    Attention sites switch the model to eager attention (SDPA hides the probabilities) unless
+    `eager_attention` is False (the packed attention returns them itself)."""
     acts: dict[Site, torch.Tensor] = {}
     handles = []
 
@@ -53,7 +55,7 @@ def capture(lm, sites: tuple[Site, ...]):
             acts[site] = output[1]
         return hook
 
-    needs_eager = any(kind == "attn" for kind, _ in sites)
+    needs_eager = eager_attention and any(kind == "attn" for kind, _ in sites)
     previous = lm.model.config._attn_implementation
     if needs_eager:  # SDPA does not expose attention probabilities
         lm.model.set_attn_implementation("eager")
@@ -103,69 +105,31 @@ def allowed_tokens(lm) -> torch.Tensor:
 
 
 def decode(tokenizer, ids: torch.Tensor) -> list[str]:
+    """(B, n) -> B texts, special tokens kept, no clean-up of spaces."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)   # the Rust tokenizer: no wrapper cost
+    if backend is not None:
+        return backend.decode_batch(ids.tolist(), skip_special_tokens=False)
     return tokenizer.batch_decode(ids.tolist(), clean_up_tokenization_spaces=False)
 
 
-def retokenizes(tokenizer, ids: torch.Tensor) -> np.ndarray:
-    """(B, n) -> (B,) bool: decoding then encoding gives back exactly these tokens."""
-    back = tokenizer(decode(tokenizer, ids), add_special_tokens=False)["input_ids"]
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """B texts -> their token ids, no special tokens added."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def retokenizes(tokenizer, ids: torch.Tensor, texts: list[str] | None = None) -> np.ndarray:
+    """(B, n) -> (B,) bool: decoding (or the given `texts`, decoded already) then encoding gives
+    back exactly these tokens."""
+    back = encode(tokenizer, texts if texts is not None else decode(tokenizer, ids))
     return np.array([b == row for b, row in zip(back, ids.tolist())], dtype=bool)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or (
         isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
-
-
-def plan_groups(counts: list[int], overhead: float) -> list[int]:
-    """counts[p] children first differ from their parent at p (n = len(counts)) -> for every p
-    the position its group starts computing from (<= p).
-
-    A group is one forward pass over positions s..n-1 of its children; it costs `overhead` (in
-    token-positions: call, kernel launches, hooks) plus one unit per child and computed position.
-    Merging neighbouring p into one pass trades a little recomputation for fewer calls; the
-    cheapest contiguous split is found by dynamic programming over p.
-    """
-    n = len(counts)
-    best, cut = [0.0] * (n + 1), [n] * (n + 1)
-    for s in range(n - 1, -1, -1):
-        best[s] = float("inf")
-        for e in range(s + 1, n + 1):
-            rows = sum(counts[s:e])
-            cost = (overhead + rows * (n - s) if rows else 0.0) + best[e]
-            if cost < best[s]:
-                best[s], cut[s] = cost, e
-    start, s = [0] * n, 0
-    while s < n:
-        start[s:cut[s]] = [s] * (cut[s] - s)
-        s = cut[s]
-    return start
-
-
-@dataclass
-class _Prefix:
-    """What children may reuse from U parent prompts of length n (computed once per call)."""
-    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer of lm: (U, heads, n, head_dim) x 2
-    acts: dict[Site, torch.Tensor]    # (U, n, d) or, for attn, (U, heads, n, n)
-    logits: torch.Tensor | None       # (U, n, V) lm logits, kept only when a target reads them all
-    flu_kv: list | None               # the fluency model's kv when it is not lm
-    logp: torch.Tensor                # (U, n-1, V) float32 fluency log-softmax at positions 0..n-2
-    nll: torch.Tensor                 # (U, n-1) each parent's own next-token losses
-
-
-def _layer_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _join_kv(chunks: list[list]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(torch.cat([c[i][0] for c in chunks]), torch.cat([c[i][1] for c in chunks]))
-            for i in range(len(chunks[0]))]
-
-
-def _cache(kv, rows: torch.Tensor, p: int):
-    """A DynamicCache holding positions < p of the parents `rows` (one per child), or None."""
-    from transformers import DynamicCache
-    return DynamicCache([(k[rows, :, :p], v[rows, :, :p]) for k, v in kv]) if p else None
 
 
 def _nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -180,19 +144,20 @@ class Scorer:
 
     `target` may be a sequence of targets on the same model; then `score`, `gradients` and
     `forward` take `which` (B,), the target index of every row (fluentdream.batched).
-    reuse_prefix=False and memo_size=0 turn the savings off (benchmarks, exactness tests).
+    reuse_prefix=False and memo_size=0 turn the savings off: every prompt then goes through the
+    model's own forward pass, unpacked (benchmarks, exactness tests).
     """
 
     def __init__(self, lm, target: Target | Sequence[Target], fluency=None,
                  batch_size: int = 256, retokenize: bool = True, *, reuse_prefix: bool = True,
-                 memo_size: int = 1_000_000, group_overhead: float = 32.0):
+                 memo_size: int = 1_000_000):
         self.lm, self.batch_size, self.retokenize = lm, batch_size, retokenize
         self.targets = (target,) if isinstance(target, Target) else tuple(target)
         self.sites = tuple(sorted({s for t in self.targets for s in t.sites}))
         self.fluency = fluency if fluency is not None else lm
         if self.fluency is not lm:
             check_same_vocab(lm, self.fluency)
-        self.reuse_prefix, self.memo_size, self.group_overhead = reuse_prefix, memo_size, group_overhead
+        self.reuse_prefix, self.memo_size = reuse_prefix, memo_size
         self.memo: dict[bytes, tuple[float, float]] = {}   # (target index, tokens) -> (f, ce)
         self.counts = dict(requested=0, model_rows=0, model_tokens=0, parent_rows=0)
         # Built-in targets other than Logit never read logits; at "last" they read one position.
@@ -218,7 +183,7 @@ class Scorer:
             if len(rows):
                 bad[rows] = target.rejects([texts[i] for i in rows])
         if self.retokenize:
-            bad |= ~retokenizes(self.lm.tokenizer, ids)
+            bad |= ~retokenizes(self.lm.tokenizer, ids, texts)
         return bad
 
     def _values(self, acts: dict, logits: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
@@ -233,34 +198,38 @@ class Scorer:
                     {s: a[rows] for s, a in acts.items()}, logits[rows]).float())
         return f
 
-    def _pass(self, model, x=None, emb=None, cache=None, capture_sites=(), for_target=False):
-        """One forward of `model` on tokens x (B, L) or embeddings emb (B, L, d) after `cache`
-        -> (acts, logits). Logits of the last position are dropped unless a target reads them:
-        CE never uses them."""
+    def _pass(self, model, x=None, emb=None, capture_sites=(), for_target=False):
+        """One forward of `model` on tokens x (B, L) or embeddings emb (B, L, d) -> (acts,
+        logits). Logits of the last position are dropped unless a target reads them: CE never
+        uses them."""
         L = (x if x is not None else emb).shape[1]
         keep = 0 if (for_target and self.reads_logits) else torch.arange(L - 1, device=model.device)
         with capture(self.lm, capture_sites) as acts:
-            out = model.model(input_ids=x, inputs_embeds=emb, cache=cache, use_cache=False,
+            out = model.model(input_ids=x, inputs_embeds=emb, use_cache=False,
                               logits_to_keep=keep)
         return acts, out.logits
 
     def forward(self, ids: torch.Tensor | None = None, one_hot: torch.Tensor | None = None,
-                which=None):
+                which=None, embeds: tuple | None = None):
         """One batch through target and fluency models -> (f (B,), ce (B,)), float32.
 
-        Give `ids` (B, n), or `one_hot` (B, n, V) to differentiate through the embeddings.
+        Give `ids` (B, n); to differentiate through the embeddings, also `one_hot` (B, n, V)
+        (a relaxed one-hot works too) or `embeds`, the (B, n, d) input embeddings of the target
+        and of the fluency model.
         """
-        if one_hot is not None:
+        if ids is None:
             ids = one_hot.argmax(-1)
         ids = ids.to(self.lm.device)
-        emb = None if one_hot is None else one_hot @ self.lm.model.get_input_embeddings().weight
+        if one_hot is not None:
+            embeds = tuple(one_hot.to(m.device, m.dtype) @ m.model.get_input_embeddings().weight
+                           for m in (self.lm, self.fluency))
+        emb, flu_emb = embeds if embeds is not None else (None, None)
         acts, logits = self._pass(self.lm, None if emb is not None else ids, emb,
                                   capture_sites=self.sites, for_target=True)
         f = self._values(acts, logits, self._which(which, len(ids)))
         if self.fluency is not self.lm:
-            emb = None if one_hot is None else one_hot.to(self.fluency.device, self.fluency.dtype) \
-                @ self.fluency.model.get_input_embeddings().weight
-            _, logits = self._pass(self.fluency, None if emb is not None else ids.to(self.fluency.device), emb)
+            x = None if flu_emb is not None else ids.to(self.fluency.device)
+            _, logits = self._pass(self.fluency, x, flu_emb)
         n = ids.shape[1]
         ce = _nll(logits[:, :n - 1], ids[:, 1:]).mean(1)
         return f, ce.to(f.device)
@@ -334,110 +303,107 @@ class Scorer:
             self.memo.update(new)
 
     def _score_new(self, ids, parents, which) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distinct unseen rows -> (f, ce): reject, then one forward pass per group of rows
-        that share the first position to compute (plan_groups)."""
+        """Distinct unseen rows -> (f, ce): reject, then packed passes over chunks of rows, each
+        with the distinct parents its rows reuse (fluentdream.packed)."""
         f = torch.full((len(ids),), -torch.inf)
         ce = torch.full((len(ids),), torch.nan)
         keep = torch.from_numpy(~self.rejected(ids, which)).nonzero().squeeze(1)
         if len(keep) == 0:
             return f, ce
         ids, which = ids[keep], which[keep]
-        n = ids.shape[1]
         start = torch.zeros(len(ids), dtype=torch.long)    # first position each row computes
-        prefix = owner = None
+        owner = uniq = None
         if parents is not None and self.reuse_prefix:
             diff = ids != parents[keep]
-            first = torch.where(diff.any(1), diff.int().argmax(1), 0)  # identical rows: full pass
-            start = torch.tensor(plan_groups(torch.bincount(first, minlength=n).tolist(),
-                                             self.group_overhead))[first]
-            if (start > 0).any():
-                uniq, owner = torch.unique(parents[keep], dim=0, return_inverse=True)
-                prefix = self._prefix(uniq)
+            start = torch.where(diff.any(1), diff.int().argmax(1), 0)  # identical rows: full pass
+            uniq, owner = torch.unique(parents[keep], dim=0, return_inverse=True)
         fk, cek = torch.empty(len(ids)), torch.empty(len(ids))
-        for p in start.unique().tolist():
-            rows = (start == p).nonzero().squeeze(1)
 
-            def run(a, b, rows=rows, p=p):
-                r = rows[a:b]
-                fk[r], cek[r] = self._suffix(ids[r], p, prefix, None if owner is None else owner[r],
-                                             which[r])
-            self._in_chunks(len(rows), run)
-            self.counts["model_tokens"] += len(rows) * (n - p)
+        def run(a, b):
+            rows = slice(a, b)
+            if owner is None:
+                fk[rows], cek[rows] = self._packed(ids[rows], start[rows], torch.arange(b - a), which[rows])
+                return
+            used, src = torch.unique(owner[rows], return_inverse=True)  # parents this chunk reuses
+            U = len(used)
+            src = torch.where(start[rows] > 0, src, U + torch.arange(b - a))  # full rows: their own
+            f2, ce2 = self._packed(torch.cat([uniq[used], ids[rows]]),
+                                   torch.cat([torch.zeros(U, dtype=torch.long), start[rows]]),
+                                   torch.cat([torch.arange(U), src]),
+                                   torch.cat([which[rows][:1].expand(U), which[rows]]))
+            fk[rows], cek[rows] = f2[U:], ce2[U:]
+            self.counts["parent_rows"] += U
+        self._in_chunks(len(ids), run)
         self.counts["model_rows"] += len(ids)
         f[keep], ce[keep] = fk, cek
         return f, ce
 
-    def _prefix(self, parents: torch.Tensor) -> _Prefix:
-        """Run U distinct parents (U, n) once, keeping what their children reuse."""
-        kv, acts, logits, flu_kv, logp = [], {}, [], [], []
-
-        def run(a, b):
-            x = parents[a:b].to(self.lm.device)
-            with capture(self.lm, self.sites) as got:
-                out = self.lm.model(input_ids=x, use_cache=True)
-            kv.append(_layer_kv(out.cache))
-            for s, v in got.items():
-                acts.setdefault(s, []).append(v)
-            if self.reads_logits and self.reads_prefix:
-                logits.append(out.logits)
-            flu = out
-            if self.fluency is not self.lm:
-                flu = self.fluency.model(input_ids=x.to(self.fluency.device), use_cache=True)
-                flu_kv.append(_layer_kv(flu.cache))
-            logp.append(torch.log_softmax(flu.logits[:, :-1].float(), dim=-1))
-        self._in_chunks(len(parents), run)
-        self.counts["parent_rows"] += len(parents)
-        logp = torch.cat(logp)
-        nxt = parents[:, 1:].to(logp.device)
-        return _Prefix(kv=_join_kv(kv), acts={s: torch.cat(v) for s, v in acts.items()},
-                       logits=torch.cat(logits) if logits else None,
-                       flu_kv=_join_kv(flu_kv) if flu_kv else None, logp=logp,
-                       nll=-logp.gather(2, nxt[..., None]).squeeze(2))
-
-    def _suffix(self, ids, p: int, pre: _Prefix | None, owner, which):
-        """(B, n) rows equal to their parents (`owner` into `pre`) before position p ->
-        (f, ce) computing positions p..n-1 only; p = 0 is an ordinary full forward pass."""
-        if p == 0:
-            f, ce = self.forward(ids, which=which)
-            return f.cpu(), ce.cpu()
-        n = ids.shape[1]
-        x = ids[:, p:].to(self.lm.device)
-        own = owner.to(self.lm.device)
-        acts, logits = self._pass(self.lm, x, cache=_cache(pre.kv, own, p),
-                                  capture_sites=self.sites, for_target=True)
-        flu_logits = logits[:, :n - 1 - p]                            # predict tokens p+1..n-1
-        if self.reads_prefix:  # targets see whole prompts: the parent's prefix, then ours
-            acts = {s: torch.cat([pre.acts[s][own, :, :p] if s[0] == "attn" else pre.acts[s][own, :p], a],
-                                 dim=2 if s[0] == "attn" else 1) for s, a in acts.items()}
-            if pre.logits is not None:
-                logits = torch.cat([pre.logits[own, :p], logits], dim=1)
-        f = self._values(acts, logits, which)
+    def _packed(self, ids, start, src, which) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n) rows, row b computing positions start[b].. and taking the rest from row src[b]
+        -> (f, ce) (B,) on CPU, from one packed pass (per model)."""
+        dev, n = self.lm.device, ids.shape[1]
+        ids, which = ids.to(dev), which.to(dev)
+        plan = Plan.build(start.to(dev), src.to(dev), n,
+                          probs_layers={layer for kind, layer in self.sites if kind == "attn"})
+        with packed_attention(self.lm.model, plan), \
+                capture(self.lm, self.sites, eager_attention=False) as acts:
+            hidden = self.lm.trunk(input_ids=plan.tokens(ids), position_ids=plan.pos[None],
+                                   use_cache=False).last_hidden_state[0]          # (T, d)
+        f = self._values(self._unpack_sites(acts, plan), self._logits(hidden, plan), which)
         if self.fluency is not self.lm:
-            fx = x.to(self.fluency.device)
-            _, flu_logits = self._pass(self.fluency, fx, cache=_cache(pre.flu_kv, owner.to(fx.device), p))
-        own, y = owner.to(pre.logp.device), ids.to(pre.logp.device)
-        before = pre.nll[own, :p - 1].sum(1)                           # tokens 1..p-1: unchanged
-        at_p = -pre.logp[own, p - 1, y[:, p]]                          # token p: parent's logits
-        after = _nll(flu_logits, y[:, p + 1:]).sum(1).to(before.device)  # tokens p+1..n-1
-        return f.cpu(), ((before + at_p + after) / (n - 1)).cpu()
+            fdev = self.fluency.device
+            plan, ids = Plan.build(start.to(fdev), src.to(fdev), n), ids.to(fdev)
+            with packed_attention(self.fluency.model, plan):
+                hidden = self.fluency.trunk(input_ids=plan.tokens(ids), position_ids=plan.pos[None],
+                                            use_cache=False).last_hidden_state[0]
+        self.counts["model_tokens"] += len(plan.pos)
+        ce = packed_nll(hidden, self.fluency.unembed, plan, ids).mean(1)
+        return f.cpu(), ce.cpu()
+
+    def _unpack_sites(self, acts: dict, plan: Plan) -> dict:
+        """Captured packed activations -> what targets read: (B, n, ...) whole prompts when a
+        target reads every position, else (B, 1, ...) the last position (attention: (B, h, n, n))."""
+        out = {}
+        for site, a in acts.items():
+            if site[0] == "attn":
+                out[site] = a
+            else:
+                out[site] = plan.unpack(a[0]) if self.reads_prefix else a[0][plan.last][:, None]
+        return out
+
+    def _logits(self, hidden: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """Packed hidden states -> the logits targets read: (B, n, V) whole prompts, (B, 1, V) the
+        last position, or (B, 0, V) when no target reads logits."""
+        if not self.reads_logits:
+            return hidden.new_zeros((plan.B, 0, self.lm.vocab_size))
+        if self.reads_prefix:
+            return plan.unpack(self.lm.unembed(hidden))
+        return self.lm.unembed(hidden[plan.last])[:, None]
 
     def gradients(self, ids: torch.Tensor, lambdas: torch.Tensor, which=None) -> torch.Tensor:
         """(M, n), (M,) -> (M, n, V) float32 gradient of f - lambda * CE w.r.t. the one-hot tokens.
 
         Each row's objective depends on that row alone, so one backward of the sum gives every
-        row its own gradient, with its own lambda (paper §2; DESIGN §4 step 7).
+        row its own gradient, with its own lambda (paper §2; DESIGN §4 step 7). Attention runs
+        eagerly here: at prompt lengths like 12, SDPA's backward costs several times the rest.
         """
         V = self.lm.vocab_size
         which = self._which(which, len(ids))
         grads = torch.empty(len(ids), ids.shape[1], V)
 
         def run(a, b):
-            one_hot = F.one_hot(ids[a:b].to(self.lm.device), V).to(self.lm.dtype).requires_grad_(True)
-            with torch.enable_grad():
-                f, ce = self.forward(one_hot=one_hot, which=which[a:b])
+            x = ids[a:b].to(self.lm.device)
+            # d(one_hot @ E)/d one_hot: the gradient of the token v at a position is E[v] . g,
+            # g the gradient of that position's embedding; lookups replace the one-hot product.
+            models = [self.lm] if self.fluency is self.lm else [self.lm, self.fluency]
+            tables = [m.model.get_input_embeddings().weight for m in models]
+            embs = [E[x.to(E.device)].detach().requires_grad_(True) for E in tables]
+            with torch.enable_grad(), attention_implementation(self.lm.model, "eager"), \
+                    attention_implementation(self.fluency.model, "eager"):
+                f, ce = self.forward(x, which=which[a:b], embeds=(embs[0], embs[-1]))
                 lam = lambdas[a:b].to(f.device, torch.float32)
                 (f - lam * ce).sum().backward()
-            grads[a:b] = one_hot.grad.float().cpu()
+            grads[a:b] = sum((e.grad @ E.T).float().cpu() for e, E in zip(embs, tables))
         self._in_chunks(len(ids), run)
         return grads
 

@@ -107,6 +107,16 @@ class LoadedModel:
     def final_norm(self) -> nn.Module:
         return _get(self.model, self.arch.final_norm)
 
+    @property
+    def trunk(self) -> nn.Module:
+        """The model without its unembedding: tokens -> final-norm hidden states (B, L, d)."""
+        return self.model.base_model
+
+    @property
+    def unembed(self) -> nn.Linear:
+        """The unembedding: hidden states (..., d) -> logits (..., V)."""
+        return self.model.get_output_embeddings()
+
     def __repr__(self) -> str:
         return (f"LoadedModel({self.name!r}, {self.config.model_type}, layers={self.n_layers}, "
                 f"d_model={self.d_model}, d_mlp={self.d_mlp}, vocab={self.vocab_size}, "

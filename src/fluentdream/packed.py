@@ -1,0 +1,188 @@
+"""Packed forward passes: many one-token children of a few parents in one pass, computing only the
+positions that changed (DESIGN §10).
+
+    plan = Plan.build(start, src, n)       # row b computes positions start[b]..n-1, the rest is src[b]'s
+    with packed_attention(lm.model, plan):
+        out = lm.model(input_ids=plan.tokens(ids), position_ids=plan.pos[None])   # (1, T, V) logits
+
+An EPO child equals its parent before the swapped position p, so there its keys, values,
+activations and log-probabilities are the parent's. The parents (start 0) and the positions
+p..n-1 of every child are laid end to end as one sequence of T tokens (about half of the B * n a
+full pass computes), so every projection, MLP and unembedding is one large matrix product over T
+rows: no padding and no per-position groups. Only attention needs the prompt layout: a registered
+attention function scatters the T queries, keys and values into (B, heads, n, head_dim) buffers,
+fills the positions a row did not compute from its source row (the parent, computed in the same
+pass), runs causal attention there and gathers the T outputs back. Rotary and learned position
+embeddings see every token's true position through `position_ids`, so this works unchanged for
+each architecture whose attention goes through transformers' attention interface (all of
+`fluentdream.models.ARCHITECTURES`).
+"""
+from __future__ import annotations
+
+import contextvars
+import functools
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+NAME = "fluentdream_packed"
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar(NAME, default=None)
+
+
+@dataclass
+class Plan:
+    """The layout of T packed tokens from B prompts of n tokens (all tensors on one device)."""
+    row: torch.Tensor        # (T,) prompt of each packed token
+    pos: torch.Tensor        # (T,) its position in the prompt
+    start: torch.Tensor      # (B,) first position a prompt computes
+    src: torch.Tensor        # (B,) the row whose entries a prompt takes before `start`
+    n: int
+    probs_layers: frozenset = frozenset()   # layers whose attention probabilities are returned
+
+    @staticmethod
+    def build(start: torch.Tensor, src: torch.Tensor, n: int, probs_layers=frozenset()) -> Plan:
+        """Rows are laid out in order, each as positions start[b]..n-1. A row with start > 0
+        must have a source row with start 0 (its parent, in the same pass)."""
+        assert bool((start[src[start > 0]] == 0).all()), "a source row must compute every position"
+        lengths = n - start
+        row = torch.repeat_interleave(torch.arange(len(start), device=start.device), lengths)
+        first = torch.cumsum(lengths, 0) - lengths                 # (B,) packed index of start
+        pos = start[row] + torch.arange(len(row), device=start.device) - first[row]
+        return Plan(row, pos, start, src, n, frozenset(probs_layers))
+
+    @property
+    def B(self) -> int:
+        return len(self.start)
+
+    @functools.cached_property
+    def _first(self) -> torch.Tensor:
+        """(B,) packed index of each row's first computed position."""
+        lengths = self.n - self.start
+        return torch.cumsum(lengths, 0) - lengths
+
+    def index(self, row: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Packed index of (row, pos) pairs; pos >= start[row]."""
+        return self._first[row] + pos - self.start[row]
+
+    @functools.cached_property
+    def source(self) -> torch.Tensor:
+        """(B * n,) for every (row, position) the packed token that holds it: its own where the
+        row computes it, else its source row's (the parent's, unchanged before start)."""
+        grid = torch.arange(self.n, device=self.start.device).expand(self.B, self.n)
+        rows = torch.where(self.computed, torch.arange(self.B, device=grid.device)[:, None],
+                           self.src[:, None])
+        return self.index(rows, grid).reshape(-1)
+
+    @functools.cached_property
+    def flat(self) -> torch.Tensor:
+        """(T,) each packed token's index in the (B * n) prompt layout."""
+        return self.row * self.n + self.pos
+
+    @property
+    def last(self) -> torch.Tensor:
+        """(B,) packed index of every row's last position."""
+        return self._first + self.n - 1 - self.start
+
+    @property
+    def computed(self) -> torch.Tensor:
+        """(B, n) bool: positions each row computes itself."""
+        return torch.arange(self.n, device=self.start.device)[None, :] >= self.start[:, None]
+
+    def tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, n) prompts -> (1, T) the packed tokens."""
+        return ids[self.row, self.pos][None]
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(T, ...) per-token values -> (B, n, ...), positions before `start` from the source."""
+        return packed[self.source].view((self.B, self.n) + packed.shape[1:])
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query (1, heads, T, hd), key and value (1, kv_heads, T, hd) -> (1, T, heads, hd), and the
+    (B, heads, n, n) probabilities on layers of plan.probs_layers (else None)."""
+    plan: Plan = _ACTIVE.get()
+    assert plan is not None, "packed attention runs only inside packed_attention()"
+    window = kwargs.get("sliding_window")
+    if window is not None and window < plan.n:
+        raise ValueError(f"sliding-window attention with a window of {window} tokens is not "
+                         f"supported for {plan.n}-token prompts; use prompts of at most {window}")
+
+    def layout(x):               # (1, h, T, hd) -> (B, h, n, hd), every position filled
+        return x[0].index_select(1, plan.source).view(x.shape[1], plan.B, plan.n, -1).transpose(0, 1)
+    Q, K, V = layout(query), layout(key), layout(value)
+    groups = Q.shape[1] // K.shape[1]                # grouped-query attention
+    probs = None
+    if module.layer_idx in plan.probs_layers:        # an attention target reads them
+        K, V = K.repeat_interleave(groups, 1), V.repeat_interleave(groups, 1)
+        scale = scaling if scaling is not None else Q.shape[-1] ** -0.5
+        causal = torch.ones(plan.n, plan.n, dtype=torch.bool, device=Q.device).tril()
+        scores = (Q @ K.transpose(2, 3)).float() * scale
+        probs = scores.masked_fill(~causal, -torch.inf).softmax(-1).to(Q.dtype)
+        out = probs @ V
+    else:
+        out = F.scaled_dot_product_attention(Q, K, V, is_causal=True, scale=scaling,
+                                             enable_gqa=groups > 1)
+    out = out.transpose(1, 2).reshape(plan.B * plan.n, out.shape[1], -1).index_select(0, plan.flat)
+    return out[None], probs
+
+
+def _no_mask(**kwargs):
+    return None                      # the causal structure lives in the plan
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+    AttentionInterface.register(NAME, _attention)
+    AttentionMaskInterface.register(NAME, _no_mask)
+
+
+@contextmanager
+def attention_implementation(model, name: str):
+    """Switch `model` (a transformers model) to attention implementation `name` inside the block."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+@contextmanager
+def packed_attention(model, plan: Plan):
+    """Route `model`'s attention through `plan` inside the block."""
+    _register()
+    token = _ACTIVE.set(plan)
+    try:
+        with attention_implementation(model, NAME):
+            yield plan
+    finally:
+        _ACTIVE.reset(token)
+
+
+def packed_nll(hidden: torch.Tensor, unembed, plan: Plan, ids: torch.Tensor) -> torch.Tensor:
+    """Final hidden states (T, d) of the packed tokens -> (B, n - 1) float32 next-token losses
+    (entry j: the loss of token j + 1), unembedding a few hundred rows at a time so the float32
+    logits stay in cache instead of making a (T, V) round trip through memory.
+
+    A row's losses of tokens 1..start-1 are its source's (same tokens, same context); the loss of
+    its token at `start` comes from the source's logits at start - 1."""
+    B, n = plan.B, plan.n
+    rows = (plan.pos < n - 1).nonzero().squeeze(1)           # position n - 1 predicts nothing
+    nxt = ids[plan.row[rows], plan.pos[rows] + 1]
+    own = torch.zeros(len(plan.pos), dtype=torch.float32, device=hidden.device)
+    chunk = max(256, (1 << 20) // unembed.out_features)
+    for a in range(0, len(rows), chunk):
+        r = rows[a:a + chunk]
+        own[r] = F.cross_entropy(unembed(hidden[r]).float(), nxt[a:a + chunk], reduction="none")
+    nll = own[plan.source.view(B, n)[:, :-1]]
+    b = (plan.start > 0).nonzero().squeeze(1)
+    if len(b):                              # the swapped token, read off the source's logits
+        p = plan.start[b]
+        at, inv = torch.unique(plan.index(plan.src[b], p - 1), return_inverse=True)
+        logits = unembed(hidden[at]).float()                           # (A, V), A <= U (n - 1)
+        lse = torch.logsumexp(logits, dim=-1)
+        nll[b, p - 1] = lse[inv] - logits[inv, ids[b, p]]
+    return nll
