@@ -84,9 +84,9 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_numbers(tiny_lm):
     expected = Scorer(tiny_lm, target, retokenize=False).score(kids, parents=rows)
     grads = Scorer(tiny_lm, target, retokenize=False).gradients(kids[:8], torch.ones(8))
 
-    def limit(module, args, kwargs):                     # a device that holds 60 tokens at most
+    def limit(module, args, kwargs):                     # a device that holds 90 tokens at most
         x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
-        if x.shape[0] * x.shape[1] > 60:
+        if x.shape[0] * x.shape[1] > 90:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
     handle = tiny_lm.trunk.register_forward_pre_hook(limit, with_kwargs=True)
     try:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .packed import Plan, attention_implementation, packed_attention, packed_nll
+from .packed import Plan, attention_implementation, packed_attention, packed_nll, padded, unembed_rows
 from .targets import AttentionEntry, Logit, Neuron, ResidualDirection, SAELatent, Site, Target
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,10 @@ class Scorer:
 
     def _packed(self, ids, start, src, which) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, n) rows, row b computing positions start[b].. and taking the rest from row src[b]
-        -> (f, ce) (B,) on CPU, from one packed pass (per model)."""
+        -> (f, ce) (B,) on CPU, from one packed pass (per model). Dummy rows pad the packed
+        length to a multiple of SHAPE_STEP tokens (fluentdream.packed.padded)."""
+        B = len(ids)
+        ids, start, src, which = _pad_rows(ids, start, src, which)
         dev, n = self.lm.device, ids.shape[1]
         ids, which = ids.to(dev), which.to(dev)
         plan = Plan.build(start.to(dev), src.to(dev), n,
@@ -358,7 +361,7 @@ class Scorer:
                                             use_cache=False).last_hidden_state[0]
         self.counts["model_tokens"] += len(plan.pos)
         ce = packed_nll(hidden, self.fluency.unembed, plan, ids).mean(1)
-        return f.cpu(), ce.cpu()
+        return f[:B].cpu(), ce[:B].cpu()
 
     def _unpack_sites(self, acts: dict, plan: Plan) -> dict:
         """Captured packed activations -> what targets read: (B, n, ...) whole prompts when a
@@ -378,34 +381,56 @@ class Scorer:
             return hidden.new_zeros((plan.B, 0, self.lm.vocab_size))
         if self.reads_prefix:
             return plan.unpack(self.lm.unembed(hidden))
-        return self.lm.unembed(hidden[plan.last])[:, None]
+        return unembed_rows(self.lm.unembed, hidden, plan.last)[:, None]
 
     def gradients(self, ids: torch.Tensor, lambdas: torch.Tensor, which=None) -> torch.Tensor:
         """(M, n), (M,) -> (M, n, V) float32 gradient of f - lambda * CE w.r.t. the one-hot tokens.
 
-        Each row's objective depends on that row alone, so one backward of the sum gives every
-        row its own gradient, with its own lambda (paper §2; DESIGN §4 step 7). Attention runs
+        Every slot gets the gradient of its own objective, with its own lambda (paper §2; DESIGN §4
+        step 7). The objective is linear in lambda, so each distinct prompt is differentiated
+        once, for f and for CE, and slots combine the two: after a restart all M slots hold one
+        prompt, and on average fewer than half of the slots hold distinct ones. Attention runs
         eagerly here: at prompt lengths like 12, SDPA's backward costs several times the rest.
         """
-        V = self.lm.vocab_size
+        V, n = self.lm.vocab_size, ids.shape[1]
         which = self._which(which, len(ids))
-        grads = torch.empty(len(ids), ids.shape[1], V)
+        uniq, inv = torch.unique(torch.cat([which[:, None], ids], 1), dim=0, return_inverse=True)
+        g_f, g_ce = torch.empty(len(uniq), n, V), torch.empty(len(uniq), n, V)
+        models = [self.lm] if self.fluency is self.lm else [self.lm, self.fluency]
+        tables = [m.model.get_input_embeddings().weight for m in models]
+
+        def one_hot_grad(grads) -> torch.Tensor:
+            # d(one_hot @ E)/d one_hot: the gradient for token v at a position is E[v] . g, with g
+            # the gradient of that position's embedding, so lookups replace the one-hot product.
+            return sum((g @ E.T).float().cpu() for g, E in zip(grads, tables) if g is not None)
 
         def run(a, b):
-            x = ids[a:b].to(self.lm.device)
-            # d(one_hot @ E)/d one_hot: the gradient of the token v at a position is E[v] . g,
-            # g the gradient of that position's embedding; lookups replace the one-hot product.
-            models = [self.lm] if self.fluency is self.lm else [self.lm, self.fluency]
-            tables = [m.model.get_input_embeddings().weight for m in models]
+            x = uniq[a:b, 1:].to(self.lm.device)
             embs = [E[x.to(E.device)].detach().requires_grad_(True) for E in tables]
             with torch.enable_grad(), attention_implementation(self.lm.model, "eager"), \
                     attention_implementation(self.fluency.model, "eager"):
-                f, ce = self.forward(x, which=which[a:b], embeds=(embs[0], embs[-1]))
-                lam = lambdas[a:b].to(f.device, torch.float32)
-                (f - lam * ce).sum().backward()
-            grads[a:b] = sum((e.grad @ E.T).float().cpu() for e, E in zip(embs, tables))
-        self._in_chunks(len(ids), run)
-        return grads
+                f, ce = self.forward(x, which=uniq[a:b, 0], embeds=(embs[0], embs[-1]))
+                g_f[a:b] = one_hot_grad(torch.autograd.grad(f.sum(), embs, retain_graph=True,
+                                                            allow_unused=True))
+                g_ce[a:b] = one_hot_grad(torch.autograd.grad(ce.sum(), embs, allow_unused=True))
+        self._in_chunks(len(uniq), run)
+        return g_f[inv] - lambdas.float()[:, None, None] * g_ce[inv]
+
+
+def _pad_rows(ids, start, src, which):
+    """Append dummy rows (copies of row 0) so that the packed length sum(n - start) is padded():
+    full rows, then one row of the remaining r tokens that takes the rest from a full row."""
+    n = ids.shape[1]
+    extra = padded(int((n - start).sum())) - int((n - start).sum())
+    if extra == 0:
+        return ids, start, src, which
+    B, full, r = len(ids), extra // n, extra % n
+    starts = [0] * full + ([n - r] if r else [])
+    anchor = B if full else int((start == 0).nonzero()[0])   # a row computing every position
+    srcs = [B + i for i in range(full)] + ([anchor] if r else [])
+    k = len(starts)
+    return (torch.cat([ids, ids[:1].expand(k, n)]), torch.cat([start, torch.tensor(starts)]),
+            torch.cat([src, torch.tensor(srcs)]), torch.cat([which, which[:1].expand(k)]))
 
 
 def check_same_vocab(lm, fluency) -> None:

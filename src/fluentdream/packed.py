@@ -109,22 +109,29 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         raise ValueError(f"sliding-window attention with a window of {window} tokens is not "
                          f"supported for {plan.n}-token prompts; use prompts of at most {window}")
 
-    def layout(x):               # (1, h, T, hd) -> (B, h, n, hd), every position filled
-        return x[0].index_select(1, plan.source).view(x.shape[1], plan.B, plan.n, -1).transpose(0, 1)
+    def layout(x):               # (1, h, T, hd) -> (h, B, n, hd), every position filled
+        return x[0].index_select(1, plan.source).view(x.shape[1], plan.B, plan.n, -1)
     Q, K, V = layout(query), layout(key), layout(value)
-    groups = Q.shape[1] // K.shape[1]                # grouped-query attention
+    heads, B, n, hd = Q.shape
     probs = None
-    if module.layer_idx in plan.probs_layers:        # an attention target reads them
-        K, V = K.repeat_interleave(groups, 1), V.repeat_interleave(groups, 1)
-        scale = scaling if scaling is not None else Q.shape[-1] ** -0.5
-        causal = torch.ones(plan.n, plan.n, dtype=torch.bool, device=Q.device).tril()
-        scores = (Q @ K.transpose(2, 3)).float() * scale
-        probs = scores.masked_fill(~causal, -torch.inf).softmax(-1).to(Q.dtype)
-        out = probs @ V
+    # Explicit attention where a target reads the probabilities, and for low precision on CPU,
+    # where it beats the SDPA kernels at these tiny (n x n) blocks by ~1.5x (LOG.md).
+    if module.layer_idx in plan.probs_layers or (Q.device.type == "cpu" and Q.dtype != torch.float32):
+        groups = heads // K.shape[0]                 # grouped-query attention
+        K, V = K.repeat_interleave(groups, 0), V.repeat_interleave(groups, 0)
+        causal = torch.full((n, n), -torch.inf, dtype=Q.dtype, device=Q.device).triu(1)
+        scores = torch.baddbmm(causal.expand(heads * B, n, n), Q.reshape(-1, n, hd),
+                               K.reshape(-1, n, hd).transpose(1, 2),
+                               alpha=scaling if scaling is not None else hd ** -0.5)
+        weights = scores.softmax(-1)                                    # (heads * B, n, n)
+        out = torch.bmm(weights, V.reshape(-1, n, hd)).view(heads, B, n, hd)
+        if module.layer_idx in plan.probs_layers:
+            probs = weights.view(heads, B, n, n).transpose(0, 1)         # (B, heads, n, n)
     else:
-        out = F.scaled_dot_product_attention(Q, K, V, is_causal=True, scale=scaling,
-                                             enable_gqa=groups > 1)
-    out = out.transpose(1, 2).reshape(plan.B * plan.n, out.shape[1], -1).index_select(0, plan.flat)
+        out = F.scaled_dot_product_attention(Q.transpose(0, 1), K.transpose(0, 1), V.transpose(0, 1),
+                                             is_causal=True, scale=scaling,
+                                             enable_gqa=heads != K.shape[0]).transpose(0, 1)
+    out = out.reshape(heads, B * n, hd).index_select(1, plan.flat).transpose(0, 1)  # (T, heads, hd)
     return out[None], probs
 
 
@@ -162,6 +169,23 @@ def packed_attention(model, plan: Plan):
         _ACTIVE.reset(token)
 
 
+SHAPE_STEP = 64
+
+
+def padded(count: int) -> int:
+    """`count` rounded up to a multiple of SHAPE_STEP. On CPU, oneDNN builds (JIT-compiles) a
+    kernel for every new matrix shape, which costs more than a product of this size (6 ms against
+    0.7 ms for 1700 x 256 x 1024 in bf16, LOG.md); the number of packed tokens changes every
+    iteration, so products run on a few rounded sizes instead, padded with rows that are dropped."""
+    return -(-count // SHAPE_STEP) * SHAPE_STEP
+
+
+def unembed_rows(unembed, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Logits (len(index), V) of hidden[index], computed on a padded number of rows."""
+    pad = index.new_full((padded(len(index)) - len(index),), int(index[0]) if len(index) else 0)
+    return unembed(hidden[torch.cat([index, pad])])[:len(index)]
+
+
 def packed_nll(hidden: torch.Tensor, unembed, plan: Plan, ids: torch.Tensor) -> torch.Tensor:
     """Final hidden states (T, d) of the packed tokens -> (B, n - 1) float32 next-token losses
     (entry j: the loss of token j + 1), unembedding a few hundred rows at a time so the float32
@@ -176,13 +200,14 @@ def packed_nll(hidden: torch.Tensor, unembed, plan: Plan, ids: torch.Tensor) -> 
     chunk = max(256, (1 << 20) // unembed.out_features)
     for a in range(0, len(rows), chunk):
         r = rows[a:a + chunk]
-        own[r] = F.cross_entropy(unembed(hidden[r]).float(), nxt[a:a + chunk], reduction="none")
+        own[r] = F.cross_entropy(unembed_rows(unembed, hidden, r).float(), nxt[a:a + chunk],
+                                 reduction="none")
     nll = own[plan.source.view(B, n)[:, :-1]]
     b = (plan.start > 0).nonzero().squeeze(1)
     if len(b):                              # the swapped token, read off the source's logits
         p = plan.start[b]
         at, inv = torch.unique(plan.index(plan.src[b], p - 1), return_inverse=True)
-        logits = unembed(hidden[at]).float()                           # (A, V), A <= U (n - 1)
+        logits = unembed_rows(unembed, hidden, at).float()               # (A, V), A <= U (n - 1)
         lse = torch.logsumexp(logits, dim=-1)
         nll[b, p - 1] = lse[inv] - logits[inv, ids[b, p]]
     return nll
