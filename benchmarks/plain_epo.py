@@ -61,7 +61,8 @@ def plain_gradients(lm, target, ids, lambdas):
 
 
 def plain_epo(lm, target, cfg: fd.EPOConfig, timer: dict | None = None) -> fd.History:
-    """EPO without savings; `timer` (if given) accumulates seconds spent scoring children."""
+    """EPO without savings; `timer` (if given) accumulates seconds spent scoring children
+    (score_seconds, score_tokens) and computing gradients (grad_seconds)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     lambdas = torch.tensor(cfg.lambdas, dtype=torch.float32)
     allowed = allowed_tokens(lm)
@@ -74,6 +75,8 @@ def plain_epo(lm, target, cfg: fd.EPOConfig, timer: dict | None = None) -> fd.Hi
     for t in range(cfg.iters):
         t0 = time.perf_counter()
         grad = plain_gradients(lm, target, torch.from_numpy(state.slot_ids), lambdas)
+        if timer is not None:
+            timer["grad_seconds"] = timer.get("grad_seconds", 0.0) + time.perf_counter() - t0
         grad[..., ~allowed] = -torch.inf
         state.topk = grad.topk(cfg.topk, dim=-1).indices.to(torch.int32).numpy()
         children = mutate(state, r, gen)

@@ -1,17 +1,17 @@
 """Benchmark: fluentdream's EPO against a plain implementation of the same algorithm (DESIGN §10).
 
     python benchmarks/run.py                                   # embedded model, paper settings
-    python benchmarks/run.py --iters 100 --threads 1           # what BENCHMARKS.md records
+    python benchmarks/run.py --iters 300 --threads 2,1         # what BENCHMARKS.md records
     python benchmarks/run.py --model-config benchmarks/configs/pythia-1.4b.json --device cuda \
         --dtypes bfloat16 --methods fluentdream               # random-init Pythia on a GPU
     python benchmarks/run.py --quick                           # smoke test, seconds
 
-In one process: (a) `plain_epo` (no savings, fp32) and (b) `fd.epo` in each dtype run the same
-seeds, interleaved (method order rotates per seed) so that machine load hits them alike; medians
-of per-iteration seconds give the speed. Frontier quality (hypervolume above a stated reference
-point) is compared at equal iterations; bf16 runs' frontier points are re-scored in fp32 first.
-Achieved FLOP/s of candidate scoring is compared with a large square matmul in the same dtype.
-Writes BENCHMARKS.md (or --out) and prints the same table.
+In one process, for each thread count: (a) `plain_epo` (no savings, fp32) and (b) `fd.epo` in each
+dtype run the same seeds, interleaved (method order rotating per seed) so that machine load hits
+them alike; medians of per-iteration seconds give the speed. Frontier quality (hypervolume above a
+stated reference point) is compared at equal iterations; bf16 runs' frontier points are re-scored
+in fp32 first. Achieved FLOP/s of candidate scoring is compared with a large square matmul in the
+same dtype and thread count. Writes BENCHMARKS.md (or --out) and results.json, and prints both.
 """
 from __future__ import annotations
 
@@ -29,19 +29,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fluentdream as fd  # noqa: E402
 from fluentdream.evaluate import Scorer  # noqa: E402
+from fluentdream.history import atomic_write  # noqa: E402
 from plain_epo import plain_epo, plain_score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class TimedScorer(Scorer):
-    """A Scorer that adds up the seconds spent in `score` (candidate scoring)."""
-    seconds = 0.0
+    """A Scorer that adds up the seconds spent scoring candidates and computing gradients."""
+    seconds = gradient_seconds = 0.0
 
     def score(self, *args, **kwargs):
         t0 = time.perf_counter()
         out = super().score(*args, **kwargs)
         self.seconds += time.perf_counter() - t0
+        return out
+
+    def gradients(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = super().gradients(*args, **kwargs)
+        self.gradient_seconds += time.perf_counter() - t0
         return out
 
 
@@ -106,110 +113,76 @@ def run_one(method: str, lm, lm32, target, cfg) -> dict:
         t0 = time.perf_counter()
         hist = plain_epo(lm, target, cfg, timer)
         total = time.perf_counter() - t0
-        executed = timer["score_tokens"]
-        score_seconds = timer["score_seconds"]
+        executed, score_s, grad_s = timer["score_tokens"], timer["score_seconds"], timer["grad_seconds"]
     else:
         scorer = TimedScorer(lm, target, batch_size=cfg.batch_size, retokenize=cfg.retokenize)
         t0 = time.perf_counter()
         hist = fd.epo(lm, target, cfg, scorer=scorer)
         total = time.perf_counter() - t0
-        executed = scorer.counts["model_tokens"] + scorer.counts["parent_rows"] * n
-        score_seconds = scorer.seconds
-    return dict(seconds=list(hist.seconds), total=total, score_seconds=score_seconds,
+        executed, score_s, grad_s = scorer.counts["model_tokens"], scorer.seconds, scorer.gradient_seconds
+    targets = np.concatenate(hist.target)
+    return dict(seconds=list(hist.seconds), total=total, score_seconds=score_s, grad_seconds=grad_s,
                 executed_tokens=executed, plain_tokens=cfg.iters * cfg.children * n,
                 front=frontier(hist, lm32, target, cfg.batch_size, lm.dtype != torch.float32),
                 initial=(float(np.max(hist.xentropy[0][:cfg.population_size])),
                          float(np.min(hist.target[0][:cfg.population_size]))),
-                best=float(np.nanmax(np.where(np.isfinite(np.concatenate(hist.target)),
-                                              np.concatenate(hist.target), np.nan))))
+                best=float(np.max(targets[np.isfinite(targets)])))
 
 
-def summarize(method, runs, fpt, peak, ref) -> dict:
-    secs = [s for r in runs for s in r["seconds"]]
+def summarize(method, threads, runs, fpt, peak, ref, iters) -> dict:
+    secs = [s for r in runs for s in r["seconds"][1:]]            # iteration 0 builds kernels
     score_s = sum(r["score_seconds"] for r in runs)
-    return dict(method=method, sec_per_iter=statistics.median(secs),
+    return dict(method=method, threads=threads, sec_per_iter=statistics.median(secs),
+                score_ms=1e3 * score_s / (iters * len(runs)),
+                grad_ms=1e3 * sum(r["grad_seconds"] for r in runs) / (iters * len(runs)),
                 executed_flops=sum(r["executed_tokens"] for r in runs) * fpt / score_s,
                 effective_flops=sum(r["plain_tokens"] for r in runs) * fpt / score_s,
-                peak=peak, ref=ref,
-                quality=[fd.frontier_quality(r["front"], *ref) for r in runs], total=[r["total"] for r in runs],
-                best=[r["best"] for r in runs])
+                peak=peak, ref=ref, quality=[fd.frontier_quality(r["front"], *ref) for r in runs],
+                total=[r["total"] for r in runs], best=[r["best"] for r in runs])
 
 
-def report(args, cfg, lm32, target, rows, peaks) -> str:
+def table(rows, children: int) -> list[str]:
     plain = next((r for r in rows if r["method"].startswith("plain")), None)
+    lines = ["| method | dtype | s / iteration (median) | candidates / s | speed-up vs plain fp32 "
+             "| frontier quality (mean ± sd) | scoring ms / iter | gradients ms / iter "
+             "| scoring GFLOP/s executed | effective | matmul peak GFLOP/s | fraction of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        q = np.array(r["quality"])
+        speed = plain["sec_per_iter"] / r["sec_per_iter"] if plain else float("nan")
+        method, dtype = r["method"].split(":")
+        lines.append(
+            f"| {method} | {dtype} | {r['sec_per_iter']:.4f} | {children / r['sec_per_iter']:.0f} | "
+            f"{speed:.2f}x | {q.mean():.2f} ± {q.std():.2f} | {r['score_ms']:.1f} | {r['grad_ms']:.1f} | "
+            f"{r['executed_flops'] / 1e9:.0f} | {r['effective_flops'] / 1e9:.0f} | "
+            f"{r['peak'] / 1e9:.0f} | {r['executed_flops'] / r['peak']:.2f} |")
+    return lines
+
+
+def report(args, cfg, lm32, target, rows) -> str:
+    minutes = sum(sum(r["total"]) for r in rows) / 60
     lines = ["# Benchmarks", "",
-             f"Reproduce: `{args.command}` (about {sum(sum(r['total']) for r in rows) / 60:.0f} min here).", "",
+             f"Reproduce: `{args.command}` (about {minutes:.0f} min of runs here).", "",
              f"Model: {lm32!r}", f"Target: {target.name}; EPO settings: M={cfg.population_size}, "
              f"r={cfg.explore_per_pop}, k={cfg.topk}, n={cfg.seq_len}, T={cfg.iters} iterations, "
              f"seeds {list(range(args.seeds))}; restart every {cfg.restart_frequency}.",
              f"Machine: {platform.processor() or platform.machine()}, {args.device}, torch "
-             f"{torch.__version__}, {torch.get_num_threads()} intra-op thread(s); load average at "
-             f"start {args.load}.", "",
-             "| method | dtype | s / iteration (median) | candidates / s | speed-up vs plain fp32 "
-             "| frontier quality (mean ± sd over seeds) | scoring GFLOP/s executed | effective "
-             "| matmul peak GFLOP/s | fraction of peak |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        q = np.array(r["quality"])
-        speed = plain["sec_per_iter"] / r["sec_per_iter"] if plain else float("nan")
-        lines.append(
-            f"| {r['method'].split(':')[0]} | {r['method'].split(':')[1]} | {r['sec_per_iter']:.3f} | "
-            f"{cfg.children / r['sec_per_iter']:.0f} | {speed:.2f}x | {q.mean():.3f} ± {q.std():.3f} | "
-            f"{r['executed_flops'] / 1e9:.1f} | {r['effective_flops'] / 1e9:.1f} | "
-            f"{r['peak'] / 1e9:.0f} | {r['executed_flops'] / r['peak']:.2f} |")
-    lines += ["", "Per-seed frontier quality (reference point: CE "
-              f"{rows[0]['ref'][0]:.3f} nats, activation {rows[0]['ref'][1]:.4f}: the worst CE and the lowest "
-              "activation among the seeds' random initial prompts, fp32; larger is better):", ""]
-    for r in rows:
-        lines.append(f"- {r['method']}: " + ", ".join(f"{q:.3f}" for q in r["quality"]))
-    lines += ["", "Columns: *executed* FLOP/s counts the work actually done while scoring "
-              "candidates (2 x weight-matrix parameters + attention per computed token); "
-              "*effective* counts the work the plain implementation would have done for the same "
-              "candidates, so it shows what the savings buy. Matmul peak: a "
-              f"{args.peak_size}x{args.peak_size} square matmul in that dtype, same threads.", ""]
+             f"{torch.__version__}; load average at start {args.load}.", ""]
+    for threads in sorted({r["threads"] for r in rows}, reverse=True):
+        these = [r for r in rows if r["threads"] == threads]
+        lines += [f"## {threads} intra-op thread(s)", ""] + table(these, cfg.children) + [""]
+        lines += ["Per-seed frontier quality:", ""]
+        lines += [f"- {r['method']}: " + ", ".join(f"{q:.2f}" for q in r["quality"]) for r in these]
+        lines.append("")
+    lines += [f"Frontier quality: hypervolume above the reference point CE {rows[0]['ref'][0]:.3f} "
+              f"nats, activation {rows[0]['ref'][1]:.4f} (the worst CE and the lowest activation "
+              "among the seeds' random initial prompts, fp32); larger is better. *Executed* FLOP/s "
+              "counts the work done while scoring candidates (2 x weight-matrix parameters + "
+              "attention per computed token, padding and parents included); *effective* counts the "
+              "work the plain implementation does for the same candidates, so it shows what the "
+              "savings buy. Matmul peak: a "
+              f"{args.peak_size}x{args.peak_size} square matmul in that dtype and thread count.", ""]
     return "\n".join(lines)
-
-
-LIMITS = """
-## What limits the rest
-
-- **Prefix reuse saves at most about half.** A child differs from its parent from a uniformly
-  random position p on, so on average (n+1)/2 = 6.5 of n = 12 positions must still be computed;
-  the parent's keys/values, log-probabilities and activations cover the rest. The unembedding
-  (vocabulary x d_model) runs for every computed position because CE needs the full softmax there;
-  the last position's logits are skipped when no target reads logits.
-- **Repeated candidates are few.** Children repeat a previous candidate only when a slot keeps its
-  prompt and redraws a (position, token) pair, or after a restart; the memo removes these (a few
-  percent to ~10% of the children here), and rejected prompts skip the model entirely.
-- **Small models are overhead-bound.** At d_model = 256 one forward pass of a prefix group costs
-  a few milliseconds of Python, hooks and mask building regardless of size; `plan_groups` merges
-  neighbouring positions when a separate pass would cost more than it saves (overhead ~32
-  token-positions), and the gradient step (forward + backward of the slots that changed) and the
-  tokenizer's retokenization check are fixed costs per iteration. The achieved fraction of the
-  matmul peak is therefore low for the embedded model; it grows with the model (see GPU).
-- **bf16** halves memory traffic and uses the CPU's bf16 dot-product instructions (AVX512-BF16 on
-  this Zen 4 machine), but layer norms, softmax and GELU gain less. Its scores differ from fp32 in
-  the third significant digit, so the trajectory differs; its frontier points are re-scored in fp32
-  before their quality is computed.
-- **Shared machine.** Other processes used the same two cores during these runs; the methods were
-  interleaved per seed (order rotating) and medians are reported, so ratios are fairer than
-  absolute times. With two intra-op threads under that load, every small op waits for a descheduled
-  thread (up to 10x slower); one thread is both faster and steadier here.
-
-## GPU (Pythia-1.4B and Pythia-12B shapes)
-
-Not measured yet: no GPU machine was available to this task. The configurations ship in
-`benchmarks/configs/` (random initialization, no download); on a GPU run
-
-    python benchmarks/run.py --model-config benchmarks/configs/pythia-1.4b.json --device cuda \\
-        --methods plain,fluentdream --dtypes bfloat16 --seeds 1 --iters 300 --peak-size 8192
-    python benchmarks/run.py --model-config benchmarks/configs/pythia-12b.json --device cuda \\
-        --methods fluentdream --dtypes bfloat16 --seeds 1 --iters 300 --peak-size 8192
-
-and read seconds per 300-iteration run (s / iteration x 300) and the fraction of the bf16 matmul
-peak from the table. The script was checked on CPU with the 1.4B configuration shrunk
-(`--config-override num_hidden_layers=2,hidden_size=256,intermediate_size=1024 --quick`).
-"""
 
 
 def main(argv=None) -> None:
@@ -224,17 +197,17 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default="plain,fluentdream")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=300)
-    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--threads", default=str(torch.get_num_threads()),
+                    help="comma-separated torch intra-op thread counts, each benchmarked in turn")
     ap.add_argument("--peak-size", type=int, default=2048)
     ap.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results.json"))
-    ap.add_argument("--extra", default="", help="text appended to the report (limits, notes)")
+    ap.add_argument("--extra", default=str(ROOT / "benchmarks" / "LIMITS.md"),
+                    help="a markdown file appended to the report (what limits the rest)")
     args = ap.parse_args(argv)
     args.command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = fd.EPOConfig(iters=args.iters)
     if args.quick:
         cfg = cfg.replace(iters=2, population_size=2, explore_per_pop=4, topk=16)
@@ -246,22 +219,27 @@ def main(argv=None) -> None:
     models = {m: (lm32 if m.endswith("float32") else load(args, m.split(":")[1])) for m in methods}
     target = fd.parse_target(args.target or f"L{lm32.n_layers // 2}.N7", lm32)
     fpt = flops_per_token(lm32, cfg.seq_len)
-    peaks = {d: matmul_peak(fd.models.DTYPES[d], args.device, args.peak_size)
-             for d in {m.split(":")[1] for m in methods}}
-    results: dict[str, list] = {m: [] for m in methods}
-    for seed in range(args.seeds):
-        order = methods[seed % len(methods):] + methods[:seed % len(methods)]   # rotate: A/B/C, B/C/A
-        for m in order:
-            results[m].append(run_one(m.split(":")[0], models[m], lm32, target, cfg.replace(seed=seed)))
-            print(f"seed {seed} {m}: {statistics.median(results[m][-1]['seconds']):.3f} s/iter, "
-                  f"best {results[m][-1]['best']:.3f}", flush=True)
-    # Reference point of frontier quality: the random-prompt corner, the same for every method.
-    first = [r["initial"] for m in methods if m.endswith("float32") for r in results[m]]
-    ref = (max(c for c, _ in first), min(f for _, f in first))
-    rows = [summarize(m, results[m], fpt, peaks[m.split(":")[1]], ref) for m in methods]
-    text = report(args, cfg, lm32, target, rows, peaks) + LIMITS + args.extra
-    Path(args.out).write_text(text)
-    Path(args.json).write_text(json.dumps(rows, indent=1))
+    rows, ref = [], None
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        peaks = {d: matmul_peak(fd.models.DTYPES[d], args.device, args.peak_size)
+                 for d in {m.split(":")[1] for m in methods}}
+        results: dict[str, list] = {m: [] for m in methods}
+        for seed in range(args.seeds):
+            order = methods[seed % len(methods):] + methods[:seed % len(methods)]   # rotate
+            for m in order:
+                results[m].append(run_one(m.split(":")[0], models[m], lm32, target, cfg.replace(seed=seed)))
+                print(f"threads {threads} seed {seed} {m}: {statistics.median(results[m][-1]['seconds']):.4f} "
+                      f"s/iter, best {results[m][-1]['best']:.3f}", flush=True)
+        if ref is None:   # frontier-quality reference: the random-prompt corner, one for all methods
+            first = [r["initial"] for m in methods if m.endswith("float32") for r in results[m]]
+            ref = (max(c for c, _ in first), min(f for _, f in first))
+        rows += [summarize(m, threads, results[m], fpt, peaks[m.split(":")[1]], ref, cfg.iters)
+                 for m in methods]
+    extra = Path(args.extra).read_text() if args.extra and Path(args.extra).exists() else ""
+    text = report(args, cfg, lm32, target, rows) + extra
+    atomic_write(Path(args.out), lambda fh: fh.write(text.encode()))
+    atomic_write(Path(args.json), lambda fh: fh.write(json.dumps(rows, indent=1).encode()))
     print(text)
 
 

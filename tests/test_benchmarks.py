@@ -1,0 +1,53 @@
+"""The benchmark's baseline is the same algorithm as fd.epo, and the benchmark script runs (tiny
+settings; speed itself is measured by `make bench`, never asserted here)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+
+import fluentdream as fd
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from plain_epo import plain_epo  # noqa: E402
+
+
+def _load_run():
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plain_baseline_follows_the_same_trajectory(tiny_lm):
+    cfg = fd.EPOConfig(iters=6, population_size=4, explore_per_pop=8, topk=16, restart_frequency=4)
+    target = fd.Neuron(1, 4)
+    fast, plain = fd.epo(tiny_lm, target, cfg), plain_epo(tiny_lm, target, cfg)
+    assert np.array_equal(fast.arrays()["ids"], plain.arrays()["ids"])
+    assert np.array_equal(fast.arrays()["kept"], plain.arrays()["kept"])
+    np.testing.assert_allclose(fast.arrays()["xentropy"], plain.arrays()["xentropy"], atol=1e-4)
+
+
+def test_benchmark_script_writes_its_report(tmp_path):
+    run = _load_run()
+    out, js = tmp_path / "BENCH.md", tmp_path / "results.json"
+    run.main(["--quick", "--threads", "1", "--out", str(out), "--json", str(js)])
+    text = out.read_text()
+    assert "| plain | float32 |" in text and "| fluentdream | bfloat16 |" in text
+    assert "What limits the rest" in text or "what limits the rest" in text
+    rows = json.loads(js.read_text())
+    assert {r["method"] for r in rows} == {"plain:float32", "fluentdream:float32", "fluentdream:bfloat16"}
+    assert all(r["sec_per_iter"] > 0 and len(r["quality"]) == 1 for r in rows)
+
+
+def test_benchmark_script_runs_the_pythia_configuration_shrunk(tmp_path):
+    run = _load_run()
+    out = tmp_path / "BENCH.md"
+    run.main(["--quick", "--threads", "1", "--model-config", str(REPO / "benchmarks/configs/pythia-1.4b.json"),
+              "--config-override", "num_hidden_layers=2,hidden_size=64,intermediate_size=256,num_attention_heads=4",
+              "--methods", "fluentdream", "--dtypes", "float32", "--out", str(out),
+              "--json", str(tmp_path / "r.json")])
+    assert "pythia-1.4b" in out.read_text()

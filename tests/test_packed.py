@@ -1,0 +1,73 @@
+"""The packed layout (fluentdream.packed) on hand-made plans, padding, and the packed pass against
+a plain forward of the model (logits, activations, keys and values at every position)."""
+from __future__ import annotations
+
+import torch
+
+import fluentdream as fd
+from fluentdream.evaluate import Scorer, _pad_rows, capture
+from fluentdream.packed import SHAPE_STEP, Plan, packed_attention, packed_nll, padded
+
+
+def test_plan_lays_rows_end_to_end_and_fills_from_the_source():
+    # row 0 is a parent (all 4 positions), rows 1 and 2 its children from positions 2 and 3
+    plan = Plan.build(torch.tensor([0, 2, 3]), torch.tensor([0, 0, 0]), n=4)
+    assert plan.row.tolist() == [0, 0, 0, 0, 1, 1, 2]
+    assert plan.pos.tolist() == [0, 1, 2, 3, 2, 3, 3]
+    assert plan.last.tolist() == [3, 5, 6]
+    assert plan.index(torch.tensor([1, 2]), torch.tensor([3, 3])).tolist() == [5, 6]
+    # every (row, position) is read from the packed token holding it: the parent's before start
+    assert plan.source.view(3, 4).tolist() == [[0, 1, 2, 3], [0, 1, 4, 5], [0, 1, 2, 6]]
+    values = torch.arange(7.0)[:, None]                     # (T, 1)
+    assert plan.unpack(values)[..., 0].tolist() == [[0, 1, 2, 3], [0, 1, 4, 5], [0, 1, 2, 6]]
+
+
+def test_padding_rounds_the_packed_length_and_keeps_every_row():
+    ids = torch.randint(100, (5, 12), generator=torch.Generator().manual_seed(0))
+    start, src = torch.tensor([0, 3, 7, 11, 0]), torch.tensor([0, 0, 0, 0, 4])
+    which = torch.zeros(5, dtype=torch.long)
+    ids2, start2, src2, which2 = _pad_rows(ids, start, src, which)
+    assert int((12 - start2).sum()) == padded(int((12 - start).sum()))
+    assert int((12 - start2).sum()) % SHAPE_STEP == 0
+    assert torch.equal(ids2[:5], ids) and torch.equal(start2[:5], start)
+    Plan.build(start2, src2, 12)                            # every source computes all positions
+    assert padded(SHAPE_STEP) == SHAPE_STEP and padded(SHAPE_STEP + 1) == 2 * SHAPE_STEP
+
+
+def test_packed_pass_equals_a_plain_forward(make_lm):
+    """Hidden states of every computed position, the MLP hidden units there, and the losses
+    assembled from the parent, against the model's own unpacked forward of each full prompt."""
+    for arch in ("gpt_neox", "llama", "gpt2"):
+        lm = make_lm(arch)
+        g = torch.Generator().manual_seed(5)
+        parent = torch.randint(lm.vocab_size, (1, 12), generator=g)
+        kids = parent.repeat(4, 1)
+        kids[torch.arange(4), torch.tensor([0, 4, 9, 11])] = torch.randint(lm.vocab_size, (4,), generator=g)
+        ids = torch.cat([parent, kids])
+        plan = Plan.build(torch.tensor([0, 0, 4, 9, 11]), torch.tensor([0, 1, 0, 0, 0]), 12)
+        with torch.no_grad(), packed_attention(lm.model, plan), capture(lm, (("mlp", 1),), False) as acts:
+            hidden = lm.trunk(input_ids=plan.tokens(ids), position_ids=plan.pos[None]).last_hidden_state[0]
+            nll = packed_nll(hidden, lm.unembed, plan, ids)
+        packed_mlp = acts["mlp", 1][0]
+        with torch.no_grad(), capture(lm, (("mlp", 1),)) as acts:
+            out = lm.model(input_ids=ids)
+        full = out.logits.log_softmax(-1)
+        ref_nll = -full[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2)
+        torch.testing.assert_close(nll, ref_nll, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(packed_mlp, acts["mlp", 1][plan.row, plan.pos], atol=1e-4, rtol=1e-4)
+        logits = lm.unembed(hidden)
+        torch.testing.assert_close(logits, out.logits[plan.row, plan.pos], atol=1e-4, rtol=1e-4)
+
+
+def test_scorer_counts_half_the_tokens_of_a_full_pass(tiny_lm):
+    g = torch.Generator().manual_seed(2)
+    parents = torch.randint(tiny_lm.vocab_size, (4, 12), generator=g)
+    rows = parents.repeat_interleave(32, 0)
+    kids = rows.clone()
+    kids[torch.arange(128), torch.randint(12, (128,), generator=g)] = torch.randint(
+        tiny_lm.vocab_size, (128,), generator=g)
+    scorer = Scorer(tiny_lm, fd.Neuron(1, 3), retokenize=False)
+    scorer.score(kids, parents=rows)
+    # 128 children: about 6.5 positions each, plus 4 parents, padded: well under 12 per child
+    assert scorer.counts["model_tokens"] < 0.65 * 128 * 12
+    assert scorer.counts["parent_rows"] == 4
