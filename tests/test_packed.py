@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 import fluentdream as fd
-from fluentdream.evaluate import Scorer, _pad_rows, capture
-from fluentdream.packed import SHAPE_STEP, Plan, packed_attention, packed_nll, padded
+from fluentdream.evaluate import Scorer, capture
+from fluentdream.packed import SHAPE_STEP, Plan, pad_rows, packed_attention, packed_nll, padded
 
 
 def test_plan_lays_rows_end_to_end_and_fills_from_the_source():
@@ -26,7 +26,7 @@ def test_padding_rounds_the_packed_length_and_keeps_every_row():
     ids = torch.randint(100, (5, 12), generator=torch.Generator().manual_seed(0))
     start, src = torch.tensor([0, 3, 7, 11, 0]), torch.tensor([0, 0, 0, 0, 4])
     which = torch.zeros(5, dtype=torch.long)
-    ids2, start2, src2, which2 = _pad_rows(ids, start, src, which)
+    ids2, start2, src2, which2 = pad_rows(ids, start, src, which)
     assert int((12 - start2).sum()) == padded(int((12 - start).sum()))
     assert int((12 - start2).sum()) % SHAPE_STEP == 0
     assert torch.equal(ids2[:5], ids) and torch.equal(start2[:5], start)

@@ -6,8 +6,8 @@
 Every run keeps its own generator, population, penalties and History, and draws its random numbers
 in the same order as `fd.epo`, so each History is the one `fd.epo` gives for that job alone, up to
 floating-point rounding from different batch compositions. Per iteration, the slots that need new
-gradients (in all runs) share one backward pass, and the children of all runs are scored by one
-multi-target Scorer: one forward pass per prefix group, one set of captured activations read by
+gradients (in all runs) share one gradient pass, and the children of all runs are scored by one
+multi-target Scorer: one packed forward pass per batch, one set of captured activations read by
 every target, and one memo for runs that share a target. A run's `seconds` is its share of the
 iteration's wall time.
 """

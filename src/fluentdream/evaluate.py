@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .packed import Plan, attention_implementation, packed_attention, packed_nll, padded, unembed_rows
+from .packed import Plan, attention_implementation, packed_attention, packed_nll, pad_rows, unembed_rows
 from .targets import AttentionEntry, Logit, Neuron, ResidualDirection, SAELatent, Site, Target
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ class Scorer:
         -> (f, ce) (B,) on CPU, from one packed pass (per model). Dummy rows pad the packed
         length to a multiple of SHAPE_STEP tokens (fluentdream.packed.padded)."""
         B = len(ids)
-        ids, start, src, which = _pad_rows(ids, start, src, which)
+        ids, start, src, which = pad_rows(ids, start, src, which)
         dev, n = self.lm.device, ids.shape[1]
         ids, which = ids.to(dev), which.to(dev)
         plan = Plan.build(start.to(dev), src.to(dev), n,
@@ -415,22 +415,6 @@ class Scorer:
                 g_ce[a:b] = one_hot_grad(torch.autograd.grad(ce.sum(), embs, allow_unused=True))
         self._in_chunks(len(uniq), run)
         return g_f[inv] - lambdas.float()[:, None, None] * g_ce[inv]
-
-
-def _pad_rows(ids, start, src, which):
-    """Append dummy rows (copies of row 0) so that the packed length sum(n - start) is padded():
-    full rows, then one row of the remaining r tokens that takes the rest from a full row."""
-    n = ids.shape[1]
-    extra = padded(int((n - start).sum())) - int((n - start).sum())
-    if extra == 0:
-        return ids, start, src, which
-    B, full, r = len(ids), extra // n, extra % n
-    starts = [0] * full + ([n - r] if r else [])
-    anchor = B if full else int((start == 0).nonzero()[0])   # a row computing every position
-    srcs = [B + i for i in range(full)] + ([anchor] if r else [])
-    k = len(starts)
-    return (torch.cat([ids, ids[:1].expand(k, n)]), torch.cat([start, torch.tensor(starts)]),
-            torch.cat([src, torch.tensor(srcs)]), torch.cat([which, which[:1].expand(k)]))
 
 
 def check_same_vocab(lm, fluency) -> None:

@@ -180,6 +180,23 @@ def padded(count: int) -> int:
     return -(-count // SHAPE_STEP) * SHAPE_STEP
 
 
+def pad_rows(ids: torch.Tensor, start: torch.Tensor, src: torch.Tensor, which: torch.Tensor):
+    """(B, n) rows and their (B,) start, src, which -> the same with k dummy rows (copies of row 0)
+    appended, so that the packed length sum(n - start) is padded(): full rows, then one row of
+    the remaining r tokens that takes the rest from a full row."""
+    n = ids.shape[1]
+    extra = padded(int((n - start).sum())) - int((n - start).sum())
+    if extra == 0:
+        return ids, start, src, which
+    B, full, r = len(ids), extra // n, extra % n
+    starts = [0] * full + ([n - r] if r else [])
+    anchor = B if full else int((start == 0).nonzero()[0])   # a row computing every position
+    srcs = [B + i for i in range(full)] + ([anchor] if r else [])
+    k = len(starts)
+    return (torch.cat([ids, ids[:1].expand(k, n)]), torch.cat([start, torch.tensor(starts)]),
+            torch.cat([src, torch.tensor(srcs)]), torch.cat([which, which[:1].expand(k)]))
+
+
 def unembed_rows(unembed, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Logits (len(index), V) of hidden[index], computed on a padded number of rows."""
     pad = index.new_full((padded(len(index)) - len(index),), int(index[0]) if len(index) else 0)
