@@ -71,3 +71,24 @@ def test_scorer_counts_half_the_tokens_of_a_full_pass(tiny_lm):
     # 128 children: about 6.5 positions each, plus 4 parents, padded: well under 12 per child
     assert scorer.counts["model_tokens"] < 0.65 * 128 * 12
     assert scorer.counts["parent_rows"] == 4
+
+
+def test_block0_token_local_modules_run_once_per_distinct_token(make_lm):
+    """GPT-NeoX's QKV and (parallel) MLP in block 0 read the embedding only, so the packed pass
+    runs them on one row per distinct token; the modules are put back afterwards."""
+    lm = make_lm("gpt_neox")
+    assert lm.token_local == ("attention.query_key_value", "mlp")
+    block = lm.blocks[0]
+    qkv, mlp = block.attention.query_key_value, block.mlp
+    rows = []
+    handle = qkv.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[-2]))
+    parent = torch.randint(lm.vocab_size, (1, 12), generator=torch.Generator().manual_seed(7))
+    kids = parent.repeat(40, 1)
+    kids[torch.arange(40), torch.arange(40) % 12] = torch.arange(40) + 100
+    try:
+        Scorer(lm, fd.Neuron(1, 0), retokenize=False).score(kids, parents=parent.repeat(40, 1))
+    finally:
+        handle.remove()
+    assert rows and rows[0] <= padded(12 + 40) < padded(int(sum(12 - i % 12 for i in range(40))) + 12)
+    assert block.attention.query_key_value is qkv and block.mlp is mlp
+    assert make_lm("gpt2").token_local == ()              # learned positions are added first

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .packed import Plan, attention_implementation, packed_attention, packed_nll, pad_rows, unembed_rows
+from .packed import (Plan, attention_implementation, once_per_token, packed_attention, packed_nll,
+                     pad_rows, unembed_rows)
 from .targets import AttentionEntry, Logit, Neuron, ResidualDirection, SAELatent, Site, Target
 
 log = logging.getLogger(__name__)
@@ -348,20 +349,26 @@ class Scorer:
         ids, which = ids.to(dev), which.to(dev)
         plan = Plan.build(start.to(dev), src.to(dev), n,
                           probs_layers={layer for kind, layer in self.sites if kind == "attn"})
-        with packed_attention(self.lm.model, plan), \
-                capture(self.lm, self.sites, eager_attention=False) as acts:
-            hidden = self.lm.trunk(input_ids=plan.tokens(ids), position_ids=plan.pos[None],
-                                   use_cache=False).last_hidden_state[0]          # (T, d)
+        hidden, acts = self._trunk(self.lm, ids, plan, self.sites)                # (T, d)
         f = self._values(self._unpack_sites(acts, plan), self._logits(hidden, plan), which)
         if self.fluency is not self.lm:
             fdev = self.fluency.device
             plan, ids = Plan.build(start.to(fdev), src.to(fdev), n), ids.to(fdev)
-            with packed_attention(self.fluency.model, plan):
-                hidden = self.fluency.trunk(input_ids=plan.tokens(ids), position_ids=plan.pos[None],
-                                            use_cache=False).last_hidden_state[0]
+            hidden, _ = self._trunk(self.fluency, ids, plan, ())
         self.counts["model_tokens"] += len(plan.pos)
         ce = packed_nll(hidden, self.fluency.unembed, plan, ids).mean(1)
         return f[:B].cpu(), ce[:B].cpu()
+
+    def _trunk(self, lm, ids: torch.Tensor, plan: Plan, sites) -> tuple[torch.Tensor, dict]:
+        """The packed pass of `lm`'s trunk -> final hidden states (T, d) and captured `sites`.
+        Block 0's token-local modules run once per distinct token, unless a site is read there."""
+        tokens = plan.tokens(ids)
+        local = tuple(p for p in lm.token_local if not (p == "mlp" and ("mlp", 0) in sites))
+        with packed_attention(lm.model, plan), capture(lm, sites, eager_attention=False) as acts, \
+                once_per_token(lm.blocks[0], local, tokens[0]):
+            hidden = lm.trunk(input_ids=tokens, position_ids=plan.pos[None],
+                              use_cache=False).last_hidden_state[0]
+        return hidden, acts
 
     def _unpack_sites(self, acts: dict, plan: Plan) -> dict:
         """Captured packed activations -> what targets read: (B, n, ...) whole prompts when a

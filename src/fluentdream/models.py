@@ -32,15 +32,20 @@ class Arch:
     mlp_out: str        # inside a block: the MLP output projection; its input = hidden units
     attn: str           # inside a block: the self-attention module
     final_norm: str     # the norm before the unembedding; its input = the last residual
+    # inside block 0: modules whose input is a function of the token alone (of its embedding:
+    # no position embedding added, rotary applied after them; for an MLP, a parallel block).
+    token_local: tuple[str, ...] = ()
 
 
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 ARCHITECTURES: dict[str, Arch] = {
-    "gpt_neox": Arch("gpt_neox.layers", "mlp.dense_4h_to_h", "attention", "gpt_neox.final_layer_norm"),
-    "phi": Arch("model.layers", "mlp.fc2", "self_attn", "model.final_layernorm"),
+    "gpt_neox": Arch("gpt_neox.layers", "mlp.dense_4h_to_h", "attention", "gpt_neox.final_layer_norm",
+                     ("attention.query_key_value", "mlp")),
+    "phi": Arch("model.layers", "mlp.fc2", "self_attn", "model.final_layernorm", _QKV + ("mlp",)),
     "gpt2": Arch("transformer.h", "mlp.c_proj", "attn", "transformer.ln_f"),
-    "llama": Arch("model.layers", "mlp.down_proj", "self_attn", "model.norm"),
-    "mistral": Arch("model.layers", "mlp.down_proj", "self_attn", "model.norm"),
-    "qwen2": Arch("model.layers", "mlp.down_proj", "self_attn", "model.norm"),
+    "llama": Arch("model.layers", "mlp.down_proj", "self_attn", "model.norm", _QKV),
+    "mistral": Arch("model.layers", "mlp.down_proj", "self_attn", "model.norm", _QKV),
+    "qwen2": Arch("model.layers", "mlp.down_proj", "self_attn", "model.norm", _QKV),
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -108,6 +113,14 @@ class LoadedModel:
     @property
     def final_norm(self) -> nn.Module:
         return _get(self.model, self.arch.final_norm)
+
+    @property
+    def token_local(self) -> tuple[str, ...]:
+        """Module paths in block 0 computed on the token alone (Arch.token_local); GPT-NeoX's
+        MLP only with its parallel residual (Pythia's), where it reads the embedding."""
+        if getattr(self.config, "use_parallel_residual", True):
+            return self.arch.token_local
+        return tuple(p for p in self.arch.token_local if p != "mlp")
 
     @property
     def trunk(self) -> nn.Module:
