@@ -8,7 +8,8 @@
 
 In one process, for each thread count: (a) `plain_epo` (no savings, fp32) and (b) `fd.epo` in each
 dtype run the same seeds, interleaved (method order rotating per seed) so that machine load hits
-them alike; medians of per-iteration seconds give the speed. Frontier quality (hypervolume above a
+them alike; medians of per-iteration seconds give the speed. At the first thread count, (c) all
+seeds also run as one batched job (`fd.batched.epo_many`), reported per run. Frontier quality (hypervolume above a
 stated reference point) is compared at equal iterations; bf16 runs' frontier points are re-scored
 in fp32 first. Achieved FLOP/s of candidate scoring is compared with a large square matmul in the
 same dtype and thread count. Writes BENCHMARKS.md (or --out) and results.json, and prints both.
@@ -129,6 +130,23 @@ def run_one(method: str, lm, lm32, target, cfg) -> dict:
                 best=float(np.max(targets[np.isfinite(targets)])))
 
 
+def run_batched(lm, lm32, target, cfg, seeds: int) -> list[dict]:
+    """All seeds as one lockstep job (fd.batched.epo_many): one packed pass per iteration for
+    every run. Per run, `seconds` is its share of each iteration's wall time."""
+    scorer = TimedScorer(lm, [target], batch_size=cfg.batch_size * seeds, retokenize=cfg.retokenize)
+    jobs = [(target, cfg.replace(seed=seed)) for seed in range(seeds)]
+    t0 = time.perf_counter()
+    hists = fd.batched.epo_many(lm, jobs, scorer=scorer)
+    total = (time.perf_counter() - t0) / seeds
+    share = lambda x: x / seeds                                     # noqa: E731
+    return [dict(seconds=list(h.seconds), total=total, score_seconds=share(scorer.seconds),
+                 grad_seconds=share(scorer.gradient_seconds),
+                 executed_tokens=share(scorer.counts["model_tokens"]),
+                 plain_tokens=cfg.iters * cfg.children * cfg.seq_len,
+                 front=frontier(h, lm32, target, cfg.batch_size, lm.dtype != torch.float32),
+                 best=float(max(np.max(t[np.isfinite(t)]) for t in h.target))) for h in hists]
+
+
 def summarize(method, threads, runs, fpt, peak, ref, iters) -> dict:
     secs = [s for r in runs for s in r["seconds"][1:]]            # iteration 0 builds kernels
     score_s = sum(r["score_seconds"] for r in runs)
@@ -151,6 +169,7 @@ def table(rows, children: int) -> list[str]:
         q = np.array(r["quality"])
         speed = plain["sec_per_iter"] / r["sec_per_iter"] if plain else float("nan")
         method, dtype = r["method"].split(":")
+        method = method.replace("+batched", f" ({len(r['quality'])} runs batched, per run)")
         lines.append(
             f"| {method} | {dtype} | {r['sec_per_iter']:.4f} | {children / r['sec_per_iter']:.0f} | "
             f"{speed:.2f}x | {q.mean():.2f} ± {q.std():.2f} | {r['score_ms']:.1f} | {r['grad_ms']:.1f} | "
@@ -200,6 +219,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", default=str(torch.get_num_threads()),
                     help="comma-separated torch intra-op thread counts, each benchmarked in turn")
     ap.add_argument("--peak-size", type=int, default=2048)
+    ap.add_argument("--no-batched", dest="batched", action="store_false",
+                    help="skip running all seeds as one batched job (first thread count only)")
     ap.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results.json"))
@@ -236,6 +257,14 @@ def main(argv=None) -> None:
             ref = (max(c for c, _ in first), min(f for _, f in first))
         rows += [summarize(m, threads, results[m], fpt, peaks[m.split(":")[1]], ref, cfg.iters)
                  for m in methods]
+        if args.batched and threads == int(args.threads.split(",")[0]):
+            for m in (m for m in methods if m.startswith("fluentdream")):
+                runs = run_batched(models[m], lm32, target, cfg, args.seeds)
+                print(f"threads {threads} {m} batched: {statistics.median(runs[0]['seconds']):.4f} "
+                      "s/iter per run", flush=True)
+                dtype = m.split(":")[1]
+                rows.append(summarize(f"fluentdream+batched:{dtype}", threads, runs, fpt,
+                                      peaks[dtype], ref, cfg.iters))
     extra = Path(args.extra).read_text() if args.extra and Path(args.extra).exists() else ""
     text = report(args, cfg, lm32, target, rows) + extra
     atomic_write(Path(args.out), lambda fh: fh.write(text.encode()))
