@@ -266,7 +266,7 @@ def main(argv=None) -> None:
                 rows.append(summarize(f"fluentdream+batched:{dtype}", threads, runs, fpt,
                                       peaks[dtype], ref, cfg.iters))
     extra = Path(args.extra).read_text() if args.extra and Path(args.extra).exists() else ""
-    text = report(args, cfg, lm32, target, rows) + extra
+    text = report(args, cfg, lm32, target, rows) + ("\n" + extra if extra else "")
     atomic_write(Path(args.out), lambda fh: fh.write(text.encode()))
     atomic_write(Path(args.json), lambda fh: fh.write(json.dumps(rows, indent=1).encode()))
     print(text)
