@@ -39,7 +39,9 @@ def test_benchmark_script_writes_its_report(tmp_path):
     assert "| plain | float32 |" in text and "| fluentdream | bfloat16 |" in text
     assert "What limits the rest" in text or "what limits the rest" in text
     rows = json.loads(js.read_text())
-    assert {r["method"] for r in rows} == {"plain:float32", "fluentdream:float32", "fluentdream:bfloat16"}
+    assert {r["method"] for r in rows} == {"plain:float32", "fluentdream:float32", "fluentdream:bfloat16",
+                                           "fluentdream+batched:float32", "fluentdream+batched:bfloat16"}
+    assert "| fluentdream (1 runs batched, per run) | bfloat16 |" in text
     assert all(r["sec_per_iter"] > 0 and len(r["quality"]) == 1 for r in rows)
 
 
