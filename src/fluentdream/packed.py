@@ -1,21 +1,23 @@
 """Packed forward passes: many one-token children of a few parents in one pass, computing only the
-positions that changed (DESIGN §10).
+positions that changed (DESIGN §10). `Scorer.score` is the user; the pieces:
 
     plan = Plan.build(start, src, n)       # row b computes positions start[b]..n-1, the rest is src[b]'s
     with packed_attention(lm.model, plan):
-        out = lm.model(input_ids=plan.tokens(ids), position_ids=plan.pos[None])   # (1, T, V) logits
+        hidden = lm.trunk(input_ids=plan.tokens(ids), position_ids=plan.pos[None]).last_hidden_state
+    nll = packed_nll(hidden[0], lm.unembed, plan, ids)      # (B, n - 1) token losses
 
 An EPO child equals its parent before the swapped position p, so there its keys, values,
 activations and log-probabilities are the parent's. The parents (start 0) and the positions
 p..n-1 of every child are laid end to end as one sequence of T tokens (about half of the B * n a
 full pass computes), so every projection, MLP and unembedding is one large matrix product over T
-rows: no padding and no per-position groups. Only attention needs the prompt layout: a registered
-attention function scatters the T queries, keys and values into (B, heads, n, head_dim) buffers,
-fills the positions a row did not compute from its source row (the parent, computed in the same
-pass), runs causal attention there and gathers the T outputs back. Rotary and learned position
+rows: no padding to n and no per-position groups. Only attention needs the prompt layout: a
+registered attention function gathers the T queries, keys and values into (heads, B, n, head_dim),
+taking the positions a row did not compute from its source row (the parent, in the same pass),
+runs causal attention there and gathers the T outputs back. Rotary and learned position
 embeddings see every token's true position through `position_ids`, so this works unchanged for
 each architecture whose attention goes through transformers' attention interface (all of
-`fluentdream.models.ARCHITECTURES`).
+`fluentdream.models.ARCHITECTURES`). On top: row counts are padded to a few shapes (`padded`),
+and block 0's token-local modules run once per distinct token (`once_per_token`).
 """
 from __future__ import annotations
 
