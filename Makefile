@@ -67,8 +67,8 @@ $(OUT)/.%.done: paper_figures/%.py paper_figures/style.py $(RES)/tables/.done
 figures: $(FIGURES:%=$(OUT)/.%.done) ## the main job: experiments -> tables -> every table and figure
 	@echo "figures and tables written to $(OUT)/:"; ls $(OUT)
 
-bench: install ## speed benchmark vs the plain algorithm; writes BENCHMARKS.md
-	$(PY) benchmarks/run.py --iters 100 --threads 1
+bench: install ## speed vs the plain algorithm, 2 and 1 threads (~30 min); writes BENCHMARKS.md
+	$(PY) benchmarks/run.py --iters 300 --threads 2,1
 
 embedded-model: install ## rebuild the embedded corpus, tokenizer and model (about 20-30 min)
 	$(PY) experiments/00_build_embedded_model.py
