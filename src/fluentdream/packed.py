@@ -48,11 +48,10 @@ class Plan:
         """Rows are laid out in order, each as positions start[b]..n-1. A row with start > 0
         must have a source row with start 0 (its parent, in the same pass)."""
         assert bool((start[src[start > 0]] == 0).all()), "a source row must compute every position"
-        lengths = n - start
-        row = torch.repeat_interleave(torch.arange(len(start), device=start.device), lengths)
-        first = torch.cumsum(lengths, 0) - lengths                 # (B,) packed index of start
-        pos = start[row] + torch.arange(len(row), device=start.device) - first[row]
-        return Plan(row, pos, start, src, n, frozenset(probs_layers))
+        row = torch.repeat_interleave(torch.arange(len(start), device=start.device), n - start)
+        plan = Plan(row, row, start, src, n, frozenset(probs_layers))
+        plan.pos = start[row] + torch.arange(len(row), device=start.device) - plan._first[row]
+        return plan
 
     @property
     def B(self) -> int:
