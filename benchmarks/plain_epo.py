@@ -24,7 +24,8 @@ from fluentdream.history import EPOState
 
 
 def plain_forward(lm, target, ids=None, one_hot=None):
-    """Full forward pass -> (f (B,), ce (B,)); one_hot (B, n, V) makes it differentiable."""
+    """Full forward pass -> (f (B,), ce (B,)); one_hot (B, n, V) makes it differentiable, as the
+    input and as CE's labels."""
     with capture(lm, target.sites) as acts:
         if one_hot is None:
             out = lm.model(input_ids=ids, use_cache=False)
@@ -32,9 +33,11 @@ def plain_forward(lm, target, ids=None, one_hot=None):
             out = lm.model(inputs_embeds=one_hot @ lm.model.get_input_embeddings().weight,
                            use_cache=False)
         f = target.value(acts, out.logits).float()
-    if one_hot is not None:
-        ids = one_hot.argmax(-1)
-    return f, xentropy(out.logits, ids)
+    if one_hot is None:
+        return f, xentropy(out.logits, ids)
+    # The one-hot is CE's labels too (paper §2): its gradient holds the label term.
+    logp = out.logits[:, :-1].float().log_softmax(-1)                  # (B, n-1, V)
+    return f, -(one_hot[:, 1:].float() * logp).sum(-1).mean(1)
 
 
 @torch.no_grad()

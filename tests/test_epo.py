@@ -79,6 +79,17 @@ def test_select_with_replacement_ties_to_parents_and_never_rejected():
     assert epo_steps.select(f, ce, torch.tensor([0.0, 1.0, 10.0])).tolist() == [0, 0, 0]
 
 
+def test_a_nan_cross_entropy_never_wins_selection_or_restart():
+    # Row 1 has a finite, huge f but CE NaN (e.g. an overflow): torch's argmax takes NaN for the
+    # largest value, so without the guard it would win every slot and every restart.
+    f = torch.tensor([1.0, 50.0, 2.0, NAN])
+    ce = torch.tensor([3.0, NAN, 4.0, 1.0])
+    assert epo_steps.select(f, ce, torch.tensor([0.0, 0.1, 10.0])).tolist() == [2, 2, 0]
+    for seed in range(20):
+        kept, _ = epo_steps.restart(f, ce, 4, fd.EPOConfig(), torch.Generator().manual_seed(seed))
+        assert set(kept.tolist()) <= {0, 2}
+
+
 def test_select_prefers_the_slots_own_parent_on_exact_ties():
     # Both parents hold the same prompt (same scores): each slot keeps the first one.
     f = torch.tensor([1.0, 1.0, 0.5])

@@ -67,7 +67,7 @@ def test_batching_does_not_change_scores(make_lm):
 
 def independent_grads(lm, mlp_out, ids, neuron=5):
     """(B, n) -> grad f, grad CE (B, n, V) w.r.t. one-hot tokens, computed one row at a time with
-    a hook registered here and a hand-written cross-entropy."""
+    a hook registered here and a hand-written cross-entropy whose labels are the one-hot (paper §2)."""
     gf, gce = [], []
     for row in ids:
         for which in ("f", "ce"):
@@ -79,7 +79,7 @@ def independent_grads(lm, mlp_out, ids, neuron=5):
                     emb = one_hot @ lm.model.get_input_embeddings().weight
                     logits = lm.model(inputs_embeds=emb).logits[0]              # (n, V)
                     logp = logits[:-1].log_softmax(-1)
-                    ce = -logp.gather(1, row[1:, None]).mean()
+                    ce = -(one_hot[0, 1:] * logp).sum(-1).mean()   # the one-hot is the labels too
                     f = store[0][0, -1, neuron]
                     (f if which == "f" else ce).backward()
             finally:

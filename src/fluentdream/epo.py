@@ -93,9 +93,10 @@ def mutate(state: EPOState, r: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def objective(f: torch.Tensor, ce: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """(P,), (P,), (L,) -> (L, P): f - lambda * CE, -inf for rejected candidates."""
+    """(P,), (P,), (L,) -> (L, P): f - lambda * CE; -inf for rejected candidates and for any
+    whose f or CE is not finite (argmax would take NaN as the largest value)."""
     value = f[None, :] - lam[:, None] * ce[None, :]
-    return torch.where(torch.isfinite(f)[None, :], value, -torch.inf)
+    return torch.where((torch.isfinite(f) & torch.isfinite(ce))[None, :], value, -torch.inf)
 
 
 def select(f: torch.Tensor, ce: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:

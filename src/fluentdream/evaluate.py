@@ -216,8 +216,14 @@ class Scorer:
 
         Give `ids` (B, n); to differentiate through the embeddings, also `one_hot` (B, n, V)
         (a relaxed one-hot works too) or `embeds`, the (B, n, d) input embeddings of the target
-        and of the fluency model.
+        and of the fluency model. With `one_hot`, CE reads it as the labels too (paper §2):
+        CE = -mean_p sum_v one_hot[p, v] log softmax(logits[p - 1])[v].
         """
+        f, ce, _ = self._forward(ids, one_hot, which, embeds)
+        return f, ce
+
+    def _forward(self, ids, one_hot, which, embeds):
+        """forward(), also returning the fluency model's logits (B, n - 1, V) that CE read."""
         if ids is None:
             ids = one_hot.argmax(-1)
         ids = ids.to(self.lm.device)
@@ -232,8 +238,13 @@ class Scorer:
             x = None if flu_emb is not None else ids.to(self.fluency.device)
             _, logits = self._pass(self.fluency, x, flu_emb)
         n = ids.shape[1]
-        ce = _nll(logits[:, :n - 1], ids[:, 1:]).mean(1)
-        return f, ce.to(f.device)
+        logits = logits[:, :n - 1]
+        if one_hot is None:
+            ce = _nll(logits, ids[:, 1:]).mean(1)
+        else:
+            labels = one_hot[:, 1:].to(logits.device).float()
+            ce = -(labels * logits.float().log_softmax(-1)).sum(-1).mean(1)
+        return f, ce.to(f.device), logits
 
     def _in_chunks(self, n_rows: int, run) -> None:
         """Call run(start, stop) over row chunks of at most `batch_size`, halving it for good
@@ -393,11 +404,15 @@ class Scorer:
     def gradients(self, ids: torch.Tensor, lambdas: torch.Tensor, which=None) -> torch.Tensor:
         """(M, n), (M,) -> (M, n, V) float32 gradient of f - lambda * CE w.r.t. the one-hot tokens.
 
-        Every slot gets the gradient of its own objective, with its own lambda (paper §2; DESIGN §4
-        step 7). The objective is linear in lambda, so each distinct prompt is differentiated
-        once, for f and for CE, and slots combine the two: after a restart all M slots hold one
-        prompt, and on average fewer than half of the slots hold distinct ones. Attention runs
-        eagerly here: at prompt lengths like 12, SDPA's backward costs several times the rest.
+        The one-hot X is both the models' input (embeddings X @ E) and CE's labels (paper §2,
+        DESIGN §4 step 2), so dCE/dX has two parts: the path through the embeddings, and the label
+        term -log p(v | tokens < p) / (n - 1) at positions p >= 1, read off the fluency logits
+        this pass computes anyway. Every slot gets the gradient of its own objective, with its own
+        lambda (DESIGN §4 step 7). The objective is linear in lambda, so each distinct prompt is
+        differentiated once, for f and for CE, and slots combine the two: after a restart all M
+        slots hold one prompt, and on average fewer than half of the slots hold distinct ones.
+        Attention runs eagerly here: at prompt lengths like 12, SDPA's backward costs several
+        times the rest.
         """
         V, n = self.lm.vocab_size, ids.shape[1]
         which = self._which(which, len(ids))
@@ -416,10 +431,12 @@ class Scorer:
             embs = [E[x.to(E.device)].detach().requires_grad_(True) for E in tables]
             with torch.enable_grad(), attention_implementation(self.lm.model, "eager"), \
                     attention_implementation(self.fluency.model, "eager"):
-                f, ce = self.forward(x, which=uniq[a:b, 0], embeds=(embs[0], embs[-1]))
+                f, ce, logits = self._forward(x, None, uniq[a:b, 0], (embs[0], embs[-1]))
                 g_f[a:b] = one_hot_grad(torch.autograd.grad(f.sum(), embs, retain_graph=True,
                                                             allow_unused=True))
                 g_ce[a:b] = one_hot_grad(torch.autograd.grad(ce.sum(), embs, allow_unused=True))
+            # The label term: CE = -1/(n-1) sum_{p>=1} sum_v X[p, v] log softmax(logits[p-1])[v].
+            g_ce[a:b, 1:] -= logits.detach().float().log_softmax(-1).cpu() / (n - 1)
         self._in_chunks(len(uniq), run)
         return g_f[inv] - lambdas.float()[:, None, None] * g_ce[inv]
 
