@@ -7,6 +7,7 @@
 """
 from . import attribution, batched
 from .config import EPOConfig
+from .errors import UserError
 from .epo import IterationReport, epo, gcg
 from .evaluate import Scorer, xentropy
 from .frontier import Frontier, frontier_quality, pareto_frontier
@@ -19,5 +20,6 @@ __version__ = "0.1.0"
 __all__ = ["EPOConfig", "IterationReport", "epo", "gcg", "Scorer", "xentropy", "Frontier",
            "frontier_quality", "pareto_frontier", "EPOState", "History", "LoadedModel",
            "load_model", "wrap_model", "AttentionEntry", "CustomTarget", "Logit", "Neuron",
-           "ResidualDirection", "SAELatent", "Target", "parse_target", "attribution", "batched"]
+           "ResidualDirection", "SAELatent", "Target", "UserError", "parse_target", "attribution",
+           "batched"]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import UserError
 from .evaluate import Scorer, allowed_tokens
 from .targets import Target
 
@@ -54,7 +55,7 @@ def attribute(lm, target: Target, prompt: str | np.ndarray | list[int], k: int =
     else:
         ids = torch.as_tensor(np.asarray(prompt), dtype=torch.long)
     if ids.ndim != 1 or len(ids) < 2:
-        raise ValueError(f"attribution needs one prompt of at least 2 tokens, got shape {tuple(ids.shape)}")
+        raise UserError(f"attribution needs one prompt of at least 2 tokens, got shape {tuple(ids.shape)}")
     target.validate(lm)
     n = len(ids)
     scorer = Scorer(lm, target, batch_size=batch_size, retokenize=False)

@@ -21,6 +21,7 @@ import torch
 
 from .config import EPOConfig
 from .epo import IterationReport, check_run, initial_prompts, mutate, restart, select
+from .errors import UserError
 from .evaluate import Scorer, allowed_tokens
 from .history import EPOState, History
 from .targets import Target
@@ -37,14 +38,14 @@ def _target_index(targets: list[Target], target: Target) -> int:
 
 def _check_jobs(lm, jobs) -> None:
     if not jobs:
-        raise ValueError("epo_many needs at least one (target, EPOConfig) job")
+        raise UserError("epo_many needs at least one (target, EPOConfig) job")
     first = jobs[0][1]
     for target, cfg in jobs:
         check_run(lm, cfg, target)
         if cfg.seq_len != first.seq_len or cfg.retokenize != first.retokenize:
-            raise ValueError("all jobs of one epo_many call need the same seq_len and retokenize "
-                             f"(got {cfg.seq_len}/{cfg.retokenize} and {first.seq_len}/{first.retokenize}); "
-                             "split them into separate calls")
+            raise UserError("all jobs of one epo_many call need the same seq_len and retokenize "
+                            f"(got {cfg.seq_len}/{cfg.retokenize} and {first.seq_len}/{first.retokenize}); "
+                            "split them into separate calls")
 
 
 def _propose_all(scorer: Scorer, runs: list[dict], allowed: torch.Tensor) -> None:

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
 from .evaluate import allowed_tokens, capture
 from .history import atomic_write
 from .corpus import DataSource, documents
@@ -44,7 +45,7 @@ def random_prompt_baseline(lm, features: Sequence[Features], n_prompts: int = 10
     (max: the best random prompt, the paper's "random" alignment in Figs 5-6).
     """
     if n_prompts < 2 or n_tokens < 1:
-        raise ValueError(f"need n_prompts >= 2 and n_tokens >= 1, got {n_prompts}, {n_tokens}")
+        raise UserError(f"need n_prompts >= 2 and n_tokens >= 1, got {n_prompts}, {n_tokens}")
     for f in features:
         f.validate(lm)
     pool = allowed_tokens(lm).nonzero().squeeze(1)                       # (A,)
@@ -72,7 +73,7 @@ def zscores(table: pd.DataFrame, baseline: pd.DataFrame, column: str = "window_a
     stats = baseline.set_index("target")
     missing = set(table["target"]) - set(stats.index)
     if missing:
-        raise ValueError(f"{len(missing)} targets have no baseline, e.g. {sorted(missing)[0]!r}")
+        raise UserError(f"{len(missing)} targets have no baseline, e.g. {sorted(missing)[0]!r}")
     mean = table["target"].map(stats["mean"])
     sd = table["target"].map(stats["sd"])
     return ((table[column] - mean) / sd).rename(f"{column}_z")
@@ -91,7 +92,7 @@ def _sample_slices(source: DataSource, tokenizer, length: int, n_slices: int, se
                 reservoir[j] = piece
             seen += 1
     if not reservoir:
-        raise ValueError(f"dataset {source.dataset!r} has no document of {length} tokens")
+        raise UserError(f"dataset {source.dataset!r} has no document of {length} tokens")
     return torch.tensor(reservoir)
 
 
@@ -101,7 +102,7 @@ def fluency_calibration(lm, source: DataSource, lengths: Sequence[int] = LENGTHS
     """Self-CE of n-token corpus slices (paper Fig 5a) -> rows n, mean, sd, count (no BOS)."""
     lengths = sorted(set(lengths))
     if not lengths or lengths[0] < 2:
-        raise ValueError(f"slice lengths must be >= 2 tokens, got {lengths}")
+        raise UserError(f"slice lengths must be >= 2 tokens, got {lengths}")
     slices = _sample_slices(source, lm.tokenizer, lengths[-1], n_slices, seed, tokens)  # (S, Lmax)
     losses = []
     for a in range(0, len(slices), batch_size):
@@ -125,8 +126,8 @@ def in_distribution_threshold(table: pd.DataFrame, n: int = 12, sds: float = 2.0
     """CE below which an n-token prompt counts as in distribution: mean + 2 SD (paper §3: 5.9)."""
     row = table[table["n"] == n]
     if row.empty:
-        raise ValueError(f"the calibration table has no slice length {n}; it has "
-                         f"{sorted(table['n'].tolist())}")
+        raise UserError(f"the calibration table has no slice length {n}; it has "
+                        f"{sorted(table['n'].tolist())}")
     return float(row["mean"].iloc[0] + sds * row["sd"].iloc[0])
 
 

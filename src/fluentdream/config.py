@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import UserError
+
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -61,26 +63,26 @@ class EPOConfig:
                         batch_size=self.batch_size)
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.seq_len, int) or self.seq_len < 2:
-            raise ValueError(f"seq_len must be an integer of at least 2 (the first token is not "
-                             f"scored for fluency), got {self.seq_len!r}")
+            raise UserError(f"seq_len must be an integer of at least 2 (the first token is not "
+                            f"scored for fluency), got {self.seq_len!r}")
         if not isinstance(self.restart_frequency, int) or self.restart_frequency < 0:
-            raise ValueError(f"restart_frequency must be an integer >= 0 (0 = never), "
-                             f"got {self.restart_frequency!r}")
+            raise UserError(f"restart_frequency must be an integer >= 0 (0 = never), "
+                            f"got {self.restart_frequency!r}")
         if not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+            raise UserError(f"seed must be an integer, got {self.seed!r}")
         if not 0 <= self.x_penalty_min <= self.x_penalty_max:
-            raise ValueError(f"need 0 <= x_penalty_min <= x_penalty_max, got "
-                             f"{self.x_penalty_min} and {self.x_penalty_max}")
+            raise UserError(f"need 0 <= x_penalty_min <= x_penalty_max, got "
+                            f"{self.x_penalty_min} and {self.x_penalty_max}")
         if self.population_size > 1 and self.x_penalty_min == 0 and self.x_penalty_max > 0:
-            raise ValueError("x_penalty_min must be > 0 for log-spaced penalties "
-                             "(or set x_penalty_max = 0 too)")
+            raise UserError("x_penalty_min must be > 0 for log-spaced penalties "
+                            "(or set x_penalty_max = 0 too)")
         if not 0 <= self.restart_xentropy_min <= self.restart_xentropy_max:
-            raise ValueError(f"need 0 <= restart_xentropy_min <= restart_xentropy_max, got "
-                             f"{self.restart_xentropy_min} and {self.restart_xentropy_max}")
+            raise UserError(f"need 0 <= restart_xentropy_min <= restart_xentropy_max, got "
+                            f"{self.restart_xentropy_min} and {self.restart_xentropy_max}")
         if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     @property
     def lambdas(self) -> np.ndarray:
@@ -108,7 +110,7 @@ class EPOConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown EPOConfig fields {unknown}; allowed: {sorted(known)}")
+            raise UserError(f"unknown EPOConfig fields {unknown}; allowed: {sorted(known)}")
         return cls(**d)
 
 

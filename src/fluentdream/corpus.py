@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .errors import UserError
+
 EMBEDDED_CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus"
 FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".txt": "text",
                  ".csv": "csv", ".arrow": "arrow"}
@@ -37,15 +39,15 @@ class DataSource:
         name, path = self.dataset, Path(self.dataset).expanduser()
         if name == "embedded":
             if not EMBEDDED_CORPUS.is_dir():
-                raise ValueError(f"the embedded corpus is missing from {EMBEDDED_CORPUS} (an "
-                                 "installed package does not ship data/); give --dataset PATH to "
-                                 "the corpus directory or one of its parquet files")
+                raise UserError(f"the embedded corpus is missing from {EMBEDDED_CORPUS} (an "
+                                "installed package does not ship data/); give --dataset PATH to "
+                                "the corpus directory or one of its parquet files")
             name, path = str(EMBEDDED_CORPUS), EMBEDDED_CORPUS
         if path.is_file() and path.suffix not in FILE_BUILDERS:
-            raise ValueError(f"dataset file {name!r} has an unknown type; allowed: "
-                             f"{', '.join(FILE_BUILDERS)}")
+            raise UserError(f"dataset file {name!r} has an unknown type; allowed: "
+                            f"{', '.join(FILE_BUILDERS)}")
         if not path.exists() and name.startswith((".", "/", "~")):
-            raise ValueError(f"dataset path {name!r} does not exist")
+            raise UserError(f"dataset path {name!r} does not exist")
         try:
             if path.is_file():
                 return datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path),
@@ -53,20 +55,20 @@ class DataSource:
             return datasets.load_dataset(str(path) if path.is_dir() else name, split=self.split,
                                          streaming=True)
         except Exception as e:  # datasets raises many types: connection, not found, split, format
-            raise ValueError(f"cannot load dataset {self.dataset!r} ({type(e).__name__}: "
-                             f"{(str(e) or '?').splitlines()[0]}); allowed: 'embedded', a local "
-                             "parquet/json/text file or directory, or a hub dataset name "
-                             "reachable online or in the HF cache") from None
+            raise UserError(f"cannot load dataset {self.dataset!r} ({type(e).__name__}: "
+                            f"{(str(e) or '?').splitlines()[0]}); allowed: 'embedded', a local "
+                            "parquet/json/text file or directory, or a hub dataset name "
+                            "reachable online or in the HF cache") from None
 
     def open(self):
         """The streaming dataset, after checking that it has rows and the text column."""
         ds = self._load()
         first = next(iter(ds), None)
         if first is None:
-            raise ValueError(f"dataset {self.dataset!r} (split {self.split!r}) has no rows")
+            raise UserError(f"dataset {self.dataset!r} (split {self.split!r}) has no rows")
         if self.text_column not in first:
-            raise ValueError(f"dataset {self.dataset!r} has no text column {self.text_column!r}; "
-                             f"its columns are {sorted(first)} (choose one with --text-column)")
+            raise UserError(f"dataset {self.dataset!r} has no text column {self.text_column!r}; "
+                            f"its columns are {sorted(first)} (choose one with --text-column)")
         return ds
 
     def texts(self) -> Iterator[str]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import EPOConfig
+from .errors import UserError
 from .evaluate import Scorer, allowed_tokens, retokenizes
 from .history import EPOState, History
 from .models import DTYPES
@@ -50,7 +51,7 @@ def initial_prompts(lm, cfg: EPOConfig, gen: torch.Generator) -> torch.Tensor:
     if cfg.initial_prompt is not None:
         ids = lm.tokenizer.encode(cfg.initial_prompt, add_special_tokens=False)
         if len(ids) != n:
-            raise ValueError(f"initial_prompt encodes to {len(ids)} tokens; seq_len is {n}")
+            raise UserError(f"initial_prompt encodes to {len(ids)} tokens; seq_len is {n}")
         return torch.tensor(ids).repeat(M, 1)
     pool = allowed_tokens(lm).nonzero().squeeze(1)
     rows = []
@@ -60,8 +61,8 @@ def initial_prompts(lm, cfg: EPOConfig, gen: torch.Generator) -> torch.Tensor:
             if not cfg.retokenize or retokenizes(lm.tokenizer, row[None])[0]:
                 break
         else:
-            raise ValueError("could not draw a random prompt that survives decode -> encode; "
-                             "set retokenize=False or give initial_prompt")
+            raise UserError("could not draw a random prompt that survives decode -> encode; "
+                            "set retokenize=False or give initial_prompt")
         rows.append(row)
     return torch.stack(rows)
 
@@ -127,12 +128,12 @@ def _new_state(lm, cfg: EPOConfig, scorer: Scorer, gen: torch.Generator) -> EPOS
 def check_run(lm, cfg: EPOConfig, target: Target) -> None:
     """Raise ValueError for settings that cannot run on `lm`, before anything is computed."""
     if cfg.dtype is not None and lm.dtype != DTYPES[cfg.dtype]:
-        raise ValueError(f"cfg.dtype is {cfg.dtype} but the model is {lm.dtype}; load it with "
-                         f"fd.load_model(..., dtype={cfg.dtype!r}) or set dtype=None")
+        raise UserError(f"cfg.dtype is {cfg.dtype} but the model is {lm.dtype}; load it with "
+                        f"fd.load_model(..., dtype={cfg.dtype!r}) or set dtype=None")
     if cfg.device is not None and lm.device.type != torch.device(cfg.device).type:
-        raise ValueError(f"cfg.device is {cfg.device} but the model is on {lm.device}")
+        raise UserError(f"cfg.device is {cfg.device} but the model is on {lm.device}")
     if cfg.topk > int(allowed_tokens(lm).sum()):
-        raise ValueError(f"topk={cfg.topk} exceeds the {int(allowed_tokens(lm).sum())} usable tokens")
+        raise UserError(f"topk={cfg.topk} exceeds the {int(allowed_tokens(lm).sum())} usable tokens")
     target.validate(lm)
     if hasattr(target, "check_seq_len"):
         target.check_seq_len(cfg.seq_len)
@@ -163,7 +164,7 @@ def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | N
 
     if resume is not None:
         if resume.state is None:
-            raise ValueError("this History has no saved loop state to resume from")
+            raise UserError("this History has no saved loop state to resume from")
         hist, state = resume, resume.state
         gen.set_state(torch.from_numpy(np.asarray(state.rng_state, dtype=np.uint8)))
         _replay_memo(scorer, hist, M)

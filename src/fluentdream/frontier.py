@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import UserError
+
 DEFAULT_SWEEP = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 2000)])
 
 
@@ -80,7 +82,7 @@ def pareto_frontier(histories, tokenizer=None, sweep: np.ndarray = DEFAULT_SWEEP
         return Frontier(np.zeros(0), np.zeros(0), np.zeros((0, 0), np.int32), [], np.zeros(0))
     n = max(p[0].shape[1] for p in parts)
     if any(p[0].shape[1] != n for p in parts):
-        raise ValueError("histories have different prompt lengths; build one frontier per length")
+        raise UserError("histories have different prompt lengths; build one frontier per length")
     ids = np.concatenate([p[0] for p in parts])
     f = np.concatenate([p[1] for p in parts])
     ce = np.concatenate([p[2] for p in parts])

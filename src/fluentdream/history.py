@@ -5,23 +5,33 @@
     hist.target, hist.xentropy  # (T, P) float32; rejected candidates are -inf / nan
     hist.kept                 # (T, M) pool index held by each slot after the iteration
     hist.restart_lambda       # (T,) lambda_r where a restart happened, else nan
+    hist.seconds, hist.n_scored  # (T,) wall seconds, model-scored candidates
     hist.save("run/history.npz"); fd.History.load("run/history.npz")
 
 Pool layout of iteration t: rows 0..M-1 are the slots' prompts entering t, then r children of
 slot 0, r children of slot 1, ... Saved as compressed .npz with a schema version; writes are
 atomic (temporary file + rename).
+
+The per-iteration arrays live in buffers that double when full, so `append` is amortized O(1)
+and every attribute above is a read-only view of the first T rows (no copy, no restacking).
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 SCHEMA_VERSION = 1
+
+# Per-iteration arrays, in save order, with the dtype each row is stored in.
+COLUMNS = dict(ids=np.int32, target=np.float32, xentropy=np.float32, kept=np.int32,
+               restart_lambda=np.float64, seconds=np.float64, n_scored=np.int64)
+# Row shapes of an empty History, so its arrays have the documented number of axes.
+_EMPTY_ROW = dict(ids=(0, 0), target=(0,), xentropy=(0,), kept=(0,))
 
 
 @dataclass
@@ -36,59 +46,83 @@ class EPOState:
     rng_state: np.ndarray     # (S,) uint8 torch.Generator state
 
 
-@dataclass
 class History:
-    lambdas: np.ndarray                                   # (M,)
-    ids: list[np.ndarray] = field(default_factory=list)  # T x (P, n) int32
-    target: list[np.ndarray] = field(default_factory=list)     # T x (P,) float32
-    xentropy: list[np.ndarray] = field(default_factory=list)   # T x (P,) float32
-    kept: list[np.ndarray] = field(default_factory=list)       # T x (M,) int32
-    restart_lambda: list[float] = field(default_factory=list)  # T, nan = no restart
-    seconds: list[float] = field(default_factory=list)         # T wall seconds
-    n_scored: list[int] = field(default_factory=list)          # T model-scored candidates
-    meta: dict = field(default_factory=dict)   # config, target and model names, notes
-    state: EPOState | None = None
+    """Every pool of an EPO run: ids (T, P, n), target and xentropy (T, P), kept (T, M),
+    restart_lambda, seconds and n_scored (T,); `lambdas` (M,) the slots' penalties, `meta`
+    the config and names, `state` the loop state to resume from (or None)."""
+
+    def __init__(self, lambdas: np.ndarray, meta: dict | None = None,
+                 state: EPOState | None = None):
+        self.lambdas = lambdas
+        self.meta = {} if meta is None else meta
+        self.state = state
+        self._rows: dict[str, np.ndarray] | None = None   # name -> (capacity, ...) buffer
+        self._n = 0
 
     def append(self, ids, target, xentropy, kept, restart_lambda, seconds, n_scored) -> None:
-        self.ids.append(np.asarray(ids, dtype=np.int32))
-        self.target.append(np.asarray(target, dtype=np.float32))
-        self.xentropy.append(np.asarray(xentropy, dtype=np.float32))
-        self.kept.append(np.asarray(kept, dtype=np.int32))
-        self.restart_lambda.append(float(restart_lambda))
-        self.seconds.append(float(seconds))
-        self.n_scored.append(int(n_scored))
+        """Add one iteration: ids (P, n), target and xentropy (P,), kept (M,), three scalars."""
+        row = dict(ids=ids, target=target, xentropy=xentropy, kept=kept,
+                   restart_lambda=restart_lambda, seconds=seconds, n_scored=n_scored)
+        row = {k: np.asarray(v, dtype=COLUMNS[k]) for k, v in row.items()}
+        if self._rows is None:
+            self._rows = {k: np.empty((16,) + v.shape, v.dtype) for k, v in row.items()}
+        for k, v in row.items():
+            if v.shape != self._rows[k].shape[1:]:
+                raise ValueError(f"History.append: {k} has shape {v.shape}, earlier iterations "
+                                 f"{self._rows[k].shape[1:]}; every iteration needs the same pool")
+        if self._n == len(self._rows["ids"]):
+            self._rows = {k: _grown(b, self._n) for k, b in self._rows.items()}
+        for k, v in row.items():
+            self._rows[k][self._n] = v
+        self._n += 1     # last, so an interrupt above leaves the History as it was
 
     def trim(self, n_iters: int) -> None:
-        """Drop iterations from n_iters on (in place)."""
-        for name in ("ids", "target", "xentropy", "kept", "restart_lambda", "seconds", "n_scored"):
-            del getattr(self, name)[n_iters:]
+        """Drop iterations from n_iters on (in place). Copies, so views handed out earlier
+        keep their values when later appends reuse the rows."""
+        if n_iters < self._n:
+            self._n = max(n_iters, 0)
+            self._rows = {k: b[:self._n].copy() for k, b in self._rows.items()}
+
+    def _column(self, name: str) -> np.ndarray:
+        if self._rows is None:
+            return np.zeros((0,) + _EMPTY_ROW.get(name, ()), COLUMNS[name])
+        view = self._rows[name][:self._n]
+        view.flags.writeable = False     # the History owns its rows; edit a copy
+        return view
+
+    ids = property(lambda self: self._column("ids"), doc="(T, P, n) int32 pool tokens")
+    target = property(lambda self: self._column("target"), doc="(T, P) float32; -inf rejected")
+    xentropy = property(lambda self: self._column("xentropy"), doc="(T, P) float32; nan rejected")
+    kept = property(lambda self: self._column("kept"), doc="(T, M) int32 pool index of each slot")
+    restart_lambda = property(lambda self: self._column("restart_lambda"),
+                              doc="(T,) float64 lambda_r at restarts, else nan")
+    seconds = property(lambda self: self._column("seconds"), doc="(T,) float64 wall seconds")
+    n_scored = property(lambda self: self._column("n_scored"),
+                        doc="(T,) int64 candidates the model scored")
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self._n
 
     @property
     def n_iters(self) -> int:
-        return len(self.ids)
+        return self._n
+
+    def __repr__(self) -> str:
+        T, P, n = self.ids.shape
+        return (f"History(T={T}, M={len(self.lambdas)}, P={P}, n={n}, "
+                f"target={self.meta.get('target')!r}, best={self.best_target():.4g})")
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Stacked arrays: ids (T, P, n), target/xentropy (T, P), kept (T, M), ... (T,)."""
-        T = len(self)
-        return dict(
-            lambdas=np.asarray(self.lambdas, dtype=np.float64),
-            ids=np.stack(self.ids) if T else np.zeros((0, 0, 0), np.int32),
-            target=np.stack(self.target) if T else np.zeros((0, 0), np.float32),
-            xentropy=np.stack(self.xentropy) if T else np.zeros((0, 0), np.float32),
-            kept=np.stack(self.kept) if T else np.zeros((0, 0), np.int32),
-            restart_lambda=np.asarray(self.restart_lambda, dtype=np.float64),
-            seconds=np.asarray(self.seconds, dtype=np.float64),
-            n_scored=np.asarray(self.n_scored, dtype=np.int64),
-        )
+        """lambdas (M,) and the per-iteration arrays: ids (T, P, n), target/xentropy (T, P),
+        kept (T, M), restart_lambda/seconds/n_scored (T,)."""
+        return dict(lambdas=np.asarray(self.lambdas, dtype=np.float64),
+                    **{k: self._column(k) for k in COLUMNS})
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All finite candidates, flattened: ids (N, n), target (N,), xentropy (N,)."""
-        a = self.arrays()
-        ids = a["ids"].reshape(-1, a["ids"].shape[-1]) if len(self) else np.zeros((0, 0), np.int32)
-        f, ce = a["target"].reshape(-1), a["xentropy"].reshape(-1)
+        ids = self.ids
+        ids = ids.reshape(-1, ids.shape[-1])
+        f, ce = self.target.reshape(-1), self.xentropy.reshape(-1)
         ok = np.isfinite(f) & np.isfinite(ce)
         return ids[ok], f[ok], ce[ok]
 
@@ -102,10 +136,17 @@ class History:
         return float(f.max()) if len(f) else float("-inf")
 
     def truncated(self, n_iters: int) -> "History":
-        """The first n_iters iterations (for frontier growth over time, paper Fig 2b)."""
-        h = History(self.lambdas, meta=dict(self.meta))
-        for name in ("ids", "target", "xentropy", "kept", "restart_lambda", "seconds", "n_scored"):
-            setattr(h, name, list(getattr(self, name)[:n_iters]))
+        """The first n_iters iterations, copied (for frontier growth over time, paper Fig 2b)."""
+        return History._from_arrays(self.lambdas, dict(self.meta),
+                                    {k: self._column(k)[:n_iters] for k in COLUMNS})
+
+    @classmethod
+    def _from_arrays(cls, lambdas, meta: dict, columns: dict[str, np.ndarray]) -> "History":
+        """A History holding copies of per-iteration arrays that share their first axis T."""
+        h = cls(lambdas, meta)
+        h._n = len(columns["seconds"])
+        if h._n:
+            h._rows = {k: np.array(columns[k], dtype=COLUMNS[k]) for k in COLUMNS}
         return h
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -121,18 +162,24 @@ class History:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "History":
+        # Every z[key] decompresses that whole member, so each is read exactly once.
         with np.load(path, allow_pickle=False) as z:
             version = int(z["schema_version"])
             if version != SCHEMA_VERSION:
                 raise ValueError(f"{path}: history schema {version}, this version reads {SCHEMA_VERSION}")
-            h = cls(lambdas=z["lambdas"], meta=json.loads(str(z["meta_json"])))
-            for t in range(len(z["seconds"])):
-                h.append(z["ids"][t], z["target"][t], z["xentropy"][t], z["kept"][t],
-                         z["restart_lambda"][t], z["seconds"][t], z["n_scored"][t])
+            h = cls._from_arrays(z["lambdas"], json.loads(str(z["meta_json"])),
+                                 {k: z[k] for k in COLUMNS})
             if "state_iteration" in z:
                 h.state = EPOState(**{f.name: z[f"state_{f.name}"] for f in fields(EPOState)})
                 h.state.iteration = int(h.state.iteration)
         return h
+
+
+def _grown(buffer: np.ndarray, n: int) -> np.ndarray:
+    """(C, ...) -> (2C, ...) buffer holding the first n rows."""
+    out = np.empty((2 * len(buffer),) + buffer.shape[1:], buffer.dtype)
+    out[:n] = buffer[:n]
+    return out
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from .corpus import DataSource, context_windows, documents  # noqa: F401 (mining.DataSource)
+from .errors import UserError
 from .evaluate import capture, decode, retokenizes, xentropy
 from .history import atomic_write
 from .targets import ResidualDirection, Site, _standardize
@@ -70,12 +71,12 @@ class Features:
         kind, layer = self.site
         upper = lm.n_layers + (kind == "resid")
         if not 0 <= layer < upper:
-            raise ValueError(f"layer {layer} is out of range for {kind} features; allowed "
-                             f"0..{upper - 1}")
+            raise UserError(f"layer {layer} is out of range for {kind} features; allowed "
+                            f"0..{upper - 1}")
         if self.directions is not None and (self.directions.ndim != 2 or
                                             self.directions.shape[1] != lm.d_model):
-            raise ValueError(f"residual directions have shape {tuple(self.directions.shape)}; "
-                             f"the model needs (F, {lm.d_model})")
+            raise UserError(f"residual directions have shape {tuple(self.directions.shape)}; "
+                            f"the model needs (F, {lm.d_model})")
 
 
 def neurons(layer: int) -> Features:
@@ -162,11 +163,11 @@ class MineConfig:
         for name in ("top_k", "batch_size", "tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
+                raise UserError(f"{name} must be a positive integer, got {value}")
         if self.window < 2:
-            raise ValueError(f"window must be >= 2 tokens (cross-entropy needs two), got {self.window}")
+            raise UserError(f"window must be >= 2 tokens (cross-entropy needs two), got {self.window}")
         if self.context < self.window:
-            raise ValueError(f"context ({self.context}) must be >= window ({self.window})")
+            raise UserError(f"context ({self.context}) must be >= window ({self.window})")
 
 
 @dataclass
@@ -351,7 +352,7 @@ def scan_ray(lm, source: DataSource, features: Sequence[Features], cfg: MineConf
     import ray
 
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise UserError(f"workers must be >= 1, got {workers}")
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     counter = ray.remote(_Counter).remote()
@@ -393,14 +394,14 @@ def mine(lm, source: DataSource, features: Sequence[Features], cfg: MineConfig =
     rescore_progress(done, total) the re-scoring of the kept windows.
     """
     if executor not in ("local", "ray"):
-        raise ValueError(f"unknown executor {executor!r}; allowed: local, ray")
+        raise UserError(f"unknown executor {executor!r}; allowed: local, ray")
     if not features:
-        raise ValueError("nothing to mine: give at least one layer of neurons or residual directions")
+        raise UserError("nothing to mine: give at least one layer of neurons or residual directions")
     for f in features:
         f.validate(lm)
     max_pos = getattr(lm.config, "max_position_embeddings", None) or getattr(lm.config, "n_positions", None)
     if max_pos is not None and cfg.context > max_pos:
-        raise ValueError(f"context {cfg.context} exceeds the model's {max_pos} positions")
+        raise UserError(f"context {cfg.context} exceeds the model's {max_pos} positions")
     source.open()   # fail on a bad dataset or column before any work
     t0 = time.perf_counter()
     if executor == "local":
@@ -408,8 +409,8 @@ def mine(lm, source: DataSource, features: Sequence[Features], cfg: MineConfig =
     else:
         tops, stats = scan_ray(lm, source, features, cfg, workers, progress)
     if stats.windows == 0:
-        raise ValueError(f"dataset {source.dataset!r} gave no document of at least "
-                         f"{cfg.window} tokens ({stats.tokens} tokens read); nothing to mine")
+        raise UserError(f"dataset {source.dataset!r} gave no document of at least "
+                        f"{cfg.window} tokens ({stats.tokens} tokens read); nothing to mine")
     t1 = time.perf_counter()
     log.info("scanned %d tokens in %.1f s; re-scoring the kept windows", stats.tokens, t1 - t0)
     examples = rescore(lm, features, tops, cfg, rescore_progress)

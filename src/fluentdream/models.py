@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
@@ -144,7 +146,7 @@ def default_device() -> str:
 
 def check_architecture(model_type: str) -> Arch:
     if model_type not in ARCHITECTURES:
-        raise ValueError(
+        raise UserError(
             f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(ARCHITECTURES))}. "
             "To add one, add a row to fluentdream.models.ARCHITECTURES naming its blocks, MLP "
             "output projection, attention module and final norm.")
@@ -193,25 +195,25 @@ def load_model(name_or_path: str, device: str | None = None, dtype: str | torch.
     hf_logging.disable_progress_bar()
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+            raise UserError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
     device = device or default_device()
     path = str(EMBEDDED_DIR) if name_or_path == "embedded" else name_or_path
     if name_or_path == "embedded" and not (EMBEDDED_DIR / "config.json").exists():
-        raise ValueError(f"the embedded model is missing from {EMBEDDED_DIR}; rebuild it with "
-                         "`python experiments/00_build_embedded_model.py`")
+        raise UserError(f"the embedded model is missing from {EMBEDDED_DIR}; rebuild it with "
+                        "`python experiments/00_build_embedded_model.py`")
     # Hub ids are "name" or "org/name"; anything else that is not there is a missing path.
     looks_local = (Path(path).exists() or path.startswith((os.sep, ".", "~"))
                    or path.count("/") > 1)
     if looks_local and not Path(path).is_dir():
-        raise ValueError(f"model path {path!r} does not exist; give a local HF model directory, "
-                         "'embedded', or a hub name such as EleutherAI/pythia-1.4b")
+        raise UserError(f"model path {path!r} does not exist; give a local HF model directory, "
+                        "'embedded', or a hub name such as EleutherAI/pythia-1.4b")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]} "
-                         "(allowed: 'embedded', a local HF model directory, or a hub name "
-                         "available offline in the HF cache or online)") from None
+        raise UserError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]} "
+                        "(allowed: 'embedded', a local HF model directory, or a hub name "
+                        "available offline in the HF cache or online)") from None
     check_architecture(config.model_type)  # before loading any weights
     if dtype is None:
         ckpt = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None)

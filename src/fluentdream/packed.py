@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
+
 NAME = "fluentdream_packed"
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar(NAME, default=None)
 
@@ -107,8 +109,8 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     assert plan is not None, "packed attention runs only inside packed_attention()"
     window = kwargs.get("sliding_window")
     if window is not None and window < plan.n:
-        raise ValueError(f"sliding-window attention with a window of {window} tokens is not "
-                         f"supported for {plan.n}-token prompts; use prompts of at most {window}")
+        raise UserError(f"sliding-window attention with a window of {window} tokens is not "
+                        f"supported for {plan.n}-token prompts; use prompts of at most {window}")
 
     def layout(x):               # (1, h, T, hd) -> (h, B, n, hd), every position filled
         return x[0].index_select(1, plan.source).view(x.shape[1], plan.B, plan.n, -1)

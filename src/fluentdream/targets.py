@@ -24,6 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import UserError
+
 Site = tuple[str, int]
 Position = int | str  # "last", "max", or an index
 
@@ -45,13 +47,13 @@ def _check_position(position: Position, seq_len: int | None = None) -> None:
     if position in ("last", "max"):
         return
     if not isinstance(position, int) or (seq_len is not None and not -seq_len <= position < seq_len):
-        raise ValueError(f"position must be 'last', 'max' or an index into the prompt"
-                         f"{'' if seq_len is None else f' (-{seq_len}..{seq_len - 1})'}, got {position!r}")
+        raise UserError(f"position must be 'last', 'max' or an index into the prompt"
+                        f"{'' if seq_len is None else f' (-{seq_len}..{seq_len - 1})'}, got {position!r}")
 
 
 def _check_range(what: str, value: int, upper: int) -> None:
     if not 0 <= value < upper:
-        raise ValueError(f"{what} {value} is out of range; allowed 0..{upper - 1}")
+        raise UserError(f"{what} {value} is out of range; allowed 0..{upper - 1}")
 
 
 class Target:
@@ -162,8 +164,8 @@ class ResidualDirection(Target):
     def validate(self, lm):
         _check_range("layer", self.layer, lm.n_layers + 1)
         if self.vector.shape != (lm.d_model,):
-            raise ValueError(f"residual vector has shape {tuple(self.vector.shape)}; "
-                             f"the model needs ({lm.d_model},)")
+            raise UserError(f"residual vector has shape {tuple(self.vector.shape)}; "
+                            f"the model needs ({lm.d_model},)")
         _check_position(self.position)
 
     @staticmethod
@@ -199,7 +201,7 @@ class AttentionEntry(Target):
         _check_range("head", self.head, lm.n_heads)
         _check_position(self.position)
         if self.key < 0:
-            raise ValueError(f"key position must be >= 0, got {self.key}")
+            raise UserError(f"key position must be >= 0, got {self.key}")
 
     def check_seq_len(self, seq_len: int) -> None:
         super().check_seq_len(seq_len)
@@ -236,8 +238,8 @@ class SAELatent(Target):
         width = lm.d_mlp if kind == "mlp" else lm.d_model
         _check_range("SAE layer", layer, lm.n_layers + (kind == "resid"))
         if self.w_enc.shape != (width,):
-            raise ValueError(f"SAE input width {self.w_enc.shape[0]} does not match the site's "
-                             f"width {width}")
+            raise UserError(f"SAE input width {self.w_enc.shape[0]} does not match the site's "
+                            f"width {width}")
 
     @classmethod
     def load(cls, path: str | Path, latent: int, position: Position = "last") -> "SAELatent":
@@ -246,18 +248,18 @@ class SAELatent(Target):
 
         path = Path(path)
         if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
-            raise ValueError(f"SAE directory {str(path)!r} needs cfg.json and sae_weights.safetensors")
+            raise UserError(f"SAE directory {str(path)!r} needs cfg.json and sae_weights.safetensors")
         cfg = json.loads((path / "cfg.json").read_text())
         hook = cfg.get("hook_name", "")
         m = re.fullmatch(r"blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|mlp\.hook_post)", hook)
         if not m:
-            raise ValueError(f"SAE hook_name {hook!r} is not supported; allowed: blocks.L.hook_resid_pre, "
-                             "blocks.L.hook_resid_post, blocks.L.mlp.hook_post")
+            raise UserError(f"SAE hook_name {hook!r} is not supported; allowed: blocks.L.hook_resid_pre, "
+                            "blocks.L.hook_resid_post, blocks.L.mlp.hook_post")
         layer, kind = int(m.group(1)), m.group(2)
         site = {"hook_resid_pre": ("resid", layer), "hook_resid_post": ("resid", layer + 1),
                 "mlp.hook_post": ("mlp", layer)}[kind]
         if cfg.get("normalize_activations", "none") not in ("none", None):
-            raise ValueError("SAEs with normalize_activations are not supported; allowed: 'none'")
+            raise UserError("SAEs with normalize_activations are not supported; allowed: 'none'")
         w = load_file(str(path / "sae_weights.safetensors"))
         _check_range("SAE latent", latent, w["W_enc"].shape[1])
         b_dec = w["b_dec"].float() if cfg.get("apply_b_dec_to_input", True) else torch.zeros_like(w["b_dec"]).float()
@@ -300,11 +302,11 @@ def parse_target(spec: str, lm) -> Target:
     elif m := re.fullmatch(r"logit:(.+?)" + _POS, spec, flags=re.S):
         text = m[1]  # verbatim after the colon: "logit: dog" targets " dog" (paper §3.1)
         if not text.strip():  # the banned text would be "", which every prompt contains
-            raise ValueError(f"logit target {text!r} is blank; give a word, e.g. 'logit: dog'")
+            raise UserError(f"logit target {text!r} is blank; give a word, e.g. 'logit: dog'")
         ids = lm.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) != 1:
-            raise ValueError(f"logit target {text!r} must be exactly one token, but encodes to "
-                             f"{len(ids)}: {[lm.tokenizer.decode([i]) for i in ids]}")
+            raise UserError(f"logit target {text!r} must be exactly one token, but encodes to "
+                            f"{len(ids)}: {[lm.tokenizer.decode([i]) for i in ids]}")
         tgt = Logit(ids[0], text, _position(m[2]))
     elif m := re.fullmatch(r"resid:L(\d+):(.+?)" + _POS, spec):
         layer, src = int(m[1]), m[2]
@@ -314,14 +316,14 @@ def parse_target(spec: str, lm) -> Target:
         elif Path(src).is_file():
             vec, label = torch.from_numpy(np.load(src)).float().reshape(-1), Path(src).stem
         else:
-            raise ValueError(f"residual vector {src!r} is neither an integer seed nor an .npy file")
+            raise UserError(f"residual vector {src!r} is neither an integer seed nor an .npy file")
         tgt = ResidualDirection(layer, vec, label, _position(m[3]))
     elif m := re.fullmatch(r"attn:L(\d+)\.H(\d+)\.K(\d+)" + _POS, spec):
         tgt = AttentionEntry(int(m[1]), int(m[2]), int(m[3]), _position(m[4]))
     elif m := re.fullmatch(r"sae:(.+):(\d+)" + _POS, spec):
         tgt = SAELatent.load(m[1], int(m[2]), _position(m[3]))
     else:
-        raise ValueError(f"cannot parse target {spec!r}; allowed forms: L1.N5, L1.N5@max, "
-                         "'logit: dog', resid:L2:7, resid:L2:vec.npy, attn:L1.H3.K0, sae:DIR:123")
+        raise UserError(f"cannot parse target {spec!r}; allowed forms: L1.N5, L1.N5@max, "
+                        "'logit: dog', resid:L2:7, resid:L2:vec.npy, attn:L1.H3.K0, sae:DIR:123")
     tgt.validate(lm)
     return tgt
