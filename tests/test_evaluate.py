@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fluentdream as fd
-from conftest import ARCHS, VOCAB
+from conftest import ARCHS, VOCAB, build_model
 from fluentdream.evaluate import allowed_tokens, retokenizes, xentropy
 
 
@@ -205,3 +206,44 @@ def test_fluency_model_prefix_reuse_equals_full_scoring(make_lm):
     f, ce = fd.Scorer(lm, tgt, fluency=other, retokenize=False).score(children, parents=parents)
     torch.testing.assert_close(f, f_full, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ce, ce_full, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer():
+    """A SentencePiece-style BPE tokenizer (Metaspace: "▁" marks a word start, as in Llama-2 and
+    Mistral), trained here on the same text as the byte-level one."""
+    import pydoc_data.topics
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    sp = SentencePieceBPETokenizer()
+    sp.train_from_iterator(list(pydoc_data.topics.topics.values()), vocab_size=VOCAB,
+                           special_tokens=["<unk>", "</s>"], show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=sp._tokenizer, unk_token="<unk>", eos_token="</s>")
+
+
+def test_word_continuation_pieces_are_allowed_in_context(sentencepiece_tokenizer):
+    """A continuation piece ("ing") decodes alone to "ing", which re-encodes as "▁ing": judged
+    alone, no continuation piece survives; judged after a neighbour token, they do."""
+    tok = sentencepiece_tokenizer
+    lm = fd.wrap_model(build_model("llama", vocab=len(tok)), tok, "tiny-llama-sp")
+    allowed = allowed_tokens(lm)
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    continuation = torch.tensor([not p.startswith("▁") for p in pieces])
+    alone = torch.tensor([tok.encode(tok.decode([i]), add_special_tokens=False) == [i]
+                          for i in range(len(tok))])
+    assert (alone & continuation).sum() < 0.01 * continuation.sum()      # the old rule's loss
+    assert (allowed & continuation).sum() > 0.95 * continuation.sum()
+    assert not allowed[[tok.unk_token_id, tok.eos_token_id]].any()
+    ing = tok.convert_tokens_to_ids("ing")
+    words = tok.encode("walking running", add_special_tokens=False)
+    assert ing in words and allowed[ing]
+    # Every allowed piece really survives next to some token: decode -> encode of the pair.
+    for i in allowed.nonzero().squeeze(1)[::37].tolist():
+        assert any(tok.encode(tok.decode([a, i]), add_special_tokens=False)[-1] == i
+                   for a in tok.encode(". a the (", add_special_tokens=False))
+    # EPO on such a model draws and proposes continuation pieces.
+    hist = fd.epo(lm, fd.Neuron(1, 5), fd.EPOConfig(population_size=2, explore_per_pop=8,
+                                                     topk=32, seq_len=8, iters=3))
+    seen = np.unique(hist.ids[-1]) if hasattr(hist.ids, "shape") else np.unique(np.stack(hist.ids))
+    assert continuation[torch.from_numpy(seen.astype(np.int64))].any()

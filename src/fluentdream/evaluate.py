@@ -89,19 +89,41 @@ def xentropy(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return ce.view(B, n - 1).mean(dim=1)
 
 
+# Texts whose tokens serve as left neighbours when a token is judged in context.
+_ANCHOR_TEXTS = (".", "1", "a", " the", "\n", "(")
+
+
 @functools.lru_cache(maxsize=8)
 def _allowed_cached(tokenizer, vocab_size: int) -> torch.Tensor:
     n = min(len(tokenizer), vocab_size)
-    texts = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in range(n)]
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = list(range(n))
+    texts = decode(tokenizer, torch.tensor(ids)[:, None])
     ok = torch.zeros(vocab_size, dtype=torch.bool)
-    ok[:n] = torch.tensor([e == [i] and "\ufffd" not in t for i, (e, t) in enumerate(zip(encoded, texts))])
+    alone = [e == [i] for i, e in enumerate(encode(tokenizer, texts))]
+    # In context: SentencePiece adds a "▁" before a text's first word, so a word-continuation
+    # piece ("ing") never survives alone but does after a neighbour ("a" + "ing" -> ▁a, ing).
+    # A token is allowed when it survives after at least one neighbour token.
+    in_context = [False] * n
+    for a in _anchor_tokens(tokenizer):
+        prefix = encode(tokenizer, decode(tokenizer, torch.tensor([[a]])))[0]
+        pairs = decode(tokenizer, torch.tensor([[a, i] for i in ids]))
+        for i, e in enumerate(encode(tokenizer, pairs)):
+            in_context[i] |= e == prefix + [i]
+    ok[:n] = torch.tensor([(a or c) and "\ufffd" not in t
+                           for a, c, t in zip(alone, in_context, texts)])
     ok[list(tokenizer.all_special_ids)] = False
     return ok
 
 
+def _anchor_tokens(tokenizer) -> list[int]:
+    """Single tokens (one per anchor text that encodes to one token) used as left neighbours."""
+    found = [e[0] for e in encode(tokenizer, list(_ANCHOR_TEXTS)) if len(e) == 1]
+    return list(dict.fromkeys(found))
+
+
 def allowed_tokens(lm) -> torch.Tensor:
-    """(V,) bool: tokens that may be drawn or proposed: not special, survive decode -> encode."""
+    """(V,) bool: tokens that may be drawn or proposed: not special, not a partial UTF-8
+    character, and surviving decode -> encode alone or after a neighbour token (DESIGN §4)."""
     return _allowed_cached(lm.tokenizer, lm.vocab_size)
 
 
