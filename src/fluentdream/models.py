@@ -144,6 +144,16 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def max_positions(lm) -> int | None:
+    """The longest prompt the model takes (its position table or trained context), or None where
+    its config names no limit."""
+    c = lm.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(getattr(c, key, None), int):
+            return getattr(c, key)
+    return None
+
+
 def check_architecture(model_type: str) -> Arch:
     if model_type not in ARCHITECTURES:
         raise UserError(
