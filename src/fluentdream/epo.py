@@ -126,7 +126,8 @@ def _new_state(lm, cfg: EPOConfig, scorer: Scorer, gen: torch.Generator) -> EPOS
 
 
 def check_run(lm, cfg: EPOConfig, target: Target) -> None:
-    """Raise ValueError for settings that cannot run on `lm`, before anything is computed."""
+    """Raise UserError for settings that cannot run on `lm`, before anything is computed."""
+    from .checks import check_prompt_length
     if cfg.dtype is not None and lm.dtype != DTYPES[cfg.dtype]:
         raise UserError(f"cfg.dtype is {cfg.dtype} but the model is {lm.dtype}; load it with "
                         f"fd.load_model(..., dtype={cfg.dtype!r}) or set dtype=None")
@@ -137,6 +138,7 @@ def check_run(lm, cfg: EPOConfig, target: Target) -> None:
     target.validate(lm)
     if hasattr(target, "check_seq_len"):
         target.check_seq_len(cfg.seq_len)
+    check_prompt_length(lm, cfg.seq_len, random_draw=cfg.retokenize and cfg.initial_prompt is None)
     if cfg.initial_prompt is not None:
         initial_prompts(lm, cfg, torch.Generator())   # raises if it does not fit seq_len
 

@@ -1,0 +1,67 @@
+"""Prompt-length limits checked against the model before a run computes or writes anything.
+
+    check_prompt_length(lm, seq_len=600, random_draw=True)
+    # fd.UserError: seq_len 600 exceeds the 512 positions of model 'embedded'; choose --seq-len <= 512
+
+Two limits: the model's positions (models.max_positions), and, for random starting prompts that
+must survive decode -> encode (EPOConfig.retokenize), the length such prompts can still be drawn
+at. Boundaries merge or split between neighbouring tokens, so a random n-token prompt survives
+with probability about q^(n-1), q the survival rate of random token pairs (measured on the
+embedded tokenizer: q = 0.965; predicted vs drawn survival 0.67/0.73 at n = 12, 0.011/0.008 at
+n = 128). Without this check a hopeless length spends minutes in the draw and then blames
+retokenization.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .errors import UserError
+from .evaluate import allowed_tokens, retokenizes
+from .models import max_positions
+
+# A prompt slot gets 1000 random draws (epo.initial_prompts): at survival 0.003 one slot still
+# fails with probability e^-3, so longer prompts are refused rather than attempted.
+MIN_SURVIVAL = 0.003
+PAIRS = 4096
+
+
+def pair_survival(lm) -> float:
+    """Fraction of random pairs of drawable tokens whose decoded text encodes back to the pair."""
+    return _pair_survival(lm.tokenizer, allowed_tokens(lm))
+
+
+@functools.lru_cache(maxsize=8)
+def _pair_survival(tokenizer, allowed: torch.Tensor) -> float:
+    # `allowed` is allowed_tokens' cached (V,) mask, the same object for one tokenizer; a fixed
+    # generator leaves the run's random stream untouched.
+    pool = allowed.nonzero().squeeze(1)                                        # (K,)
+    pairs = pool[torch.randint(len(pool), (PAIRS, 2), generator=torch.Generator().manual_seed(0))]
+    return float(retokenizes(tokenizer, pairs).mean())                       # pairs: (PAIRS, 2)
+
+
+def longest_random_prompt(lm) -> int:
+    """The longest random prompt that survives decode -> encode with probability MIN_SURVIVAL."""
+    q = pair_survival(lm)
+    if q >= 1.0:
+        return math.inf
+    if q <= 0.0:
+        return 1
+    return 1 + int(math.log(MIN_SURVIVAL) / math.log(q))
+
+
+def check_prompt_length(lm, seq_len: int, random_draw: bool) -> None:
+    """Raise UserError when `lm` cannot take seq_len-token prompts, or (random_draw) when random
+    prompts of that length almost never survive decode -> encode."""
+    limit = max_positions(lm)
+    if limit is not None and seq_len > limit:
+        raise UserError(f"seq_len {seq_len} exceeds the {limit} positions of model {lm.name!r}; "
+                        f"choose --seq-len <= {limit}")
+    if random_draw and seq_len > (longest := longest_random_prompt(lm)):
+        q = pair_survival(lm)
+        raise UserError(f"random {seq_len}-token prompts almost never survive decode -> encode "
+                        f"with this tokenizer (about {q ** (seq_len - 1):.0e} of them, from "
+                        f"{q:.1%} of token pairs); choose --seq-len <= {longest}, give "
+                        "--initial-prompt, or pass --no-retokenize")
