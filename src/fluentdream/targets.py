@@ -166,6 +166,9 @@ class ResidualDirection(Target):
         if self.vector.shape != (lm.d_model,):
             raise UserError(f"residual vector has shape {tuple(self.vector.shape)}; "
                             f"the model needs ({lm.d_model},)")
+        if not bool(torch.isfinite(self.vector).all()) or not bool(self.vector.any()):
+            raise UserError(f"residual vector {self.label!r} is all zeros or holds NaN/inf; "
+                            "give a finite vector with at least one nonzero entry")
         _check_position(self.position)
 
     @staticmethod
@@ -244,12 +247,16 @@ class SAELatent(Target):
     @classmethod
     def load(cls, path: str | Path, latent: int, position: Position = "last") -> "SAELatent":
         """Read `cfg.json` + `sae_weights.safetensors` (SAELens layout) from a directory."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(path)
         if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
             raise UserError(f"SAE directory {str(path)!r} needs cfg.json and sae_weights.safetensors")
-        cfg = json.loads((path / "cfg.json").read_text())
+        try:
+            cfg = json.loads((path / "cfg.json").read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"SAE config {str(path / 'cfg.json')!r} is not valid JSON ({e})") from None
         hook = cfg.get("hook_name", "")
         m = re.fullmatch(r"blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|mlp\.hook_post)", hook)
         if not m:
@@ -260,7 +267,16 @@ class SAELatent(Target):
                 "mlp.hook_post": ("mlp", layer)}[kind]
         if cfg.get("normalize_activations", "none") not in ("none", None):
             raise UserError("SAEs with normalize_activations are not supported; allowed: 'none'")
-        w = load_file(str(path / "sae_weights.safetensors"))
+        try:
+            w = load_file(str(path / "sae_weights.safetensors"))
+        except SafetensorError as e:
+            raise UserError(f"SAE weights {str(path / 'sae_weights.safetensors')!r} are not a "
+                            f"readable safetensors file ({e})") from None
+        missing = [k for k in ("W_enc", "b_enc", "b_dec") if k not in w]
+        if missing:
+            raise UserError(f"SAE weights {str(path / 'sae_weights.safetensors')!r} lack "
+                            f"{', '.join(missing)}; SAELens files hold W_enc, b_enc, b_dec (and "
+                            "optionally threshold)")
         _check_range("SAE latent", latent, w["W_enc"].shape[1])
         b_dec = w["b_dec"].float() if cfg.get("apply_b_dec_to_input", True) else torch.zeros_like(w["b_dec"]).float()
         threshold = float(w["threshold"][latent]) if "threshold" in w else 0.0
@@ -285,6 +301,20 @@ class CustomTarget(Target):
 
 
 _POS = r"(?:@(last|max|-?\d+))?"
+
+
+def _load_vector(path: str) -> torch.Tensor:
+    """A residual direction (d_model,) from an .npy file of numbers, any shape, flattened."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"residual vector file {path!r} is not a readable .npy array "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); save one with "
+                        "numpy.save") from None
+    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
+        raise UserError(f"residual vector file {path!r} holds no numeric array; save one with "
+                        "numpy.save")
+    return torch.from_numpy(arr.astype(np.float32)).reshape(-1)
 
 
 def _position(text: str | None) -> Position:
@@ -314,7 +344,7 @@ def parse_target(spec: str, lm) -> Target:
             seed = int(src.lstrip("v"))
             vec, label = ResidualDirection.random_vector(lm.d_model, seed), f"v{seed}"
         elif Path(src).is_file():
-            vec, label = torch.from_numpy(np.load(src)).float().reshape(-1), Path(src).stem
+            vec, label = _load_vector(src), Path(src).stem
         else:
             raise UserError(f"residual vector {src!r} is neither an integer seed nor an .npy file")
         tgt = ResidualDirection(layer, vec, label, _position(m[3]))
