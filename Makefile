@@ -6,6 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= embedded
 RES := results/$(PRESET)
+# the README whose results table shows README_PRESET's numbers.json (spliced between its markers)
+README ?= README.md
+README_PRESET ?= embedded
 OUT := paper_figures/out
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
@@ -56,9 +59,11 @@ experiments: $(EXPERIMENTS:%=$(RES)/.%.done) ## run every experiment (PRESET=emb
 # --- analysis and figures ---------------------------------------------------------------------
 $(RES)/tables/.done: $(EXPERIMENTS:%=$(RES)/.%.done) $(wildcard analysis/*.py)
 	$(PY) -m analysis.build_tables --preset $(PRESET)
+	$(PY) -m analysis.readme_table --preset $(PRESET) \
+	  $(if $(filter $(README_PRESET),$(PRESET)),$(shell grep -q 'results-table:begin' $(README) && echo --splice $(README)))
 	@touch $@
 
-tables: $(RES)/tables/.done ## saved runs -> tidy tables (results/PRESET/tables/*.csv)
+tables: $(RES)/tables/.done ## saved runs -> tidy tables, numbers.json and the README results table
 
 $(OUT)/.%.done: paper_figures/%.py paper_figures/style.py $(RES)/tables/.done
 	$(PY) -m paper_figures.$* --tables $(RES)/tables --out $(OUT)

@@ -3,28 +3,43 @@
     python -m analysis.build_tables --preset embedded      # results/embedded/tables/*.csv
 
 Figures read only these CSVs (paper_figures/), so they never need a model or a live service.
+Then results/<preset>/numbers.json: every number the README quotes, with interval, test and runs
+(analysis/numbers.py has the schema); `python -m analysis.readme_table` turns it into the table.
 A module whose experiments have not run yet contributes nothing rather than failing.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 from pathlib import Path
 
 from fluentdream.history import atomic_write
 
-MODULES = ("fluency", "frontiers", "seeds", "dataset", "residual")
+from . import numbers
+
+MODULES = ("fluency", "frontiers", "seeds", "dataset", "residual", "units")
+
+
+def _write_csv(path: Path, df) -> None:
+    atomic_write(path, lambda fh: fh.write(df.to_csv(index=False).encode()))
 
 
 def build(preset_dir: Path) -> dict[str, Path]:
+    """Every table as CSV, then numbers.json (and tables/numbers.csv) computed from them."""
     out_dir = preset_dir / "tables"
-    written = {}
+    written, frames = {}, {}
     for name in MODULES:
         module = importlib.import_module(f"analysis.{name}")
         for table, df in module.tables(preset_dir).items():
-            path = out_dir / f"{table}.csv"
-            atomic_write(path, lambda fh, df=df: fh.write(df.to_csv(index=False).encode()))
-            written[table] = path
+            _write_csv(out_dir / f"{table}.csv", df)
+            written[table], frames[table] = out_dir / f"{table}.csv", df
+    found = numbers.build(frames)
+    if found:
+        doc = json.dumps(numbers.document(found, preset_dir.name), indent=2, allow_nan=False) + "\n"
+        atomic_write(preset_dir / "numbers.json", lambda fh: fh.write(doc.encode()))
+        _write_csv(out_dir / "numbers.csv", numbers.flat(found))
+        written["numbers"] = out_dir / "numbers.csv"
     return written
 
 

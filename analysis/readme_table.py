@@ -1,0 +1,378 @@
+"""The README results table, generated from results/<preset>/numbers.json only, so the two cannot drift.
+
+    python -m analysis.readme_table --preset embedded             # -> results/embedded/readme_table.md
+    python -m analysis.readme_table --preset embedded --splice README.md
+
+--splice replaces what lies between the marker lines `<!-- results-table:begin -->` and
+`<!-- results-table:end -->` of the given file (both must be there, begin first). Each row is a
+paper claim (paper §, numbers from PAPER.md), our numbers with their 95% intervals and tests, how
+many run directories stand behind them, and a verdict computed from those numbers by the rule in
+the row's `holds` (stated in its docstring), never typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from fluentdream.history import atomic_write
+
+BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
+
+
+class Numbers:
+    """numbers.json's entries with the formatting the table uses ("5.50 [5.12, 5.88]", "p = 0.008")."""
+
+    def __init__(self, doc: dict):
+        self.doc, self.n = doc, doc["numbers"]
+
+    def has(self, *keys: str) -> bool:
+        return all(k in self.n for k in keys)
+
+    def value(self, key: str) -> float | None:
+        return self.n[key]["value"] if key in self.n else None
+
+    def keys(self, prefix: str, suffix: str = "") -> list[str]:
+        return [k for k in self.n if k.startswith(prefix) and k.endswith(suffix)]
+
+    def v(self, key: str, digits: int = 2) -> str:
+        x = self.value(key)
+        return "none" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+    def ci(self, key: str) -> str:
+        """value [low, high] where there is an interval, else the value."""
+        e = self.n.get(key, {})
+        return self.v(key) + (f" [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}]" if e.get("ci") else "")
+
+    def at(self, key: str) -> str:
+        """activation @ CE of a frontier point."""
+        ce = (self.n.get(key, {}).get("at") or {}).get("xentropy")
+        return self.v(key) + (f" @ CE {ce:.2f}" if ce is not None else "")
+
+    def p(self, key: str) -> str:
+        """'Wilcoxon p = 0.008, r = -1.00' from the entry's test."""
+        t = (self.n.get(key) or {}).get("test")
+        if not t or t["p"] is None:
+            return "no test (no pairs)"
+        short = t["name"].split()[0]
+        effect = f", r = {t['effect']:.2f}" if t["effect"] is not None else ""
+        return f"{short} p = {t['p']:.2g}{effect}, n = {t['n']}"
+
+    def significant(self, key: str, sign: int) -> bool:
+        """The test says p < 0.05 and the difference has the given sign."""
+        t = (self.n.get(key) or {}).get("test")
+        return bool(t and t["p"] is not None and t["p"] < 0.05 and (t["difference"] or 0) * sign > 0)
+
+    def runs(self, keys: list[str]) -> int:
+        return len({d for k in keys if k in self.n for d in self.n[k]["provenance"]["run_dirs"]})
+
+
+@dataclass(frozen=True)
+class Row:
+    claim: str          # numbers.json's `claim` of the entries this row quotes
+    text: str
+    experiment: str     # script stem, e.g. "04_seed_variance"
+    paper: str
+    figure: str
+    ours: Callable[[Numbers], str]
+    holds: Callable[[Numbers], str]
+
+
+def _fluency(n: Numbers) -> str:
+    keys = sorted(n.keys("fluency.ce.n"), key=lambda k: int(k.rsplit("n", 1)[1]))
+    sizes = ", ".join(k.rsplit(".n", 1)[1] for k in keys)
+    return f"n = {sizes}: " + ", ".join(n.ci(k) for k in keys) + f"; SD at 12: {n.v('fluency.sd.n12')}"
+
+
+def _fluency_holds(n: Numbers) -> str:
+    """yes when mean CE falls with every longer slice, partly otherwise."""
+    keys = sorted(n.keys("fluency.ce.n"), key=lambda k: int(k.rsplit("n", 1)[1]))
+    vals = [n.value(k) for k in keys]
+    return "yes" if all(a > b for a, b in zip(vals, vals[1:])) else "partly: not monotone"
+
+
+def _logits(n: Numbers) -> str:
+    words = sorted({k.split(".")[1] for k in n.keys("logits.")})
+    return "; ".join(f'"{w}" {n.at(f"logits.{w}.lowest_ce")} … {n.at(f"logits.{w}.highest")}'
+                     for w in words)
+
+
+def _logits_holds(n: Numbers) -> str:
+    """yes when every word's highest point costs CE: higher activation than its lowest-CE point."""
+    words = {k.split(".")[1] for k in n.keys("logits.")}
+    ok = all(n.value(f"logits.{w}.highest") > n.value(f"logits.{w}.lowest_ce") for w in words)
+    return "yes" if ok else "no: a single-point frontier"
+
+
+def _six(n: Numbers) -> str:
+    keys = [k for k in n.keys("six_neurons.L") if not k.endswith(".max")]
+    return ", ".join(f"{k.split('.', 1)[1]} {n.v(k)} (max {n.v(k + '.max')})" for k in keys)
+
+
+def _six_holds(n: Numbers) -> str:
+    """yes / partly / no as all, some or none of the neurons exceed OFF under the CE limit."""
+    k, of = n.value("six_neurons.fired"), n.n["six_neurons.fired"]["n"]
+    return ("yes" if k == of else "partly" if k else "no") + f": {k} of {of} above {n.doc['off_below']}"
+
+
+def _seeds(n: Numbers) -> str:
+    s = n.n["seeds.max.median"]
+    text = (f"{s['n']} seeds: max {n.v('seeds.max.min')}–{n.v('seeds.max.max')} "
+            f"(median {n.ci('seeds.max.median')})")
+    if n.has("seeds.max_ce5.median"):
+        text += (f"; max under the CE-5 analog {n.v('seeds.max_ce5.min')}–{n.v('seeds.max_ce5.max')}"
+                 f" (median {n.ci('seeds.max_ce5.median')}; {n.v('seeds.max_ce5.missing')} seeds"
+                 " with no candidate under it)")
+    return text + f"; {n.v('seeds.off')} seeds never above {n.doc['off_below']}"
+
+
+def _seeds_holds(n: Numbers) -> str:
+    """yes when seeds' maxima differ by more than half the best seed's maximum."""
+    lo, hi = n.value("seeds.max.min"), n.value("seeds.max.max")
+    return "yes" if hi - lo > 0.5 * abs(hi) else "no: seeds agree"
+
+
+def _growth_keys(n: Numbers, kind: str) -> list[str]:
+    return sorted(n.keys(f"growth.{kind}.it"), key=lambda k: int(k.rsplit("it", 1)[1]))
+
+
+def _growth(n: Numbers) -> str:
+    its = [k.rsplit("it", 1)[1] for k in _growth_keys(n, "max")]
+    ce = _growth_keys(n, "min_ce")
+    return (f"growth run after {'/'.join(its)} iterations: "
+            + ", ".join(n.v(k) for k in _growth_keys(n, "max"))
+            + f"; lowest frontier CE {n.v(ce[0])} → {n.v(ce[-1])}")
+
+
+def _growth_holds(n: Numbers) -> str:
+    """yes when the frontier maximum never falls and its lowest CE ends below where it began."""
+    m = [n.value(k) for k in _growth_keys(n, "max")]
+    ce = [n.value(k) for k in _growth_keys(n, "min_ce")]
+    return "yes" if all(a <= b for a, b in zip(m, m[1:])) and ce[-1] < ce[0] else "partly"
+
+
+def _restarts(n: Numbers) -> str:
+    every = n.n["restarts.everywhere"]
+    return (f"{n.v('restarts.everywhere')} of {every['n']} restarts better at every penalty "
+            f"(share {n.ci('restarts.everywhere.share')}); median share of penalties improved "
+            f"{n.ci('restarts.share_improved.median')}; gain {n.ci('restarts.mean_gain.median')} "
+            f"({n.p('restarts.mean_gain.median')})")
+
+
+def _restarts_holds(n: Numbers) -> str:
+    """yes when most restarts improve at every penalty; partly when most penalties improve."""
+    if n.value("restarts.everywhere.share") > 0.5:
+        return "yes"
+    return "partly: better at most points" if n.value("restarts.share_improved.median") > 0.5 else "no"
+
+
+def _neuron(role: str) -> Callable[[Numbers], str]:
+    def ours(n: Numbers) -> str:
+        neuron = n.n[f"{role}.dataset.best"]["label"].split(":")[0]
+        per_run = n.n.get(f"{role}.best_dream.median", {}).get("values") or []
+        return (f"{neuron}: best dataset example {n.at(f'{role}.dataset.best')}; best "
+                f"in-distribution dream {n.at(f'{role}.best_dream_in_dist')}; at the example's CE "
+                f"the dream is {n.v(f'{role}.dream_at_dataset_ce')} "
+                f"(**{n.v(f'{role}.dream_minus_dataset')}**; per run minus the example: "
+                f"{n.p(f'{role}.dream_minus_dataset')}); best dream per run "
+                + " / ".join("none" if x is None else f"{x:.2f}" for x in per_run))
+    return ours
+
+
+def _neuron_holds(role: str) -> Callable[[Numbers], str]:
+    def holds(n: Numbers) -> str:
+        """yes / no by the sign of the pooled difference at matched CE; the per-run test's
+        verdict is added when it is not significant."""
+        d = n.value(f"{role}.dream_minus_dataset")
+        if d is None:
+            return "no: no dream reaches the example's CE"
+        word = "yes" if d > 0 else "**no** at matched CE"
+        return word if n.significant(f"{role}.dream_minus_dataset", 1 if d > 0 else -1) \
+            else f"{word} (per-run test not significant)"
+    return holds
+
+
+def _attribution(n: Numbers) -> str:
+    e = n.n["attribution.top_tokens"]
+    tokens = ", ".join(f'"{t}"' for t in dict.fromkeys(e["tokens"]))
+    return (f"{e['n']} attributed prompts; the token carrying most of each: {tokens}; "
+            f"the last token in {e['last_position']} of {e['n']}")
+
+
+def _attribution_holds(n: Numbers) -> str:
+    """yes when different prompts hinge on different tokens (more than one family)."""
+    return "yes" if n.value("attribution.top_tokens") > 1 else "no: one family"
+
+
+def _residual(n: Numbers) -> str:
+    return (f"dream {n.ci('residual.dream.mean')} / dataset {n.ci('residual.dataset.mean')} / "
+            f"random {n.ci('residual.random.mean')} ({n.n['residual.dream.mean']['n']} directions); "
+            f"dream − dataset {n.p('residual.dream_minus_dataset')}; dataset − random "
+            f"{n.p('residual.dataset_minus_random')}")
+
+
+def _residual_holds(n: Numbers) -> str:
+    """yes when both paired tests find the stated order (p < 0.05), partly when one does."""
+    k = n.significant("residual.dream_minus_dataset", 1) + n.significant("residual.dataset_minus_random", 1)
+    return ["no", "partly", "yes"][k]
+
+
+def _limited(n: Numbers) -> str:
+    return (f"dream {n.ci('residual.dream_limited.mean')} vs dataset {n.ci('residual.dataset.mean')}"
+            f" ({n.p('residual.dream_limited_minus_dataset')})")
+
+
+def _limited_holds(n: Numbers) -> str:
+    """yes when the dataset is higher (p < 0.05); no when the dreams are; otherwise undecided."""
+    if n.significant("residual.dream_limited_minus_dataset", -1):
+        return "yes"
+    return "no: dreams stay higher" if n.significant("residual.dream_limited_minus_dataset", 1) \
+        else "undecided: no significant difference"
+
+
+def _slack(n: Numbers) -> str:
+    ces = sorted(n.keys("residual.slack", ".xentropy.mean"))
+    zs = sorted(n.keys("residual.slack", ".z.mean"))
+    return ("dream CE " + ", ".join(f"{n.ci(k)} at {k.split('.')[1][5:]} σ" for k in ces)
+            + f" (corpus {n.v('fluency.ce.n12')}); alignment {n.v(zs[0])} → {n.v(zs[-1])}")
+
+
+def _slack_holds(n: Numbers) -> str:
+    """yes when the most slack brings the dream CE within one SD of the corpus's 12-token mean."""
+    last = sorted(n.keys("residual.slack", ".xentropy.mean"))[-1]
+    if not n.has("fluency.ce.n12", "fluency.sd.n12"):
+        return "—"
+    near = n.value(last) <= n.value("fluency.ce.n12") + n.value("fluency.sd.n12")
+    return "yes" if near else "no: dreams stay less fluent"
+
+
+def _layer_keys(n: Numbers) -> list[str]:
+    return sorted(n.keys("residual.layer"), key=lambda k: int(k.split(".")[1][5:]))
+
+
+def _layers(n: Numbers) -> str:
+    keys = _layer_keys(n)
+    return (", ".join(f"L{k.split('.')[1][5:]} {n.ci(k)}" for k in keys)
+            + f"; last vs first layer {n.p('residual.last_minus_first_layer')}")
+
+
+def _layers_holds(n: Numbers) -> str:
+    """yes when the lowest mean alignment is at an inner layer, not the first or the last."""
+    vals = [n.value(k) for k in _layer_keys(n)]
+    low = vals.index(min(vals))
+    return "yes" if 0 < low < len(vals) - 1 else "no: lowest at an end layer"
+
+
+ROWS = (
+    Row("fluency", "CE of n-token corpus slices falls with n (§3, Fig 5a)", "01_fluency_calibration",
+        "n = 2, 4, 8, 12, 16, 24, 32: 5.89, 4.95, 4.16, 3.75, 3.50, 3.17, 2.97; SD at 12: 1.1",
+        "`fig5a_fluency_calibration.png`", _fluency, _fluency_holds),
+    Row("logits", "Logit vs fluency trade off monotonically (§3.1, Table 2)", "02_token_logits",
+        '" dog" −1.58@72 … 4.62@18840; " AI" −6.66@46 … 4.54@10989',
+        "`table2_token_logits.md`, `frontier_logit_*.png`", _logits, _logits_holds),
+    Row("six_neurons", "Six-neuron ladder: best activation at perplexity < 100 (§3.2, Table 3, Fig 1)",
+        "03_six_neurons", "2.59, 0.22, 4.95, 3.03, 2.60, 3.02",
+        "`table3_six_neurons.md`, `table5_frontier_points.md`, `fig1_attribution.png/.html`",
+        _six, _six_holds),
+    Row("seed_variance", "Large spread across seeds (§3.2, Fig 2a)", "04_seed_variance",
+        "60 seeds: max 2.4–10.2; max with CE < 5: 0–8.6", "`fig2_seed_variance.png`",
+        _seeds, _seeds_holds),
+    Row("growth", "Frontier grows, late progress at low CE (§3.2, Fig 2b)", "04_seed_variance",
+        "max after 20/40/100/300 iterations ≈ 6.8, 8.0, 10.1, 10.5", "`fig2_seed_variance.png`",
+        _growth, _growth_holds),
+    Row("restarts", '"10 iterations after a restart, better at all points" (§3.2)', "04_seed_variance",
+        '"typically"', "—", _restarts, _restarts_holds),
+    Row("example_neuron", "Dreams beat the top-64 dataset examples at matched CE on the "
+        '"example" neuron (§3.3, Fig 3, Table 4)', "05_dream_vs_dataset",
+        "+1–1.5 at CE ≈ 4; best dream 10.16 @ CE 8.16; dataset ≈ 7.0",
+        "`fig3_dream_vs_dataset.png`, `table4_example_neuron.md`",
+        _neuron("example"), _neuron_holds("example")),
+    Row("polysemantic_neuron", "Polysemantic neuron: dreams beat the best dataset example (§3.4, Fig 4)",
+        "06_polysemantic_neuron", "L3.N1000: dataset 4.6 @ 4.3; dream 6.33 @ 4.96",
+        "`fig4_polysemantic.png/.html`", _neuron("polysemantic"), _neuron_holds("polysemantic")),
+    Row("attribution", "Attribution shows several trigger families (§3.4, Fig 4)",
+        "06_polysemantic_neuron", "several families", "`fig4_polysemantic.html`",
+        _attribution, _attribution_holds),
+    Row("residual", "Residual alignment, no CE limit: dream > dataset > random (§3.5, Fig 5c)",
+        "07_residual_directions", "≈ 7.26 / 6.48 / 3.36", "`fig5_residual_alignment.png`",
+        _residual, _residual_holds),
+    Row("residual_limited", "Dreams limited to in-distribution CE: dataset slightly higher (§3.5, Fig 5d)",
+        "07_residual_directions", "≈ 6.0 vs 6.48", "`fig5_residual_alignment.png`",
+        _limited, _limited_holds),
+    Row("slack", "About 3 σ of slack makes dream CE look like the corpus (§3.5, Fig 5b)",
+        "07_residual_directions", "CE ≈ 4.3", "`fig5_residual_alignment.png`", _slack, _slack_holds),
+    Row("layers", "Alignment lowest mid-network (§3.5, Fig 6)", "07_residual_directions",
+        "7.60, 7.39, 6.92, 6.75, 6.77, 7.47, 7.91", "`fig6_residual_layers.png`",
+        _layers, _layers_holds),
+    Row("companion", "Phi-2 L8.N1 walkthrough (companion page)", "08_companion_phi2", "—", "—",
+        lambda n: "not run here", lambda n: "—"),
+)
+
+HEADER = ("| paper claim | experiment · command | paper | ours ({preset}) | runs | holds? | figure / table |\n"
+          "|---|---|---|---|---:|---|---|")
+LEGEND = ("Numbers are from `results/{preset}/numbers.json` (git {sha}{dirty}): x [a, b] is a value "
+          "with its 95% bootstrap interval over the units named there ({resamples} resamples, "
+          "seed {seed}; 01's slice means: a t interval, the slices are not saved); Wilcoxon = signed-rank test on paired units, Mann-Whitney = U test on "
+          "unpaired ones, both two-sided, with the rank-biserial r and the number of units n. "
+          "*runs* counts the run directories behind a row; numbers.json lists them with their W&B "
+          "run ids.")
+
+
+def command(row: Row, preset: str) -> str:
+    flag = "" if preset == "embedded" else f" --preset {preset}"
+    return f"{row.experiment[:2]} · `python experiments/{row.experiment}.py{flag}`"
+
+
+def render(doc: dict) -> str:
+    """The markdown table (with its legend) for one numbers.json document."""
+    n, preset = Numbers(doc), doc["preset"]
+    lines = [HEADER.format(preset=preset)]
+    for row in ROWS:
+        keys = [k for k, e in n.n.items() if e["claim"] == row.claim]
+        ours, holds = (row.ours(n), row.holds(n)) if keys else ("not run", "—")
+        cells = (row.text, command(row, preset), row.paper, ours, str(n.runs(keys)), holds, row.figure)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    legend = LEGEND.format(preset=preset, sha=(doc.get("git_sha") or "unknown")[:10],
+                           dirty=", dirty tree" if doc.get("git_dirty") else "",
+                           resamples=f"{doc['bootstrap']['resamples']:,}", seed=doc["bootstrap"]["seed"])
+    return "\n".join(lines) + "\n\n" + legend + "\n"
+
+
+def splice(text: str, table: str) -> str:
+    """text with everything between the BEGIN and END marker lines replaced by table."""
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"the file needs one {BEGIN} line followed by one {END} line")
+    head, rest = text.split(BEGIN, 1)
+    return head + BEGIN + "\n" + table + END + rest.split(END, 1)[1]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=Path("results"), help="results root")
+    p.add_argument("--preset", default="embedded", help="embedded | smollm2 | paper | smoke")
+    p.add_argument("--splice", type=Path, metavar="FILE", help="also replace the table in FILE")
+    args = p.parse_args(argv)
+    src = args.results / args.preset / "numbers.json"
+    if not src.exists():
+        raise ValueError(f"{src} is missing: run `make tables PRESET={args.preset}` first")
+    table = render(json.loads(src.read_text()))
+    out = args.results / args.preset / "readme_table.md"
+    atomic_write(out, lambda fh: fh.write(table.encode()))
+    if args.splice:
+        if not args.splice.exists():
+            raise ValueError(f"{args.splice} does not exist; give the README to splice the table into")
+        new = splice(args.splice.read_text(), table)
+        atomic_write(args.splice, lambda fh: fh.write(new.encode()))
+    print(f"results table: {out}" + (f", spliced into {args.splice}" if args.splice else ""))
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:      # a user error: one line, no traceback, exit 2
+        print(f"readme_table: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,170 @@
+"""Uncertainty and tests for every reported number (issue 17): bootstrap intervals, Wilcoxon, Mann-Whitney.
+
+    from analysis import stats
+    stats.estimate(per_seed_max, "median")        # value, 95% bootstrap CI, n
+    stats.paired(dream_z, dataset_z)              # same directions: Wilcoxon signed-rank
+    stats.unpaired(layer1_z, layer4_z)            # different units: Mann-Whitney U
+
+Conventions, stated once so every number in numbers.json means the same thing:
+  interval  95% percentile bootstrap over the units (seeds, directions, neurons, restarts):
+            RESAMPLES = 10,000 resamples with replacement, generator seeded with SEED, so the same
+            data always give the same interval. Percentile rather than BCa because many of our
+            samples are heavy with ties (seeds stuck at 0.00), where BCa's acceleration is undefined.
+  paired    where the same units are measured twice (dream vs dataset on one direction; a per-seed
+            dream vs the one best dataset example): Wilcoxon signed-rank, two-sided; zero
+            differences are dropped (Wilcoxon's convention); p is exact for n <= 50 without ties,
+            by all sign permutations for n <= 13 with ties, else the tie-corrected normal
+            approximation (scipy's "auto").
+            Effect size: matched-pairs rank-biserial r = (T+ - T-) / (T+ + T-) in [-1, 1], and the
+            median paired difference with its bootstrap interval.
+  unpaired  otherwise: Mann-Whitney U, two-sided. Effect size: rank-biserial r = P(X > Y) - P(X < Y)
+            in [-1, 1], and the difference of medians with a bootstrap interval (each group
+            resampled on its own).
+A sample with fewer than two finite values has no interval (None); NaNs are dropped before
+anything is computed (a seed with no candidate under a CE limit has no value, not a zero).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+RESAMPLES = 10_000
+SEED = 0
+CONFIDENCE = 0.95
+STATISTICS: dict[str, Callable[..., np.ndarray]] = {"mean": np.mean, "median": np.median}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean or median over n units with its interval (None when n < 2)."""
+    statistic: str
+    value: float | None
+    ci: tuple[float, float] | None
+    n: int
+    ci_method: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Test:
+    """A named two-sided test with its effect size and the difference it is about."""
+    name: str
+    statistic: float | None
+    p: float | None
+    n: int
+    effect_name: str
+    effect: float | None
+    difference_name: str
+    difference: float | None
+    difference_ci: tuple[float, float] | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """(n,) float64 array of the finite entries of values."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    return a[np.isfinite(a)]
+
+
+def _statistic(name: str) -> Callable[..., np.ndarray]:
+    if name not in STATISTICS:
+        raise ValueError(f"statistic {name!r} is not supported; use one of {sorted(STATISTICS)}")
+    return STATISTICS[name]
+
+
+def bootstrap_ci(values, statistic: str = "mean", confidence: float = CONFIDENCE,
+                 resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of statistic over the finite values; None below 2 values."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if resamples < 100:
+        raise ValueError(f"resamples must be at least 100, got {resamples}")
+    x = finite(values)
+    if len(x) < 2:
+        return None
+    fn = _statistic(statistic)
+    rng = np.random.default_rng(seed)
+    stats = np.empty(resamples)
+    for start in range(0, resamples, 1000):     # (chunk, n) index blocks keep memory bounded
+        idx = rng.integers(0, len(x), size=(min(1000, resamples - start), len(x)))
+        stats[start:start + len(idx)] = fn(x[idx], axis=1)
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(stats, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def estimate(values, statistic: str = "mean", **kw) -> Estimate:
+    """statistic (mean or median) of the finite values, with its bootstrap interval."""
+    fn = _statistic(statistic)
+    x = finite(values)
+    ci = bootstrap_ci(x, statistic, **kw)
+    return Estimate(statistic, float(fn(x)) if len(x) else None, ci, len(x),
+                    "bootstrap percentile" if ci is not None else None)
+
+
+def _difference_ci(x: np.ndarray, y: np.ndarray, seed: int = SEED) -> tuple[float, float] | None:
+    """Bootstrap interval of median(x) - median(y), x and y resampled independently."""
+    if len(x) < 2 or len(y) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    mx = np.median(x[rng.integers(0, len(x), size=(RESAMPLES, len(x)))], axis=1)
+    my = np.median(y[rng.integers(0, len(y), size=(RESAMPLES, len(y)))], axis=1)
+    lo, hi = np.quantile(mx - my, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return float(lo), float(hi)
+
+
+def rank_biserial_paired(d: np.ndarray) -> float | None:
+    """(T+ - T-) / (T+ + T-) over the nonzero differences d; None when all are zero."""
+    d = d[d != 0]
+    if len(d) == 0:
+        return None
+    ranks = sps.rankdata(np.abs(d))
+    return float((ranks[d > 0].sum() - ranks[d < 0].sum()) / ranks.sum())
+
+
+def paired(x, y) -> Test:
+    """Wilcoxon signed-rank test of x - y (same units, in the same order; y may be one number,
+    compared with every x). Pairs with a NaN on either side are dropped."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel() if np.ndim(y) else np.full(x.shape, float(y))
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples need equal lengths, got {len(x)} and {len(y)}")
+    d = (x - y)[np.isfinite(x) & np.isfinite(y)]
+    nonzero = d[d != 0]
+    if len(nonzero) == 0:      # identical samples: no evidence of a difference
+        stat, p = (0.0, 1.0) if len(d) else (None, None)
+    else:
+        res = sps.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided")
+        stat, p = float(res.statistic), float(res.pvalue)
+    return Test("Wilcoxon signed-rank", stat, p, len(d), "rank-biserial (matched pairs)",
+                rank_biserial_paired(d), "median paired difference",
+                float(np.median(d)) if len(d) else None, bootstrap_ci(d, "median"))
+
+
+def unpaired(x, y) -> Test:
+    """Mann-Whitney U test of x against y (different units); NaNs dropped on each side.
+    The statistic is U of x; the rank-biserial is 2 U / (n_x n_y) - 1."""
+    x, y = finite(x), finite(y)
+    if len(x) == 0 or len(y) == 0:
+        raise ValueError(f"Mann-Whitney needs values on both sides, got {len(x)} and {len(y)}")
+    res = sps.mannwhitneyu(x, y, alternative="two-sided")
+    u = float(res.statistic)
+    return Test("Mann-Whitney U", u, float(res.pvalue), len(x) + len(y), "rank-biserial",
+                2 * u / (len(x) * len(y)) - 1, "difference of medians",
+                float(np.median(x) - np.median(y)), _difference_ci(x, y))
+
+
+def t_interval(mean: float, sd: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Student-t interval of a mean from its summary (mean, SD, n): for tables that keep only
+    those three (01's slice CE), where the units themselves are not saved."""
+    if n < 2 or not np.isfinite(sd):
+        return None
+    half = sps.t.ppf((1 + confidence) / 2, n - 1) * sd / np.sqrt(n)
+    return float(mean - half), float(mean + half)
