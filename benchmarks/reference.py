@@ -29,7 +29,8 @@ both are measured alike, on all candidates of a run:
 Reported per target: mean ± SD over seeds for each implementation, and the paired difference
 (fluentdream - reference) per (target, seed): mean, 95% bootstrap interval, and the Wilcoxon
 signed-rank p (scipy; with 5 seeds a target's p cannot go below 0.0625, so all pairs are also
-pooled). Writes --json atomically and prints a markdown table (also to --markdown if given).
+pooled). Writes --json atomically after every target (a stopped run keeps the targets it
+finished) and prints a markdown table at the end (also to --markdown if given).
 
 The reference's quirks, worked around and not fixed: its `callback` is called with `final=True`
 (and its `callback=False` stops at iteration 0), so a quiet callback taking **kwargs is passed; it
@@ -45,7 +46,9 @@ import importlib
 import io
 import json
 import math
+import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -62,7 +65,7 @@ from fluentdream.history import atomic_write
 ROOT = Path(__file__).resolve().parents[1]
 IMPLEMENTATIONS = ("fluentdream", "reference")
 METRICS = ("best", "best_in_dist", "hypervolume")
-DEFAULT_TARGETS = ("L1.N840", "L2.N7", "L1.N660", "logit: function")
+DEFAULT_TARGETS = ("L1.N840", "logit: function", "L2.N7", "resid:L2:0", "L1.N660")
 
 
 class ReferenceObjective:
@@ -94,7 +97,7 @@ def load_reference(path: str):
     """Import dreamy.epo from a checkout of Confirm-Solutions/dreamy at `path`."""
     root = Path(path).expanduser().resolve()
     if not (root / "dreamy" / "epo.py").is_file():
-        raise ValueError(f"--reference {path!r} is not a checkout of Confirm-Solutions/dreamy; give "
+        raise fd.UserError(f"--reference {path!r} is not a checkout of Confirm-Solutions/dreamy; give "
                          "the folder that holds dreamy/epo.py")
     sys.path.insert(0, str(root))
     return importlib.import_module("dreamy.epo")
@@ -206,7 +209,7 @@ def summarize(runs: list[dict]) -> dict:
         rows = [r for r in runs if r["target"] == name]
         out[name] = dict(
             stats={impl: {key: _mean_sd(column(rows, impl, key))
-                          for key in METRICS + ("sec_per_iter", "rejected")}
+                          for key in METRICS + ("sec_per_iter", "median_iter", "rejected")}
                    for impl in IMPLEMENTATIONS},
             paired={m: paired(column(rows, "fluentdream", m), column(rows, "reference", m))
                     for m in METRICS})
@@ -233,14 +236,15 @@ def _diff(p: dict) -> str:
 def markdown(summary: dict, threshold: float) -> str:
     """The two tables: per target and implementation; paired differences."""
     head = (f"| target | implementation | best activation | best at CE < {threshold:.2f} "
-            "| hypervolume | s / iteration | candidates rejected |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
+            "| hypervolume | s / iteration | median iteration s | candidates rejected |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     targets = [t for t in summary if t != "all"]
     for t in targets:
         for impl in IMPLEMENTATIONS:
             s = summary[t]["stats"][impl]
             lines.append(f"| {t} | {impl} | " + " | ".join(_cell(s[m]) for m in METRICS)
-                         + f" | {s['sec_per_iter']['mean']:.3f} | {s['rejected']['mean']:.1%} |")
+                         + f" | {s['sec_per_iter']['mean']:.3f} | {s['median_iter']['mean']:.3f} "
+                         f"| {s['rejected']['mean']:.1%} |")
     lines += ["", "Paired per (target, seed), fluentdream − reference: mean difference [95% "
               "bootstrap interval], Wilcoxon signed-rank p, seeds where fluentdream is ahead / "
               "behind.", "",
@@ -280,6 +284,7 @@ def run_target(module, lm, target: fd.Target, cfg: fd.EPOConfig, seeds: list[int
     return [dict(target=target.name, implementation=impl, seed=seed,
                  **run_metrics(hists[impl, seed], threshold, point),
                  seconds=seconds[impl, seed], sec_per_iter=seconds[impl, seed] / cfg.iters,
+                 median_iter=float(np.median(hists[impl, seed].arrays()["seconds"])),
                  ref_point=list(point)) for seed in seeds for impl in IMPLEMENTATIONS]
 
 
@@ -324,7 +329,11 @@ def run(args) -> dict:
     """Validate, load, measure every target; returns what --json holds."""
     for name in ("seeds", "iters", "threads"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+            raise fd.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for out in filter(None, (args.json, args.markdown)):     # fail now, not after the runs
+        folder = Path(out).expanduser().resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise fd.UserError(f"cannot write {out!r}: {str(folder)!r} is not a writable folder")
     module = load_reference(args.reference)
     torch.set_num_threads(args.threads)
     lm = fd.load_model(args.model, device=args.device, dtype="float32")
@@ -332,18 +341,21 @@ def run(args) -> dict:
     cfg = fd.EPOConfig(iters=args.iters)              # Table 1 everywhere else
     threshold = args.threshold if args.threshold is not None else threshold_from_corpus(
         lm, args.calibration_dataset, args.calibration_split, cfg.seq_len)
-    runs = [row for t in targets
-            for row in run_target(module, lm, t, cfg, list(range(args.seeds)), threshold)]
-    return dict(
-        meta=dict(command="python benchmarks/reference.py " + " ".join(args.argv),
-                  model=repr(lm), threads=args.threads, config=cfg.to_dict(),
-                  seeds=list(range(args.seeds)), threshold=threshold,
-                  threshold_source=("--threshold" if args.threshold is not None else
-                                    f"{args.calibration_dataset}:{args.calibration_split}, "
-                                    f"mean + 2 SD of {cfg.seq_len}-token slices"),
-                  reference_sha=_checkout_sha(args.reference), fluentdream_sha=_checkout_sha(ROOT),
-                  machine=platform.processor() or platform.machine(), torch=torch.__version__),
-        runs=runs, summary=summarize(runs))
+    meta = dict(command="python benchmarks/reference.py " + shlex.join(args.argv),
+                model=repr(lm), threads=args.threads, config=cfg.to_dict(),
+                seeds=list(range(args.seeds)), threshold=threshold,
+                threshold_source=("--threshold" if args.threshold is not None else
+                                  f"{args.calibration_dataset}:{args.calibration_split}, "
+                                  f"mean + 2 SD of {cfg.seq_len}-token slices"),
+                reference_sha=_checkout_sha(args.reference), fluentdream_sha=_checkout_sha(ROOT),
+                machine=platform.processor() or platform.machine(), torch=torch.__version__)
+    runs: list[dict] = []
+    for t in targets:       # saved after every target: a stopped run keeps what it finished
+        runs += run_target(module, lm, t, cfg, list(range(args.seeds)), threshold)
+        result = dict(meta=meta, runs=runs, summary=summarize(runs))
+        doc = json.dumps(result, indent=1).encode()
+        atomic_write(Path(args.json), lambda fh: fh.write(doc))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,12 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv if argv is not None else sys.argv[1:])
     try:
         result = run(args)
-    except ValueError as err:
+    except fd.UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     table = markdown(result["summary"], result["meta"]["threshold"])
-    doc = json.dumps(result, indent=1).encode()
-    atomic_write(Path(args.json), lambda fh: fh.write(doc))
     if args.markdown:
         atomic_write(Path(args.markdown), lambda fh: fh.write(table.encode() + b"\n"))
     print(table)

@@ -140,7 +140,8 @@ def _rows():
             for impl, add in (("fluentdream", shift * (seed + 1)), ("reference", 0.0)):
                 rows.append(dict(target=t, implementation=impl, seed=seed, best=base + add,
                                  best_in_dist=base + add - 1, hypervolume=10 * (base + add),
-                                 sec_per_iter=0.1 if impl == "fluentdream" else 0.3, rejected=0.0))
+                                 sec_per_iter=0.1 if impl == "fluentdream" else 0.3,
+                                 median_iter=0.09, rejected=0.0))
     return rows
 
 
@@ -161,13 +162,14 @@ def test_summary_pairs_runs_by_seed():
 def test_report_table():
     text = bench.markdown(bench.summarize(_rows()), threshold=6.46)
     assert "| target | implementation | best activation | best at CE < 6.46 |" in text
-    assert "| L1.N5 | fluentdream | 4.00 ± 2.00 | 3.00 ± 2.00 | 40.00 ± 20.00 | 0.100 | 0.0% |" in text
+    assert "| L1.N5 | fluentdream | 4.00 ± 2.00 | 3.00 ± 2.00 | 40.00 ± 20.00 | 0.100 | 0.090 | 0.0% |" in text
     assert "| L1.N5 | +2.00 [" in text and "| all targets (p and counts only) | p = " in text
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--iters", "0"], "--iters must be at least 1"),
     ([], "not a checkout of Confirm-Solutions/dreamy"),
+    (["--json", "/proc/nowhere/results.json"], "is not a writable folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert bench.main(["--reference", str(tmp_path)] + argv) == 2
