@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import build_tables, numbers, readme_table
-from test_experiments_a import smoke_results  # noqa: F401 - the shared session fixture
+from analysis import build_tables, numbers, readme_table, residual, units
+from fluentdream.history import History
+from test_experiments_a import smoke_results  # noqa: F401 - the shared session fixtures
+from test_experiments_b import b_results  # noqa: F401
 from test_stats import brute_wilcoxon_p
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -149,3 +151,28 @@ def test_smoke_runs_give_numbers_that_trace_to_their_runs(smoke_results):  # noq
     assert all(e["runs"] == 1 for e in growth)     # Fig 2b is one run
     table = readme_table.render(doc)
     assert table.count("\n| ") == len(readme_table.ROWS)
+
+
+def test_per_run_tables_equal_a_direct_reading_of_the_histories(b_results):  # noqa: F811
+    preset = b_results / "smoke"
+    t = units.tables(preset)
+    examples = pd.read_parquet(preset / "05_dream_vs_dataset" / "mining" / "examples.parquet")
+    exps = {"example": "05_dream_vs_dataset", "polysemantic": "06_polysemantic_neuron"}
+    assert set(t["dataset_runs"]["role"]) == set(exps)
+    for r in t["dataset_runs"].itertuples():
+        _, f, ce = History.load(preset / exps[r.role] / "runs" / r.run / "history.npz").candidates()
+        ex = examples[examples["target"] == r.neuron]
+        best = ex.loc[ex["window_activation"].idxmax()]
+        under = f[ce <= best["window_xentropy"]]
+        assert r.best_dataset == pytest.approx(best["window_activation"])
+        assert r.best_dream == pytest.approx(f.max())
+        if len(under):
+            assert r.dream_at_dataset_ce == pytest.approx(under.max())
+        else:
+            assert np.isnan(r.dream_at_dataset_ce)
+    on_disk = sorted(str(p.parent.relative_to(preset)) for p in preset.glob("*/**/history.npz")
+                     if (p.parent / "summary.json").exists())
+    assert sorted(t["runs"]["path"]) == on_disk
+    zero = t["residual_slack_runs"].query("slack == 0").set_index("target")["z"]
+    dirs = residual.tables(preset)["residual_directions"].set_index("target")["dream_z"]
+    assert zero.to_dict() == pytest.approx(dirs.loc[zero.index].to_dict())   # no slack: the best z
