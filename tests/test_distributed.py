@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from fluentdream import EPOConfig
+from fluentdream import EPOConfig, History, UserError
 from fluentdream.cli import main
 from fluentdream.distributed import Job, make_jobs, parse_seeds, run_jobs
 from fluentdream.runs import is_complete, read_json, run_dir_for
@@ -33,12 +34,15 @@ def test_parse_seeds():
 
 def test_ray_sweep_completes_skips_and_survives_a_bad_job(ray_local, tiny_model_dir, tmp_path):
     model, out = str(tiny_model_dir), tmp_path / "sweep"
-    jobs = make_jobs(["L1.N5", "L1.N6"], [0, 1]) + [Job("L9.N0", 0)]   # layer 9 does not exist
+    jobs = make_jobs(["L1.N5", "L1.N6"], [0, 1])
+    # a target the model lacks stops the whole sweep before any job runs
+    with pytest.raises(UserError, match=r"1 of 5 jobs cannot run, so none was started: L9\.N0"):
+        run_jobs(model, jobs + [Job("L9.N0", 0)], out, BASE, executor="ray", workers=2)
+    assert not out.exists() or not list(out.iterdir())
+
     results = run_jobs(model, jobs, out, BASE, executor="ray", workers=2, wandb="offline")
-    assert [r.status for r in results] == ["done"] * 4 + ["failed"]
-    assert "out of range" in results[-1].error
-    assert "out of range" in read_json(results[-1].run_dir / "error.json")["error"]
-    for r in results[:4]:
+    assert [r.status for r in results] == ["done"] * 4
+    for r in results:
         assert all((r.run_dir / name).exists() for name in FILES)
         assert r.summary["iterations"] == 3 and not (r.run_dir / "error.json").exists()
         config, prov = read_json(r.run_dir / "config.json"), read_json(r.run_dir / "provenance.json")
@@ -50,10 +54,16 @@ def test_ray_sweep_completes_skips_and_survives_a_bad_job(ray_local, tiny_model_
     run, = [json.loads(x)["run"] for x in inspect.stdout.splitlines() if '"type":"run"' in x]
     assert run["run_group"] == "sweep"
 
-    stamps = [(r.run_dir / "summary.json").stat().st_mtime_ns for r in results[:4]]
+    # A job that fails while running (its checkpoint was damaged) is recorded; the rest skip.
+    broken = results[3].run_dir
+    (broken / "summary.json").unlink()
+    (broken / "history.npz").write_bytes((broken / "history.npz").read_bytes()[:100])
+    stamps = [(r.run_dir / "summary.json").stat().st_mtime_ns for r in results[:3]]
     again = run_jobs(model, jobs, out, BASE, executor="ray", workers=2, wandb="offline")
-    assert [r.status for r in again] == ["skipped"] * 4 + ["failed"]
-    assert stamps == [(r.run_dir / "summary.json").stat().st_mtime_ns for r in again[:4]]
+    assert [r.status for r in again] == ["skipped"] * 3 + ["failed"]
+    assert "damaged or truncated" in again[3].error
+    assert "damaged or truncated" in read_json(broken / "error.json")["error"]
+    assert stamps == [(r.run_dir / "summary.json").stat().st_mtime_ns for r in again[:3]]
 
 
 def test_local_sweep_from_the_command_line(tiny_model_dir, tmp_path, capsys):
@@ -71,3 +81,34 @@ def test_local_sweep_from_the_command_line(tiny_model_dir, tmp_path, capsys):
     assert capsys.readouterr().out.count("skipped") == 2
     assert main(args + ["--seed", "1"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_sweep_never_passes_old_runs_off_as_new(tiny_model_dir, tmp_path, capsys):
+    """Finished runs are reused only for the same settings; more iterations extend them (to
+    exactly a longer run); other settings are refused before anything runs."""
+    def sweep(out, *extra):
+        return main(["sweep", "--model", str(tiny_model_dir), "--targets", "L1.N5", "--seeds",
+                     "0-1", "--out", str(out), "--wandb", "disabled", "--no-progress",
+                     "--population-size", "2", "--explore-per-pop", "4", "--topk", "16",
+                     "--restart-frequency", "2", *extra])
+    out = tmp_path / "sweep"
+    assert sweep(out, "--iters", "2") == 0
+    assert sweep(out, "--iters", "4") == 0
+    assert capsys.readouterr().out.count("done") == 4
+    assert sweep(tmp_path / "straight", "--iters", "4") == 0
+    for seed in (0, 1):
+        extended, straight = (History.load(run_dir_for(d, str(tiny_model_dir), "L1.N5", seed)
+                                           / "history.npz") for d in (out, tmp_path / "straight"))
+        a, b = extended.arrays(), straight.arrays()
+        for name in set(a) - {"seconds"}:
+            assert np.array_equal(a[name], b[name], equal_nan=a[name].dtype.kind == "f"), name
+
+    capsys.readouterr()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert sweep(out, "--iters", "4", "--topk", "8") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "topk (saved 16, requested 8)" in err
+    assert "hold runs made with other settings" in err
+    assert sweep(out, "--iters", "3") == 2
+    assert "iters (saved 4, requested 3)" in capsys.readouterr().err
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}

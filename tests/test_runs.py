@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +76,71 @@ def test_dream_command_line_errors(tiny_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(base + ["--target", "L1.N5", "--frontier-ref", "6"])
     assert "CE,TARGET" in capsys.readouterr().err
+
+
+SMALL = ["--population-size", "3", "--explore-per-pop", "6", "--topk", "16",
+         "--restart-frequency", "2", "--seed", "4", "--wandb", "disabled", "--no-progress"]
+
+
+def _same_histories(a: fd.History, b: fd.History) -> None:
+    """Every recorded array equal (wall seconds aside)."""
+    x, y = a.arrays(), b.arrays()
+    for name in set(x) - {"seconds"}:
+        assert np.array_equal(x[name], y[name], equal_nan=x[name].dtype.kind == "f"), name
+
+
+def test_a_finished_run_extends_to_exactly_a_longer_run(tiny_model_dir, tmp_path, capsys):
+    """300 -> 600 in miniature: a finished 3-iteration run resumed with --iters 7 equals a
+    7-iteration run of the same seed; without --iters, --resume keeps the saved length."""
+    def dream(run_dir, *extra):
+        return main(["dream", "--model", str(tiny_model_dir), "--target", "L1.N5", "--run-dir",
+                     str(run_dir), *SMALL, *extra])
+    assert dream(tmp_path / "long", "--iters", "7") == 0
+    assert dream(tmp_path / "short", "--iters", "3") == 0
+    capsys.readouterr()
+    assert dream(tmp_path / "short", "--resume") == 0
+    assert "already complete (3 iterations)" in capsys.readouterr().out
+    assert dream(tmp_path / "short", "--resume", "--iters", "2") == 2
+    assert "give iters > 3 to extend it" in capsys.readouterr().err
+    assert dream(tmp_path / "short", "--resume", "--iters", "7") == 0
+    assert "7 iterations; run saved to" in capsys.readouterr().out
+
+    extended, straight = (fd.History.load(tmp_path / d / "history.npz") for d in ("short", "long"))
+    _same_histories(extended, straight)
+    assert extended.meta["resumed_at"] == [3] and extended.meta["config"]["iters"] == 7
+    assert read_json(tmp_path / "short" / "config.json")["iters"] == 7
+    assert read_json(tmp_path / "short" / "summary.json")["iterations"] == 7
+
+
+def test_resume_before_the_first_checkpoint_says_so(tiny_model_dir, tmp_path, capsys):
+    """A run killed before its first checkpoint has config.json only: --resume starts it from
+    iteration 0 and says so."""
+    args = ["dream", "--model", str(tiny_model_dir), "--target", "L1.N5", "--run-dir",
+            str(tmp_path / "r"), *SMALL, "--iters", "2"]
+    assert main(args) == 0
+    for name in ("history.npz", "summary.json", "frontier.json", "provenance.json"):
+        (tmp_path / "r" / name).unlink()
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "stopped before its first checkpoint; starting it from iteration 0" in \
+        capsys.readouterr().err
+    assert len(fd.History.load(tmp_path / "r" / "history.npz")) == 2
+
+
+def test_a_setup_failure_leaves_nothing_that_blocks_a_retry(tiny_lm, tmp_path):
+    run_dir = tmp_path / "run"
+
+    def broken(acts, logits):
+        raise RuntimeError("the custom target failed on its first prompts")
+    target = fd.CustomTarget("broken", broken, sites=(("mlp", 1),))
+    with pytest.raises(RuntimeError, match="first prompts"):
+        run_dream(tiny_lm, target, CFG, run_dir)
+    assert not run_dir.exists()
+
+    def no_tracker(run_dir, config):
+        raise OSError("tracker could not start")
+    run_dir.mkdir()
+    with pytest.raises(OSError, match="tracker"):
+        run_dream(tiny_lm, fd.parse_target("L1.N5", tiny_lm), CFG, run_dir, make_tracker=no_tracker)
+    assert run_dir.is_dir() and not list(run_dir.iterdir())   # made by the user: kept, empty
+    assert run_dream(tiny_lm, fd.parse_target("L1.N5", tiny_lm), CFG, run_dir).complete

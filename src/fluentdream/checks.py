@@ -1,4 +1,4 @@
-"""Prompt-length limits checked against the model before a run computes or writes anything.
+"""Settings checked before a run loads, computes or writes anything: device, prompt length.
 
     check_prompt_length(lm, seq_len=600, random_draw=True)
     # fd.UserError: seq_len 600 exceeds the 512 positions of model 'embedded'; choose --seq-len <= 512
@@ -65,3 +65,27 @@ def check_prompt_length(lm, seq_len: int, random_draw: bool) -> None:
                         f"with this tokenizer (about {q ** (seq_len - 1):.0e} of them, from "
                         f"{q:.1%} of token pairs); choose --seq-len <= {longest}, give "
                         "--initial-prompt, or pass --no-retokenize")
+
+
+def check_device(device: str | None) -> None:
+    """Raise UserError for a device string torch does not parse, or a device this machine lacks
+    (before a model is loaded onto it)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise UserError(f"device {device!r}: CUDA is not available ({why}); use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"device {device!r} does not exist; this machine has {n} CUDA "
+                            f"device(s): cuda:0..cuda:{n - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device type {dev.type!r} is not supported; allowed: cpu, cuda, cuda:N, mps")

@@ -6,24 +6,28 @@
     fluentdream frontier results/a results/b               # one frontier over several runs
     fluentdream sweep --model embedded --targets L1.N5,L1.N6 --seeds 0-3 --executor ray --out DIR
 
-Every user error ends with one line on stderr, exit status 2, no traceback, nothing half-written.
+Every user error (fd.UserError, a full disk, a permission denied) ends with one line on stderr,
+exit status 2, no traceback, nothing half-written; any other exception is a bug and shows its
+traceback and where to report it (exit status 1).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import logging
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
 
 from .config import EPOConfig, fields_help
+from .errors import ISSUE_TRACKER, UserError
 
-
-class UserError(Exception):
-    """An input problem, shown as one line without a traceback."""
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NO_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -67,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(MODEL__TARGET__seedS) inside this directory [default: results]")
     p.add_argument("--run-dir", default=None, help="write the run exactly here (overrides --out)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in the run "
-                   "directory from its checkpoint (same arguments as the first time)")
+                   "directory from its checkpoint (same arguments as the first time; --iters "
+                   "defaults to the saved run's, and a larger --iters extends a finished run)")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="save "
-                   "history.npz every N iterations [default: restart_frequency, or 30 if 0]")
+                   "history.npz every N >= 1 iterations [default: restart_frequency, or 30 if 0]")
     _add_tracking_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(p)
@@ -93,24 +98,24 @@ def _writable_dir(path: Path) -> Path:
 
 
 def cmd_dream(args: argparse.Namespace) -> int:
+    from .checks import check_device
     from .evaluate import check_same_vocab
     from .models import load_model
-    from .runs import CHECKPOINT, is_complete, load_run, run_dir_for, run_dream
+    from .runs import (CHECKPOINT, config_diff, is_complete, load_run, read_json, run_config,
+                       run_dir_for, run_dream)
     from .targets import parse_target
     from .tracking import start_tracker
 
     cfg = config_from_args(args)
     run_dir = (Path(args.run_dir) if args.run_dir
                else run_dir_for(Path(args.out), args.model, args.target, cfg.seed))
-    if is_complete(run_dir) and args.resume:
-        hist, records, _ = load_run(run_dir)
-        print(_records_table(records))
-        print(f"\n{run_dir} is already complete ({len(hist)} iterations); nothing to resume")
-        return 0
-    if (run_dir / CHECKPOINT).exists() and not args.resume:
+    if args.resume:
+        cfg = _resume_settings(args, cfg, run_dir)
+    elif (run_dir / CHECKPOINT).exists():
         done = "a complete" if is_complete(run_dir) else "an unfinished"
         raise UserError(f"{run_dir} already holds {done} run; pass --resume to continue an "
                         "unfinished one, or choose another --run-dir/--out")
+    check_device(cfg.device)
     _writable_dir(run_dir.parent)
     lm = load_model(args.model, device=cfg.device, dtype=cfg.dtype)
     fluency = None
@@ -118,21 +123,79 @@ def cmd_dream(args: argparse.Namespace) -> int:
         fluency = load_model(args.fluency_model, device=cfg.device, dtype=cfg.dtype)
         check_same_vocab(lm, fluency)
     target = parse_target(args.target, lm)
+    config = run_config(cfg, lm.name, target.name, fluency.name if fluency else None)
+    if args.resume and is_complete(run_dir) and not config_diff(
+            read_json(run_dir / "config.json"), config):
+        hist, records, _ = load_run(run_dir)
+        print(_records_table(records))
+        print(f"\n{run_dir} is already complete ({len(hist)} iterations); nothing to resume "
+              f"(--iters N > {len(hist)} extends it)")
+        return 0
     tracker = functools.partial(start_tracker, args.wandb, project=args.wandb_project,
                                 group=args.wandb_group)
-    result = run_dream(lm, target, cfg, run_dir, fluency=fluency, resume=args.resume,
-                       checkpoint_every=args.checkpoint_every, make_tracker=tracker,
-                       frontier_ref=args.frontier_ref, progress=not args.no_progress)
+    try:
+        result = run_dream(lm, target, cfg, run_dir, fluency=fluency, resume=args.resume,
+                           checkpoint_every=args.checkpoint_every, make_tracker=tracker,
+                           frontier_ref=args.frontier_ref, progress=not args.no_progress)
+    except OSError as e:
+        if (full := _os_error(e, DISK_FULL)) is None:
+            raise
+        raise UserError(_disk_full_line(full, run_dir, args)) from None
     if not result.complete:
-        argv = list(args.argv) + ([] if args.resume else ["--resume"])
         print(f"interrupted after {len(result.history)} iterations; saved to {run_dir}\n"
-              f"resume with: {shlex.join(['fluentdream', *argv])}", file=sys.stderr)
+              f"resume with: {_command(args, resume=True)}", file=sys.stderr)
         return 130
     print(result.frontier.table())
     print(f"\n{len(result.frontier)} frontier points from {len(result.history)} iterations; "
           f"run saved to {run_dir}")
     _print_wandb(run_dir)
     return 0
+
+
+def _resume_settings(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path) -> EPOConfig:
+    """--resume needs a run to resume; without --iters it runs to the saved run's length."""
+    from .runs import CHECKPOINT, read_json
+
+    saved = run_dir / "config.json"
+    if not saved.exists() and not (run_dir / CHECKPOINT).exists():
+        what = "does not exist" if not run_dir.exists() else "holds no run (no config.json)"
+        raise UserError(f"--resume: {run_dir} {what}, so there is nothing to resume; drop "
+                        "--resume to start a new run")
+    if not (run_dir / CHECKPOINT).exists():
+        print(f"note: {run_dir} stopped before its first checkpoint; starting it from "
+              "iteration 0", file=sys.stderr)
+    if args.iters is None and saved.exists():
+        cfg = cfg.replace(iters=read_json(saved).get("iters", cfg.iters))
+    return cfg
+
+
+def _command(args: argparse.Namespace, resume: bool) -> str:
+    """The command line the user ran, with or without --resume."""
+    argv = [a for a in args.argv if a != "--resume"] + (["--resume"] if resume else [])
+    return shlex.join(["fluentdream", *argv])
+
+
+def _os_error(e: BaseException, codes: tuple[int, ...]) -> OSError | None:
+    """The first OSError with one of `codes` in e's chain (a failed write and the failed clean-up
+    after it arrive chained)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in codes:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _disk_full_line(e: OSError, run_dir: Path, args: argparse.Namespace) -> str:
+    from .runs import CHECKPOINT
+
+    where = f" writing {e.filename}" if e.filename else ""
+    if (run_dir / CHECKPOINT).exists():
+        return (f"the disk is full{where}; {run_dir / CHECKPOINT} keeps the run up to its last "
+                f"checkpoint; free space, then resume with: {_command(args, resume=True)}")
+    return (f"the disk is full{where}; the run stopped before its first checkpoint, so nothing "
+            f"was kept; free space, then run again: {_command(args, resume=False)}")
 
 
 def _add_tracking_args(p: argparse.ArgumentParser) -> None:
@@ -198,7 +261,8 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="Ray actors, each holding one model copy")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray actor reserves")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="save each run's history every N iterations [default: restart_frequency]")
+                   help="save each run's history every N >= 1 iterations [default: "
+                   "restart_frequency]")
     _add_tracking_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(p)
@@ -217,6 +281,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .checks import check_device
     from .distributed import make_jobs, parse_seeds, run_jobs
 
     if args.seed is not None:
@@ -225,8 +290,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not targets:
         raise UserError("--targets is empty; give e.g. L1.N5,L1.N6")
     jobs = make_jobs(targets, parse_seeds(args.seeds))
+    cfg = config_from_args(args)
+    check_device(cfg.device)
     out = _writable_dir(Path(args.out))
-    results = run_jobs(args.model, jobs, out, config_from_args(args), executor=args.executor,
+    results = run_jobs(args.model, jobs, out, cfg, executor=args.executor,
                        ray_address=args.ray_address, workers=args.workers,
                        gpus_per_worker=args.gpus_per_worker, wandb=args.wandb,
                        project=args.wandb_project, group=args.wandb_group,
@@ -248,7 +315,8 @@ def _add_mine_parser(sub) -> None:
     p.add_argument("--dataset", default="embedded", help="'embedded' (the repo's data/corpus), a "
                    "local parquet/json/jsonl/txt/csv file or directory, or a hub name such as "
                    "monology/pile-uncopyrighted (streamed) [default: embedded]")
-    p.add_argument("--split", default="train", help="dataset split [default: train]")
+    p.add_argument("--split", default=None, help="dataset split of a hub dataset or a directory "
+                   "of split files; a single file is one split [default: train]")
     p.add_argument("--text-column", default="text", help="column holding the documents' text")
     p.add_argument("--layers", required=True, help="comma-separated layers, e.g. 1,2")
     p.add_argument("--top-k", type=int, default=MineConfig.top_k, help="examples kept per feature")
@@ -278,6 +346,7 @@ def _add_mine_parser(sub) -> None:
 
 def cmd_mine(args: argparse.Namespace) -> int:
     from . import calibration, mining
+    from .checks import check_device
     from .models import load_model
     from .runs import slug
 
@@ -291,8 +360,12 @@ def cmd_mine(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, tokens=args.tokens)
     out = Path(args.out or Path("results", "mining", f"{slug(Path(args.model).name)}__"
                                 f"{slug(Path(args.dataset).name)}__L{'-'.join(map(str, layers))}"))
+    if args.split not in (None, "train") and Path(args.dataset).expanduser().is_file():
+        raise UserError(f"--split {args.split}: {args.dataset} is a single file, which is one "
+                        "split; drop --split, or give a directory holding one file per split")
+    check_device(args.device)
     _writable_dir(out.parent)
-    source = mining.DataSource(args.dataset, args.split, args.text_column)
+    source = mining.DataSource(args.dataset, args.split or "train", args.text_column)
     source.open()   # a bad dataset fails before a big model loads
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     feats = [] if args.no_neurons else [mining.neurons(layer) for layer in layers]
@@ -342,14 +415,34 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return args.func(args)
-    except (UserError, ValueError) as e:
-        if args.verbose:
-            raise
-        print(f"fluentdream {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"fluentdream {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - sorted below into the user's faults and our bugs
+        line = _user_fault(e)
+        if line is None or args.verbose:
+            traceback.print_exc()
+        if line is None:
+            print(f"fluentdream {args.command}: internal error ({type(e).__name__}); this is a "
+                  f"bug in fluentdream, not in your input: please report it to {ISSUE_TRACKER}",
+                  file=sys.stderr)
+            return 1
+        print(f"fluentdream {args.command}: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _user_fault(e: Exception) -> str | None:
+    """One line for an error about the user's input or machine (bad input, a full disk, a path
+    without permission); None for anything else, which is a bug."""
+    if isinstance(e, UserError):
+        return " ".join(str(e).split())
+    if (full := _os_error(e, DISK_FULL)) is not None:
+        where = f" writing {full.filename}" if full.filename else ""
+        return f"the disk is full{where}; free space and run the command again"
+    if (denied := _os_error(e, NO_ACCESS)) is not None:
+        return (f"{denied.filename or 'a file'}: {denied.strerror}; choose a path you can write "
+                "to, or fix its permissions")
+    return None
 
 
 if __name__ == "__main__":

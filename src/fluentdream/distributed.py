@@ -5,9 +5,12 @@
                        workers=2, wandb="offline")
     [r.status for r in results]        # "done", "skipped" (already complete) or "failed"
 
-Each job writes its own run directory under `out` (runs.py). A complete one (summary.json) is
-skipped, an unfinished one is resumed from its checkpoint, so re-running a sweep finishes it. A job
-that raises is recorded in RUN_DIR/error.json and the others go on. All W&B runs of a sweep share
+Each job writes its own run directory under `out` (runs.py). A complete one (summary.json) made
+with the same settings is skipped, one made with fewer iterations is extended, an unfinished one
+is resumed from its checkpoint, so re-running a sweep finishes it. Before any job runs, every run
+directory's saved config.json is compared with the sweep's settings and every target is checked
+against the model: a mismatch or a bad target raises fd.UserError and nothing runs. A job that
+raises during its run is recorded in RUN_DIR/error.json and the others go on. All W&B runs of a sweep share
 one group. With Ray, each worker is an actor that loads the model once and runs jobs one after
 another; `out` must be a filesystem every worker sees (one machine, or a shared mount), and
 fluentdream must be installed on every node. `ray` is imported only for executor="ray".
@@ -23,7 +26,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import EPOConfig
-from .runs import is_complete, read_json, run_dream, run_dir_for, slug, write_json
+from .errors import UserError
+from .runs import (config_diff, is_complete, read_json, run_config, run_dream, run_dir_for, slug,
+                   write_json)
+from .tracking import FRONTIER_REF
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +72,9 @@ def parse_seeds(text: str) -> list[int]:
             lo, _, hi = part.strip().partition("-")
             seeds.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
     except ValueError:
-        raise ValueError(f"seeds must look like 0-3 or 0,5,7, got {text!r}") from None
+        raise UserError(f"seeds must look like 0-3 or 0,5,7, got {text!r}") from None
     if not seeds:
-        raise ValueError(f"no seeds in {text!r}")
+        raise UserError(f"no seeds in {text!r}")
     return seeds
 
 
@@ -83,18 +89,26 @@ class Settings:
     group: str | None = None
     checkpoint_every: int | None = None
 
+    def config(self, job: Job) -> EPOConfig:
+        return self.base.replace(seed=job.seed, **job.overrides)
+
+    def expected(self, job: Job, target_name: str | None) -> dict:
+        """The config.json this job's run writes (run_dream)."""
+        cfg = self.config(job)
+        every = (cfg.restart_frequency or 30) if self.checkpoint_every is None else self.checkpoint_every
+        return run_config(cfg, self.model, target_name, None, FRONTIER_REF, every)
+
 
 def run_job(lm, job: Job, s: Settings) -> JobResult:
-    """One dream into its run directory; any exception becomes a failed JobResult + error.json."""
+    """One dream into its run directory (resumed or extended if it holds a run of this job);
+    any exception becomes a failed JobResult + error.json."""
     from .targets import parse_target
     from .tracking import start_tracker
 
     run_dir = job.run_dir(s.out, s.model)
-    if is_complete(run_dir):
-        return JobResult(job, run_dir, "skipped", summary=read_json(run_dir / "summary.json"))
     (run_dir / "error.json").unlink(missing_ok=True)
     try:
-        cfg = s.base.replace(seed=job.seed, **job.overrides)
+        cfg = s.config(job)
         target = parse_target(job.target, lm)
         tracker = functools.partial(start_tracker, s.wandb, project=s.project, group=s.group)
         result = run_dream(lm, target, cfg, run_dir, resume=True, make_tracker=tracker,
@@ -115,6 +129,19 @@ class Worker:
 
     def run(self, job: Job, s: Settings) -> JobResult:
         return run_job(self.lm, job, s)
+
+    def check(self, jobs: list[Job], s: Settings) -> list[str]:
+        """What is wrong with each job's target or settings on this model (empty: all fine)."""
+        from .epo import check_run
+        from .targets import parse_target
+
+        problems = []
+        for job in jobs:
+            try:
+                check_run(self.lm, s.config(job), parse_target(job.target, self.lm))
+            except UserError as e:
+                problems.append(f"{job.target} (seed {job.seed}): {e}")
+        return problems
 
 
 class SweepProgress:
@@ -148,23 +175,21 @@ def run_jobs(model: str, jobs: list[Job], out: Path, base: EPOConfig | None = No
     """Run every job; returns one JobResult per job, in order. `group` (the W&B group) defaults
     to the name of `out`, so a re-run of the sweep lands in the same group."""
     if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        raise UserError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise UserError(f"workers must be >= 1, got {workers}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise UserError(f"checkpoint_every must be a positive integer, got {checkpoint_every}")
     out = Path(out)
     s = Settings(model, out, base or EPOConfig(), wandb, project,
                  group or slug(out.resolve().name), checkpoint_every)
-    results: dict[int, JobResult] = {}
-    todo = []
+    done = finished_runs(jobs, s)
+    results = {i: JobResult(jobs[i], jobs[i].run_dir(out, model), "skipped", summary=summary)
+               for i, summary in done.items()}
+    todo = [i for i in range(len(jobs)) if i not in done]
     bar = SweepProgress(len(jobs), progress)
-    for i, job in enumerate(jobs):
-        run_dir = job.run_dir(out, model)
-        if is_complete(run_dir):
-            results[i] = JobResult(job, run_dir, "skipped",
-                                   summary=read_json(run_dir / "summary.json"))
-            bar.finished(results[i], was_running=False)
-        else:
-            todo.append(i)
+    for i in done:
+        bar.finished(results[i], was_running=False)
     try:
         if todo and executor == "local":
             _run_local(jobs, todo, s, results, bar)
@@ -175,8 +200,42 @@ def run_jobs(model: str, jobs: list[Job], out: Path, base: EPOConfig | None = No
     return [results[i] for i in sorted(results)]
 
 
+def finished_runs(jobs: list[Job], s: Settings) -> dict[int, dict]:
+    """{job index: summary} of the jobs whose run directory holds a finished run of the same
+    settings (nothing to do). Raises UserError, before anything runs, if any job's run directory
+    holds a run made with other settings; a finished run with fewer iterations is to be
+    extended, not reused."""
+    done, stale = {}, []
+    for i, job in enumerate(jobs):
+        run_dir = job.run_dir(s.out, s.model)
+        if not (run_dir / "config.json").exists():
+            continue
+        saved = read_json(run_dir / "config.json")
+        # the directory name is the target's, so only the other settings need comparing
+        expected = s.expected(job, saved.get("target"))
+        if diff := config_diff(saved, expected, ignore=("iters",)):
+            stale.append(f"{run_dir}: {'; '.join(diff)}")
+        elif is_complete(run_dir) and saved.get("iters") == expected["iters"]:
+            done[i] = read_json(run_dir / "summary.json")
+        elif is_complete(run_dir) and saved.get("iters", 0) > expected["iters"]:
+            stale.append(f"{run_dir}: iters (saved {saved.get('iters')}, requested "
+                         f"{expected['iters']})")
+    if stale:
+        raise UserError(f"{len(stale)} run directories in {s.out} hold runs made with other "
+                        f"settings, e.g. {stale[0]}; nothing was run: use another --out, or the "
+                        "settings they were made with")
+    return done
+
+
+def _check_all(problems: list[str], n: int) -> None:
+    if problems:
+        raise UserError(f"{len(problems)} of {n} jobs cannot run, so none was started: "
+                        f"{'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}")
+
+
 def _run_local(jobs, todo, s: Settings, results, bar: SweepProgress) -> None:
     worker = Worker(s.model, s.base.device, s.base.dtype)
+    _check_all(worker.check([jobs[i] for i in todo], s), len(todo))
     for i in todo:
         bar.started()
         results[i] = worker.run(jobs[i], s)
@@ -198,6 +257,7 @@ def _run_ray(jobs, todo, s: Settings, results, bar: SweepProgress, address: str 
               for _ in range(min(workers, len(todo)))]
     queue, running = list(todo), {}     # running: ObjectRef -> (actor, job index)
     try:
+        _check_all(ray.get(actors[0].check.remote([jobs[i] for i in todo], s)), len(todo))
         while queue or running:
             busy = {a for a, _ in running.values()}
             for actor in [a for a in actors if a not in busy][:len(queue)]:

@@ -25,6 +25,9 @@ import platform
 import re
 import subprocess
 import sys
+import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -34,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from .config import EPOConfig
+from .errors import UserError
 from .frontier import Frontier, frontier_indices, frontier_quality, pareto_frontier
 from .history import History, atomic_write
 from .tracking import CE_THRESHOLDS, FRONTIER_REF, IterationMetrics, NullTracker, Tracker
@@ -55,13 +59,68 @@ def is_complete(run_dir: Path) -> bool:
     return (Path(run_dir) / "summary.json").exists()
 
 
+@contextmanager
+def naming(path: Path):
+    """Give an OSError raised while writing `path` the file name (a failed write() has none), so
+    a full disk is reported with the file it stopped."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+
+
 def write_json(path: Path, obj) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode()
-    atomic_write(path, lambda fh: fh.write(data))
+    with naming(path):
+        atomic_write(path, lambda fh: fh.write(data))
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON file of a run or results directory; a missing or damaged one raises UserError
+    naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing (is {Path(path).parent} a fluentdream run or results "
+                        "directory, copied whole?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged (not valid JSON: {e}); restore it or remove the run "
+                        "directory") from None
+
+
+def load_checkpoint(path: Path) -> History:
+    """History.load, with a damaged or truncated file (a copy cut short, a full disk) raising
+    UserError naming it."""
+    try:
+        return History.load(path)
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError) as e:
+        raise UserError(f"{path} is damaged or truncated ({type(e).__name__}: {e}); it cannot "
+                        "be resumed: move it away and start the run again") from None
+
+
+def config_diff(saved: dict, config: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The settings in which a saved run's config.json differs from a requested config."""
+    keys = sorted((set(saved) | set(config)) - set(NOT_COMPARED) - set(ignore))
+    return [f"{k} (saved {saved.get(k)!r}, requested {config.get(k)!r})"
+            for k in keys if saved.get(k) != config.get(k)]
+
+
+def same_complete_run(run_dir: Path, config: dict, ignore: tuple[str, ...] = ()) -> bool:
+    """True when run_dir holds a finished run of exactly this config (reuse it); False when it
+    holds no finished run. A finished run made with other settings raises UserError: reusing it
+    would pass stale results off as new ones."""
+    if not is_complete(run_dir):
+        return False
+    diff = config_diff(read_json(Path(run_dir) / "config.json"), config, ignore)
+    if diff:
+        raise UserError(f"{run_dir} holds a finished run made with other settings: "
+                        f"{'; '.join(diff)}; choose another output directory, or extend it with "
+                        "more iterations (dream --resume --iters N)")
+    return True
 
 
 def _jsonable(x):
@@ -138,7 +197,7 @@ def save_run(run_dir: Path, hist: History, front: Frontier, cfg: EPOConfig,
         frontier_ref))
     prov = prov or provenance(cfg, device=str(hist.meta.get("device", "")), end_time=_now())
     write_json(run_dir / "provenance.json", prov)
-    hist.save(run_dir / CHECKPOINT)
+    save_history(hist, run_dir / CHECKPOINT)
     write_json(run_dir / "frontier.json", front.records())
     write_json(run_dir / "summary.json", summary(hist, front, frontier_ref))
     return run_dir
@@ -155,7 +214,8 @@ def dream_many(lm, jobs: list, parent: Path, desc: str = "dream") -> list[Path]:
     from .batched import epo_many
 
     dirs = [run_dir_for(parent, lm.name, target.name, cfg.seed) for target, cfg in jobs]
-    todo = [(d, target, cfg) for d, (target, cfg) in zip(dirs, jobs) if not is_complete(d)]
+    todo = [(d, target, cfg) for d, (target, cfg) in zip(dirs, jobs)
+            if not same_complete_run(d, run_config(cfg, lm.name, target.name))]
     if todo:
         with tqdm(total=sum(cfg.iters for _, _, cfg in todo), desc=desc, unit="it") as bar:
             def tick(i, report) -> None:   # tqdm.update can return True, which would stop run i
@@ -170,29 +230,37 @@ def dream_many(lm, jobs: list, parent: Path, desc: str = "dream") -> list[Path]:
 def load_run(run_dir: Path) -> tuple[History, list[dict], dict]:
     run_dir = Path(run_dir)
     if not is_complete(run_dir):
-        raise ValueError(f"{run_dir} is not a complete run (no summary.json); resume it first")
-    hist = History.load(run_dir / CHECKPOINT)
+        raise UserError(f"{run_dir} is not a complete run (no summary.json); resume it first")
+    hist = load_checkpoint(run_dir / CHECKPOINT)
     return hist, read_json(run_dir / "frontier.json"), read_json(run_dir / "summary.json")
 
 
 def open_run(run_dir: Path, config: dict, resume: bool) -> History | None:
-    """Check that `run_dir` can take this run; return the checkpoint to continue, if any."""
+    """Check that `run_dir` can take this run; return the checkpoint to continue, if any.
+
+    Resuming needs the saved settings, except `iters`, which may grow: a finished run resumed
+    with more iterations is extended to what a run of that length gives."""
     run_dir = Path(run_dir)
-    if is_complete(run_dir):
-        raise ValueError(f"{run_dir} already holds a complete run; choose another run directory")
-    if not (run_dir / CHECKPOINT).exists():
+    complete, ckpt = is_complete(run_dir), run_dir / CHECKPOINT
+    if complete and not resume:
+        raise UserError(f"{run_dir} already holds a complete run; choose another run directory")
+    if not resume and ckpt.exists():
+        raise UserError(f"{run_dir} holds an unfinished run; resume it (--resume) or choose "
+                        "another run directory")
+    if not resume or not (run_dir / "config.json").exists():
         return None
-    if not resume:
-        raise ValueError(f"{run_dir} holds an unfinished run; resume it (--resume) or choose "
-                         "another run directory")
-    saved = read_json(run_dir / "config.json")
-    keys = sorted((set(saved) | set(config)) - set(NOT_COMPARED))
-    diff = [f"{k} (saved {saved.get(k)!r}, requested {config.get(k)!r})"
-            for k in keys if saved.get(k) != config.get(k)]
+    diff = config_diff(read_json(run_dir / "config.json"), config, ignore=("iters",))
     if diff:
-        raise ValueError(f"cannot resume {run_dir}: its config differs in {'; '.join(diff)}; "
-                         "rerun with the saved settings or choose another run directory")
-    return History.load(run_dir / CHECKPOINT)
+        raise UserError(f"cannot resume {run_dir}: its config differs in {'; '.join(diff)}; "
+                        "rerun with the saved settings or choose another run directory")
+    if not ckpt.exists():      # stopped before its first checkpoint: nothing to continue
+        return None
+    saved = load_checkpoint(ckpt)
+    if config["iters"] < len(saved) or (complete and config["iters"] == len(saved)):
+        raise UserError(f"cannot resume {run_dir} to iters={config['iters']}: it holds "
+                        f"{len(saved)} iterations{' and is complete' if complete else ''}; give "
+                        f"iters > {len(saved)} to extend it")
+    return saved
 
 
 @dataclass
@@ -226,28 +294,34 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
               frontier_ref: tuple[float, float] = FRONTIER_REF, progress: bool = False,
               **provenance_extra) -> RunResult:
     """EPO with a run directory: checkpoints every `checkpoint_every` iterations (default the
-    restart period, else 30), resumes an unfinished run when `resume`, mirrors every iteration to
-    the tracker (a resumed run replays the saved iterations into a new tracker run first), and
-    saves on Ctrl-C. Raises ValueError if run_dir holds a finished run or a different one."""
+    restart period, else 30), resumes an unfinished run when `resume` (or extends a finished one
+    to more `cfg.iters`), mirrors every iteration to the tracker (a resumed run replays the saved
+    iterations into a new tracker run first), and saves on Ctrl-C. Raises UserError, before
+    writing anything, for bad settings or a run_dir holding a finished or a different run; a run
+    that fails before its first checkpoint leaves no config.json or provenance.json behind."""
     from .epo import check_run, epo
 
     check_run(lm, target=target, cfg=cfg)    # bad settings fail before anything is written
     run_dir = Path(run_dir)
-    every = checkpoint_every or cfg.restart_frequency or 30
-    if every < 1:
-        raise ValueError(f"checkpoint_every must be a positive integer, got {every}")
+    every = (cfg.restart_frequency or 30) if checkpoint_every is None else checkpoint_every
+    if not isinstance(every, int) or every < 1:
+        raise UserError(f"checkpoint_every must be a positive integer, got {every!r}")
     config = run_config(cfg, lm.name, target.name, fluency.name if fluency else None,
                         frontier_ref, every)
     saved = open_run(run_dir, config, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config)
-    tracker = make_tracker(run_dir, config) if make_tracker else NullTracker()
-    prov = _start_provenance(run_dir, cfg, lm, tracker, saved, provenance_extra)
+    created = not run_dir.exists()
+    try:
+        tracker = _open_session(run_dir, config, saved, make_tracker)
+        prov = _start_provenance(run_dir, cfg, lm, tracker, saved, provenance_extra)
+    except BaseException:
+        _remove_setup(run_dir, created, saved)
+        raise
     metrics = IterationMetrics(*frontier_ref)
     done = {"n": 0, "state": None}       # last finished iteration's state, for Ctrl-C
     if saved is not None:
         saved.meta.pop("interrupted", None)
         saved.meta.setdefault("resumed_at", []).append(len(saved))
+        saved.meta.setdefault("config", {})["iters"] = cfg.iters     # an extension's new length
         done.update(n=len(saved), state=copy.deepcopy(saved.state))
         for t in range(len(saved)):
             tracker.log(metrics(saved, t), step=t)
@@ -258,7 +332,7 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
         done.update(n=t + 1, state=copy.deepcopy(hist.state))   # epo mutates its state in place
         tracker.log(metrics(hist, t), step=t)
         if (t + 1) % every == 0 and t + 1 < cfg.iters:
-            hist.save(run_dir / CHECKPOINT)
+            save_history(hist, run_dir / CHECKPOINT)
         if bar:
             bar(report)
 
@@ -266,6 +340,7 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
         hist = epo(lm, target, cfg, callback, fluency=fluency, resume=saved)
     except BaseException:
         tracker.finish(exit_code=1)
+        _remove_setup(run_dir, created, saved)
         raise
     finally:
         if bar:
@@ -278,6 +353,34 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
     tracker.log_file(run_dir / CHECKPOINT, "history")
     tracker.finish()
     return RunResult(run_dir, hist, front, True)
+
+
+def save_history(hist: History, path: Path) -> None:
+    with naming(path):
+        hist.save(path)
+
+
+def _open_session(run_dir: Path, config: dict, saved: History | None,
+                  make_tracker: MakeTracker | None) -> Tracker:
+    """Write config.json and start the tracker. A finished run being extended is unfinished
+    again until it ends, so its summary.json (the completion mark) goes first."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if saved is not None:
+        for name in ("summary.json", "frontier.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    write_json(run_dir / "config.json", config)
+    return make_tracker(run_dir, config) if make_tracker else NullTracker()
+
+
+def _remove_setup(run_dir: Path, created: bool, saved: History | None) -> None:
+    """After a failure before the first checkpoint, remove config.json and provenance.json (and
+    the directory if this run made it and it is empty), so a retry starts clean."""
+    if saved is not None or (run_dir / CHECKPOINT).exists() or not run_dir.is_dir():
+        return
+    for name in ("config.json", "provenance.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    if created and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def _start_provenance(run_dir: Path, cfg: EPOConfig, lm, tracker, saved: History | None,
@@ -301,7 +404,7 @@ def _save_interrupted(run_dir: Path, hist: History, done: dict, prov: dict,
     partial = hist.truncated(done["n"])
     partial.state = done["state"]
     if partial.state is not None:
-        partial.save(run_dir / CHECKPOINT)
+        save_history(partial, run_dir / CHECKPOINT)
     write_json(run_dir / "provenance.json", dict(prov, end_time=_now(), interrupted=True))
     tracker.finish(exit_code=130)
     return RunResult(run_dir, partial, None, False)
@@ -315,16 +418,16 @@ def merged_frontier(run_dirs: list[Path]) -> tuple[list[dict], list[str]]:
     records, runs, first = [], [], None
     for d in map(Path, run_dirs):
         if not is_complete(d):
-            raise ValueError(f"{d} is not a complete run directory (no summary.json); "
-                             "finish it with `fluentdream dream ... --resume`")
+            raise UserError(f"{d} is not a complete run directory (no summary.json); "
+                            "finish it with `fluentdream dream ... --resume`")
         config = read_json(d / "config.json")
         seen = {k: config.get(k) for k in keys}
         first = first or (d, seen)
         if seen != first[1]:
             diff = ", ".join(f"{k} {first[1][k]!r} vs {seen[k]!r}" for k in keys
                              if seen[k] != first[1][k])
-            raise ValueError(f"cannot merge {first[0]} and {d}: different {diff}; "
-                             "a frontier compares prompts for one target on one model")
+            raise UserError(f"cannot merge {first[0]} and {d}: different {diff}; "
+                            "a frontier compares prompts for one target on one model")
         part = read_json(d / "frontier.json")
         records += part
         runs += [d.name] * len(part)
