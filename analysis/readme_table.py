@@ -215,9 +215,16 @@ def _residual(n: Numbers) -> str:
 
 
 def _residual_holds(n: Numbers) -> str:
-    """yes when both paired tests find the stated order (p < 0.05), partly when one does."""
-    k = n.significant("residual.dream_minus_dataset", 1) + n.significant("residual.dataset_minus_random", 1)
-    return ["no", "partly", "yes"][k]
+    """yes when both paired tests find the stated order (p < 0.05); otherwise says which step
+    fails: the reverse order significant, or no significant difference."""
+    fails = []
+    for key, a, b in (("residual.dream_minus_dataset", "dream", "dataset"),
+                      ("residual.dataset_minus_random", "dataset", "random")):
+        if not n.significant(key, 1):
+            fails.append(f"{b} > {a}" if n.significant(key, -1) else f"{a} ≈ {b}")
+    if not fails:
+        return "yes"
+    return ("partly: " if len(fails) == 1 else "no: ") + ", ".join(fails)
 
 
 def _limited(n: Numbers) -> str:
