@@ -10,15 +10,18 @@ Schema (`schema` = "fluentdream.numbers", `schema_version` = 1) of results/<pres
     claim       the README row it belongs to (analysis/readme_table.py: ROWS)
     label       what the number is, in words
     value       the number (null when it does not exist: no candidate under a CE limit)
-    unit        activation | nats | z | count | share | iterations
-    statistic   mean | median | max | min | count | share | value (one observed point)
+    unit        activation | nats | z | count | share
+    statistic   mean | median | max | min | sd | count | difference | difference of medians |
+                value (one observed point); a mean of paired differences is "mean"
     n, over     how many units it summarizes, and which (seeds, directions, restarts, slices, runs)
     ci, ci_method   [low, high] 95% interval and how it was made (stats.py); null for one point
                 or a count, which have no sampling distribution here
     test        comparisons only: {name, statistic, p, n, effect_name, effect, difference_name,
                 difference, difference_ci} (stats.Test; paired Wilcoxon or unpaired Mann-Whitney)
-    values      the per-unit values behind a short summary (per seed, per run), when few
+    values      the per-unit values behind a summary (per seed, per run)
     at          for a point on a frontier: {xentropy, perplexity} of that point
+    target, tokens, last_position   a few claims only: the logit's target (logits.*); the token
+                that carries each attributed prompt and how many are its last (attribution.*)
     runs        how many run directories stand behind it
     provenance  {experiment, run_dirs (relative to results/<preset>/), wandb_run_ids, git_shas,
                 git_dirty, files (non-run inputs such as 01's fluency.json)}
