@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import torch
 
@@ -89,3 +90,16 @@ def check_device(device: str | None) -> None:
         raise UserError(f"device {device!r}: MPS is not available here; use --device cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"device type {dev.type!r} is not supported; allowed: cpu, cuda, cuda:N, mps")
+
+
+def writable_dir(path: Path) -> Path:
+    """Create `path` (and parents) or raise a UserError saying why it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".fluentdream-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {str(path)!r} is not writable ({e.strerror}); "
+                        "choose a directory you can write to") from None
+    return path

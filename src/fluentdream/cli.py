@@ -23,6 +23,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .cli_mine import add_mine_parser
 from .config import EPOConfig, fields_help
 from .errors import ISSUE_TRACKER, UserError
 
@@ -80,29 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_dream)
     _add_run_commands(sub)
-    _add_mine_parser(sub)
+    add_mine_parser(sub)
     return parser
 
 
-def _writable_dir(path: Path) -> Path:
-    """Create `path` (and parents) or raise a UserError saying why it cannot be written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".fluentdream-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"output directory {str(path)!r} is not writable ({e.strerror}); "
-                        "choose a directory you can write to") from None
-    return path
-
-
 def cmd_dream(args: argparse.Namespace) -> int:
-    from .checks import check_device
+    from .checks import check_device, writable_dir
     from .evaluate import check_same_vocab
     from .models import load_model
-    from .runs import (CHECKPOINT, config_diff, is_complete, load_run, read_json, run_config,
-                       run_dir_for, run_dream)
+    from .runfiles import CHECKPOINT, config_diff, is_complete, read_json
+    from .runs import load_run, run_config, run_dir_for, run_dream
     from .targets import parse_target
     from .tracking import start_tracker
 
@@ -116,7 +104,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
         raise UserError(f"{run_dir} already holds {done} run; pass --resume to continue an "
                         "unfinished one, or choose another --run-dir/--out")
     check_device(cfg.device)
-    _writable_dir(run_dir.parent)
+    writable_dir(run_dir.parent)
     lm = load_model(args.model, device=cfg.device, dtype=cfg.dtype)
     fluency = None
     if args.fluency_model:
@@ -154,7 +142,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
 
 def _resume_settings(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path) -> EPOConfig:
     """--resume needs a run to resume; without --iters it runs to the saved run's length."""
-    from .runs import CHECKPOINT, read_json
+    from .runfiles import CHECKPOINT, read_json
 
     saved = run_dir / "config.json"
     if not saved.exists() and not (run_dir / CHECKPOINT).exists():
@@ -188,7 +176,7 @@ def _os_error(e: BaseException, codes: tuple[int, ...]) -> OSError | None:
 
 
 def _disk_full_line(e: OSError, run_dir: Path, args: argparse.Namespace) -> str:
-    from .runs import CHECKPOINT
+    from .runfiles import CHECKPOINT
 
     where = f" writing {e.filename}" if e.filename else ""
     if (run_dir / CHECKPOINT).exists():
@@ -218,7 +206,7 @@ def _frontier_ref(text: str) -> tuple[float, float]:
 
 
 def _print_wandb(run_dir: Path) -> None:
-    from .runs import read_json
+    from .runfiles import read_json
     prov = read_json(run_dir / "provenance.json")
     if prov.get("wandb_mode") == "offline":
         print(f"W&B offline run {prov['wandb_run_id']}; upload with: "
@@ -281,7 +269,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .checks import check_device
+    from .checks import check_device, writable_dir
     from .distributed import make_jobs, parse_seeds, run_jobs
 
     if args.seed is not None:
@@ -292,7 +280,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     jobs = make_jobs(targets, parse_seeds(args.seeds))
     cfg = config_from_args(args)
     check_device(cfg.device)
-    out = _writable_dir(Path(args.out))
+    out = writable_dir(Path(args.out))
     results = run_jobs(args.model, jobs, out, cfg, executor=args.executor,
                        ray_address=args.ray_address, workers=args.workers,
                        gpus_per_worker=args.gpus_per_worker, wandb=args.wandb,
@@ -305,105 +293,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"\n{len(results) - failed} of {len(results)} jobs complete in {out}"
           + (f"; {failed} failed (see error.json in their run directories)" if failed else ""))
     return 1 if failed else 0
-
-
-def _add_mine_parser(sub) -> None:
-    from .mining import MineConfig
-
-    p = sub.add_parser("mine", help="max-activating dataset examples for every feature of layers")
-    p.add_argument("--model", required=True, help="'embedded', a local HF directory or a hub name")
-    p.add_argument("--dataset", default="embedded", help="'embedded' (the repo's data/corpus), a "
-                   "local parquet/json/jsonl/txt/csv file or directory, or a hub name such as "
-                   "monology/pile-uncopyrighted (streamed) [default: embedded]")
-    p.add_argument("--split", default=None, help="dataset split of a hub dataset or a directory "
-                   "of split files; a single file is one split [default: train]")
-    p.add_argument("--text-column", default="text", help="column holding the documents' text")
-    p.add_argument("--layers", required=True, help="comma-separated layers, e.g. 1,2")
-    p.add_argument("--top-k", type=int, default=MineConfig.top_k, help="examples kept per feature")
-    p.add_argument("--tokens", type=int, default=None, help="stop after N dataset tokens "
-                   "[default: the whole split]")
-    p.add_argument("--context", type=int, default=MineConfig.context, help="tokens per context window")
-    p.add_argument("--window", type=int, default=MineConfig.window, help="tokens of each example "
-                   "re-scored alone, ending at its max token (the dream prompt length)")
-    p.add_argument("--batch-size", type=int, default=MineConfig.batch_size,
-                   help="context windows per forward pass")
-    p.add_argument("--resid-directions", type=int, default=0, metavar="N", help="also mine N "
-                   "random residual directions entering each layer (targets resid:L:vS..)")
-    p.add_argument("--resid-seed", type=int, default=0, help="seed S of the first direction")
-    p.add_argument("--no-neurons", action="store_true", help="mine residual directions only")
-    p.add_argument("--baseline-prompts", type=int, default=1024, help="random-token prompts for "
-                   "the residual directions' z-score baseline (paper §3.5); 0 skips it")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="ray shards documents over --workers tasks (RAY_ADDRESS joins a cluster)")
-    p.add_argument("--workers", type=int, default=2, help="Ray tasks (one GPU each on CUDA)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... [default: cuda if available]")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--out", default=None, help="output directory "
-                   "[default: results/mining/MODEL__DATASET__L<layers>]")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_mine)
-
-
-def cmd_mine(args: argparse.Namespace) -> int:
-    from . import calibration, mining
-    from .checks import check_device
-    from .models import load_model
-    from .runs import slug
-
-    try:
-        layers = sorted({int(x) for x in args.layers.split(",")})
-    except ValueError:
-        raise UserError(f"--layers must be comma-separated integers such as 1,2; got {args.layers!r}") from None
-    if args.resid_directions < 0 or (args.no_neurons and not args.resid_directions):
-        raise UserError("--resid-directions must be >= 0, and > 0 with --no-neurons")
-    cfg = mining.MineConfig(top_k=args.top_k, context=args.context, window=args.window,
-                            batch_size=args.batch_size, tokens=args.tokens)
-    out = Path(args.out or Path("results", "mining", f"{slug(Path(args.model).name)}__"
-                                f"{slug(Path(args.dataset).name)}__L{'-'.join(map(str, layers))}"))
-    if args.split not in (None, "train") and Path(args.dataset).expanduser().is_file():
-        raise UserError(f"--split {args.split}: {args.dataset} is a single file, which is one "
-                        "split; drop --split, or give a directory holding one file per split")
-    check_device(args.device)
-    _writable_dir(out.parent)
-    source = mining.DataSource(args.dataset, args.split or "train", args.text_column)
-    source.open()   # a bad dataset fails before a big model loads
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    feats = [] if args.no_neurons else [mining.neurons(layer) for layer in layers]
-    feats += [mining.random_residual(layer, lm.d_model, args.resid_directions, args.resid_seed)
-              for layer in layers if args.resid_directions]
-    from tqdm.auto import tqdm
-    bars = {}
-
-    def bar(name: str, total: int | None, unit: str):
-        if name not in bars:   # made on first use, so an early error prints one line only
-            for other in bars.values():
-                other.close()
-            bars[name] = tqdm(total=total, desc=name, unit=unit, unit_scale=True,
-                              disable=args.no_progress)
-        return bars[name]
-
-    def rescore_progress(done: int, total: int) -> None:
-        b = bar("re-score alone", total, "window")
-        b.update(done - b.n)
-    try:
-        res = mining.mine(lm, source, feats, cfg, args.executor, args.workers,
-                          lambda n: bar("scan", cfg.tokens, "tok").update(n), rescore_progress)
-    finally:
-        for b in bars.values():
-            b.close()
-    resid = [f for f in feats if f.directions is not None]
-    if resid and args.baseline_prompts:
-        base = calibration.random_prompt_baseline(lm, resid, args.baseline_prompts, cfg.window,
-                                                  seed=args.resid_seed)
-        mining.write_parquet(base, out / "baseline.parquet")
-        res.summary["baseline"] = dict(file="baseline.parquet", n_prompts=args.baseline_prompts,
-                                       n_tokens=cfg.window)
-    mining.save(res, out)
-    s = res.summary
-    print(f"{len(res.examples)} examples of {sum(f.size(lm) for f in feats)} features from "
-          f"{s['tokens_scanned']} tokens ({s['documents']} documents) in {s['seconds']:.1f} s "
-          f"(scan {s['tokens_per_second']:.0f} tokens/s); saved to {out}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

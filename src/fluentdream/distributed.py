@@ -27,8 +27,8 @@ from pathlib import Path
 
 from .config import EPOConfig
 from .errors import UserError
-from .runs import (config_diff, is_complete, read_json, run_config, run_dream, run_dir_for, slug,
-                   write_json)
+from .runfiles import config_diff, is_complete, read_json, write_json
+from .runs import run_config, run_dream, run_dir_for, slug
 from .tracking import FRONTIER_REF
 
 log = logging.getLogger(__name__)

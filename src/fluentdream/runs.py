@@ -20,14 +20,10 @@ at any instant resumes from its last checkpoint to the same History as an uninte
 from __future__ import annotations
 
 import copy
-import json
 import platform
 import re
 import subprocess
 import sys
-import zipfile
-import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -39,11 +35,12 @@ import numpy as np
 from .config import EPOConfig
 from .errors import UserError
 from .frontier import Frontier, frontier_indices, frontier_quality, pareto_frontier
-from .history import History, atomic_write
+from .history import History
+# The run files' helpers live in runfiles.py; experiments and analysis import them from here.
+from .runfiles import (CHECKPOINT, config_diff, is_complete, load_checkpoint,  # noqa: F401
+                       read_json, same_complete_run, save_history, write_json)
 from .tracking import CE_THRESHOLDS, FRONTIER_REF, IterationMetrics, NullTracker, Tracker
 
-CHECKPOINT = "history.npz"
-NOT_COMPARED = ("extra", "checkpoint_every", "frontier_ref_xentropy", "frontier_ref_target")
 PACKAGES = ("numpy", "torch", "transformers", "tokenizers", "datasets", "wandb", "ray")
 
 
@@ -53,82 +50,6 @@ def slug(text: str) -> str:
 
 def run_dir_for(parent: Path, model: str, target: str, seed: int) -> Path:
     return Path(parent) / f"{slug(Path(model).name)}__{slug(target)}__seed{seed}"
-
-
-def is_complete(run_dir: Path) -> bool:
-    return (Path(run_dir) / "summary.json").exists()
-
-
-@contextmanager
-def naming(path: Path):
-    """Give an OSError raised while writing `path` the file name (a failed write() has none), so
-    a full disk is reported with the file it stopped."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
-
-
-def write_json(path: Path, obj) -> None:
-    data = (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode()
-    with naming(path):
-        atomic_write(path, lambda fh: fh.write(data))
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file of a run or results directory; a missing or damaged one raises UserError
-    naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing (is {Path(path).parent} a fluentdream run or results "
-                        "directory, copied whole?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is damaged (not valid JSON: {e}); restore it or remove the run "
-                        "directory") from None
-
-
-def load_checkpoint(path: Path) -> History:
-    """History.load, with a damaged or truncated file (a copy cut short, a full disk) raising
-    UserError naming it."""
-    try:
-        return History.load(path)
-    except UserError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError) as e:
-        raise UserError(f"{path} is damaged or truncated ({type(e).__name__}: {e}); it cannot "
-                        "be resumed: move it away and start the run again") from None
-
-
-def config_diff(saved: dict, config: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """The settings in which a saved run's config.json differs from a requested config."""
-    keys = sorted((set(saved) | set(config)) - set(NOT_COMPARED) - set(ignore))
-    return [f"{k} (saved {saved.get(k)!r}, requested {config.get(k)!r})"
-            for k in keys if saved.get(k) != config.get(k)]
-
-
-def same_complete_run(run_dir: Path, config: dict, ignore: tuple[str, ...] = ()) -> bool:
-    """True when run_dir holds a finished run of exactly this config (reuse it); False when it
-    holds no finished run. A finished run made with other settings raises UserError: reusing it
-    would pass stale results off as new ones."""
-    if not is_complete(run_dir):
-        return False
-    diff = config_diff(read_json(Path(run_dir) / "config.json"), config, ignore)
-    if diff:
-        raise UserError(f"{run_dir} holds a finished run made with other settings: "
-                        f"{'; '.join(diff)}; choose another output directory, or extend it with "
-                        "more iterations (dream --resume --iters N)")
-    return True
-
-
-def _jsonable(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
 
 
 def _now() -> str:
@@ -353,11 +274,6 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
     tracker.log_file(run_dir / CHECKPOINT, "history")
     tracker.finish()
     return RunResult(run_dir, hist, front, True)
-
-
-def save_history(hist: History, path: Path) -> None:
-    with naming(path):
-        hist.save(path)
 
 
 def _open_session(run_dir: Path, config: dict, saved: History | None,
