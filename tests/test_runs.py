@@ -9,7 +9,7 @@ import torch
 
 import fluentdream as fd
 from fluentdream.cli import main
-from fluentdream.runs import load_run, merged_frontier, read_json, run_dream
+from fluentdream.runs import dream_many, load_run, merged_frontier, read_json, run_dream
 
 CFG = fd.EPOConfig(iters=5, population_size=3, explore_per_pop=6, topk=16, restart_frequency=2)
 
@@ -144,3 +144,15 @@ def test_a_setup_failure_leaves_nothing_that_blocks_a_retry(tiny_lm, tmp_path):
         run_dream(tiny_lm, fd.parse_target("L1.N5", tiny_lm), CFG, run_dir, make_tracker=no_tracker)
     assert run_dir.is_dir() and not list(run_dir.iterdir())   # made by the user: kept, empty
     assert run_dream(tiny_lm, fd.parse_target("L1.N5", tiny_lm), CFG, run_dir).complete
+
+
+def test_dream_many_reuses_only_runs_of_the_same_settings(tiny_lm, tmp_path):
+    target = fd.parse_target("L1.N5", tiny_lm)
+    cfg = CFG.replace(iters=2)
+    run_dir, = dream_many(tiny_lm, [(target, cfg)], tmp_path)
+    stamp = (run_dir / "summary.json").stat().st_mtime_ns
+    assert dream_many(tiny_lm, [(target, cfg)], tmp_path) == [run_dir]
+    with pytest.raises(fd.UserError, match=r"made with other settings: topk \(saved 16, "
+                                           r"requested 8\)"):
+        dream_many(tiny_lm, [(target, cfg.replace(topk=8))], tmp_path)
+    assert (run_dir / "summary.json").stat().st_mtime_ns == stamp

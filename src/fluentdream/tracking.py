@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .errors import UserError
 from .frontier import frontier_indices, frontier_quality
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def logged_in() -> bool:
 def resolve_mode(mode: str) -> str:
     """auto -> WANDB_MODE if set, else online when logged in, else offline."""
     if mode not in MODES:
-        raise ValueError(f"wandb mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise UserError(f"wandb mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode != "auto":
         return mode
     env = os.environ.get("WANDB_MODE")
