@@ -209,7 +209,7 @@ def _attribution_holds(n: Numbers) -> str:
 
 def _residual(n: Numbers) -> str:
     return (f"dream {n.ci('residual.dream.mean')} / dataset {n.ci('residual.dataset.mean')} / "
-            f"random {n.ci('residual.random.mean')} ({n.n['residual.dream.mean']['n']} directions); "
+            f"random {n.ci('residual.random.mean')} ({n.n['residual.random.mean']['n']} directions); "
             f"dream − dataset {n.p('residual.dream_minus_dataset')}; dataset − random "
             f"{n.p('residual.dataset_minus_random')}")
 
