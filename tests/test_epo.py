@@ -230,7 +230,7 @@ def test_candidates_are_allowed_tokens_one_swap_from_their_parent(counted_run, t
         assert ((pool[M:] != parents).sum(1) <= 1).all()
         ok = retokenizes(tiny_lm.tokenizer, torch.from_numpy(pool).long())
         np.testing.assert_array_equal(np.isfinite(hist.target[t]), ok)
-    assert hist.n_scored == [M * r] * len(hist)
+    assert hist.n_scored.tolist() == [M * r] * len(hist)
 
 
 def test_callback_reports(counted_run):

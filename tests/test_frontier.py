@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fluentdream as fd
-from fluentdream.frontier import frontier_indices
+from fluentdream.frontier import DEFAULT_SWEEP, frontier_indices
 
 INF, NAN = float("inf"), float("nan")
 
@@ -132,3 +132,117 @@ def test_frontier_quality_of_a_frontier_object_and_monotonicity():
     # Adding a candidate that moves the frontier out can only increase the area.
     better = fd.pareto_frontier([(ids, f, ce), (np.zeros((1, 2), int), np.array([9.0]), np.array([3.0]))])
     assert fd.frontier_quality(better, 6.0, 0.0) > 25.0
+
+
+def sweep_by_brute_force(f, ce, sweep):
+    """DESIGN §4 read literally: for every lambda the candidate minimizing -f + lambda * CE
+    (float64; ties to the lower CE, then the higher f, then the earlier index)."""
+    ok = [i for i in range(len(f)) if np.isfinite(f[i]) and np.isfinite(ce[i])]
+    if not ok:
+        return [], []
+    order = sorted(ok, key=lambda i: (float(ce[i]), -float(f[i]), i))
+    F = np.array([float(f[i]) for i in order])
+    C = np.array([float(ce[i]) for i in order])
+    first_win = {}
+    for lam_index, lam in enumerate(np.asarray(sweep, float)):
+        first_win.setdefault(int(np.argmin(-F + lam * C)), lam_index)   # argmin: first minimum
+    winners = sorted(first_win)
+    return [order[w] for w in winners], [float(sweep[first_win[w]]) for w in winners]
+
+
+def point_clouds(rng):
+    """(name, f, ce): random clouds, ties, runs on one line, and rejected candidates."""
+    n = int(rng.integers(1, 400))
+    ce = rng.uniform(0, 10, n)
+    yield "random", ce + rng.normal(0, 1, n), ce
+    ce32 = rng.normal(5, 2, n).astype(np.float32)
+    yield "float32", (2 * ce32 + rng.normal(0, 1, n)).astype(np.float32), ce32
+    yield "integer grid", rng.integers(-3, 6, n).astype(float), rng.integers(0, 6, n).astype(float)
+    yield "concave", np.sqrt(ce + 0.1), ce + 0.1                   # every point on the hull
+    run = rng.integers(0, 50, n) * 0.1                             # one line, slope 3, rounded
+    yield "collinear", 3 * run + 0.7, run
+    tenth = np.round(rng.uniform(0, 4, n), 1)
+    yield "rounded", np.round(np.log1p(tenth) * 3 + rng.normal(0, 0.3, n), 1), tenth
+
+
+SWEEPS = {"default": DEFAULT_SWEEP,
+          "exact slopes": np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0]),
+          "tenths": np.arange(40) * 0.1,
+          "unsorted": np.random.default_rng(7).uniform(0, 5, 60)}
+
+
+@pytest.mark.parametrize("sweep_name", list(SWEEPS))
+def test_frontier_equals_the_brute_force_sweep(sweep_name):
+    sweep = SWEEPS[sweep_name]
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        for name, f, ce in point_clouds(rng):
+            f, ce = f.copy(), ce.copy()
+            f[rng.random(len(f)) < 0.05] = -INF
+            ce[rng.random(len(ce)) < 0.05] = NAN
+            idx, lams = frontier_indices(f, ce, sweep)
+            want_idx, want_lams = sweep_by_brute_force(f, ce, sweep)
+            assert idx.tolist() == want_idx, (name, trial)
+            assert lams.tolist() == want_lams, (name, trial)
+
+
+def test_frontier_of_many_candidates_equals_the_brute_force_sweep():
+    # Enough points that the sampled domination filter skips most of them before sorting.
+    rng = np.random.default_rng(1)
+    ce = rng.uniform(3, 10, 6000).astype(np.float32)
+    f = (ce + rng.normal(0, 1, 6000)).astype(np.float32)
+    f[::97] = -INF
+    sweep = DEFAULT_SWEEP[::4]
+    idx, lams = frontier_indices(f, ce, sweep)
+    assert (idx.tolist(), lams.tolist()) == sweep_by_brute_force(f, ce, sweep)
+    assert len(idx) > 3
+
+
+def test_frontier_memory_grows_with_n_not_with_n_times_the_sweep():
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    n = 200_000
+    ce = rng.uniform(3, 10, n).astype(np.float32)
+    f = (ce + rng.normal(0, 1, n)).astype(np.float32)
+    tracemalloc.start()
+    frontier_indices(f, ce)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # A (2001, N) float64 loss table alone would be 3.2 GB; here a few arrays of N.
+    assert peak < 60 * n, peak
+
+
+@pytest.mark.parametrize("sweep", [np.array([]), np.array([0.1, -1.0]), np.array([NAN]),
+                                   np.array([[0.1]]), np.array([INF])])
+def test_bad_sweeps_are_refused(sweep):
+    with pytest.raises(fd.UserError, match="non-empty 1-D array of finite lambdas >= 0"):
+        frontier_indices(np.ones(3), np.ones(3), sweep)
+
+
+def hypervolume_by_cells(f, ce, ref_xentropy, ref_target):
+    """The dominated area counted cell by cell on the grid of all coordinates: a cell belongs
+    to it when some point has CE <= the cell's left edge and activation >= its top edge."""
+    pts = [(c, a) for a, c in zip(f, ce) if np.isfinite(a) and np.isfinite(c)]
+    xs = sorted({c for c, _ in pts if c < ref_xentropy} | {ref_xentropy})
+    ys = sorted({a for _, a in pts if a > ref_target} | {ref_target})
+    area = 0.0
+    for x0, x1 in zip(xs, xs[1:]):
+        for y0, y1 in zip(ys, ys[1:]):
+            if any(c <= x0 and a >= y1 for c, a in pts):
+                area += (x1 - x0) * (y1 - y0)
+    return area
+
+
+def test_frontier_quality_equals_a_cell_count():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        n = int(rng.integers(1, 25))
+        ce = np.round(rng.uniform(0, 6, n), 1)
+        f = np.round(rng.normal(1, 2, n), 1)
+        f[rng.random(n) < 0.1] = -INF
+        ref = (float(rng.uniform(2, 7)), float(rng.uniform(-1, 1)))
+        want = hypervolume_by_cells(f, ce, *ref)
+        assert fd.frontier_quality((f, ce), *ref) == pytest.approx(want, abs=1e-9)
+        front = fd.pareto_frontier([(np.zeros((n, 1), int), f, ce)])
+        assert fd.frontier_quality(front, *ref) <= want + 1e-9       # hull corners only

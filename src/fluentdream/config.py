@@ -5,7 +5,8 @@
     cfg.lambdas                                # the M fluency penalties, log-spaced
 
 Field names follow the paper's symbols or the reference code's names so that results compare.
-`fields_help()` feeds the command line's `--help`, so the two cannot drift apart.
+`fields_help()` feeds the command line's `--help` and the class docstring `help(fd.EPOConfig)`
+shows, so the three cannot drift apart.
 """
 from __future__ import annotations
 
@@ -128,3 +129,17 @@ def fields_help(cls=EPOConfig) -> dict[str, str]:
                 and isinstance(nxt.value, ast.Constant):
             out[node.target.id] = " ".join(str(nxt.value.value).split())
     return out
+
+
+def _class_doc(cls=EPOConfig) -> str:
+    """The class docstring help() shows: every field with its type, default and docstring,
+    generated from the field docstrings so help(fd.EPOConfig) says what --help says."""
+    lines = ["EPO hyperparameters; the defaults are the paper's (Table 1).", "", "Fields:"]
+    helps = fields_help(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines += [f"    {f.name}: {f.type} = {default!r}", f"        {helps[f.name]}"]
+    return "\n".join(lines)
+
+
+EPOConfig.__doc__ = _class_doc()

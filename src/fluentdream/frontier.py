@@ -57,21 +57,93 @@ class Frontier:
 
 def frontier_indices(target: np.ndarray, xentropy: np.ndarray,
                      sweep: np.ndarray = DEFAULT_SWEEP) -> tuple[np.ndarray, np.ndarray]:
-    """(N,), (N,) -> indices of the frontier points sorted by CE, and the lambda each first wins.
+    """(N,), (N,) -> indices of the frontier points sorted by CE, and the first sweep lambda
+    at which each wins. O(N log N) time, O(N + L) memory for L sweep values.
 
-    Ties in -f + lambda * CE go to the lower CE, then the higher activation.
+    For each lambda of the sweep the winner is the finite candidate minimizing -f + lambda * CE
+    as float64 computes it; ties go to the lower CE, then the higher activation, then the
+    earlier index. Only points on (or within rounding of) the upper convex hull of the Pareto
+    staircase can win, and for each lambda only those near the hull corner whose edge slopes
+    bracket it; a binary search finds that stretch and the losses are computed there alone.
     """
+    sweep = np.asarray(sweep, dtype=np.float64)
+    if sweep.ndim != 1 or len(sweep) == 0 or not np.isfinite(sweep).all() or (sweep < 0).any():
+        raise UserError("sweep must be a non-empty 1-D array of finite lambdas >= 0")
     ok = np.flatnonzero(np.isfinite(target) & np.isfinite(xentropy))
     if len(ok) == 0:
         return np.zeros(0, int), np.zeros(0)
     f, ce = target[ok].astype(np.float64), xentropy[ok].astype(np.float64)
-    order = np.lexsort((-f, ce))                     # by CE, then by higher f
+    keep = _not_dominated_by_sample(f, ce)           # most of N, cheaply, before the sort
+    f, ce, ok = f[keep], ce[keep], ok[keep]
+    order = np.lexsort((-f, ce))                     # by CE, then by higher f; stable
     f, ce, ok = f[order], ce[order], ok[order]
-    loss = -f[None, :] + sweep[:, None] * ce[None, :]  # (L, N)
-    winners = loss.argmin(axis=1)                      # first minimum = lowest CE on ties
-    idx, first = np.unique(winners, return_index=True)
-    by_ce = np.argsort(ce[idx], kind="stable")
-    return ok[idx[by_ce]], sweep[first[by_ce]]
+    # A point with an earlier one at CE <= and f >= never wins, not even by rounding: both
+    # terms of its loss are >= (rounding is monotone) and ties go to the earlier point.
+    stair = np.flatnonzero(f > np.concatenate([[-np.inf], np.maximum.accumulate(f)[:-1]]))
+    hull = stair[_upper_hull(ce[stair], f[stair])]   # (H,) positions; CE and f increase
+    # Points within rounding below the hull can still win a near-tie, so they stay candidates.
+    gap = np.interp(ce[stair], ce[hull], f[hull]) - f[stair]
+    near = stair[gap <= _REL_TOL * (np.abs(f[stair]) + sweep.max() * np.abs(ce[stair]))]
+    # Edge j (hull[j] -> hull[j+1]) lowers the loss iff lambda < its slope. Each lambda's
+    # stretch: from one corner before the first edge whose slope is within rounding of lambda
+    # or below it, to one corner after the last edge within rounding of it or above it.
+    slopes = np.diff(f[hull]) / np.diff(ce[hull])    # (H-1,) decreasing
+    tol = _REL_TOL * sweep
+    lo = np.searchsorted(-slopes, -(sweep + tol), side="left") - 1
+    hi = np.searchsorted(-slopes, -(sweep - tol), side="right") + 1
+    lo, hi = ce[hull[np.clip(lo, 0, len(hull) - 1)]], ce[hull[np.clip(hi, 0, len(hull) - 1)]]
+    start = np.searchsorted(ce[near], lo, side="left")          # (L,) stretch = near[start:stop]
+    stop = np.searchsorted(ce[near], hi, side="right")
+    winners = near[_first_argmin(f[near], ce[near], sweep, start, stop)]   # (L,) positions
+    idx, first = np.unique(winners, return_index=True)    # positions are already in CE order
+    return ok[idx], sweep[first]
+
+
+def _not_dominated_by_sample(f: np.ndarray, ce: np.ndarray, size: int = 1024) -> np.ndarray:
+    """(N,), (N,) -> (N,) bool: False where one of ~size evenly strided points has a strictly
+    lower CE and an activation at least as high. Such a point comes first in the tie order
+    and its loss is never higher, so what is dropped could not have won."""
+    step = max(1, len(f) // size)
+    order = np.argsort(ce[::step])
+    pce, pbest = ce[::step][order], np.maximum.accumulate(f[::step][order])   # (S,), (S,)
+    below = np.searchsorted(pce, ce, side="left")    # sample points with CE strictly lower
+    return (below == 0) | (f > pbest[np.maximum(below - 1, 0)])
+
+
+_REL_TOL = 1e-9   # far above float64 rounding (1e-16), far below any real gap between points
+_WIDE = 8         # stretches longer than this (collinear runs) are scored one lambda at a time
+
+
+def _first_argmin(f: np.ndarray, ce: np.ndarray, sweep: np.ndarray, start: np.ndarray,
+                  stop: np.ndarray) -> np.ndarray:
+    """(K,) points, (L,) lambdas and stretches [start, stop) -> (L,) index of the first point
+    minimizing -f + lambda * CE within each stretch."""
+    out = np.empty(len(sweep), dtype=int)
+    narrow = np.flatnonzero(stop - start <= _WIDE)
+    cols = np.minimum(start[narrow, None] + np.arange(_WIDE), len(f) - 1)       # (L', W)
+    loss = -f[cols] + sweep[narrow, None] * ce[cols]
+    loss[cols >= stop[narrow, None]] = np.inf
+    out[narrow] = cols[np.arange(len(narrow)), loss.argmin(axis=1)]
+    for i in np.flatnonzero(stop - start > _WIDE):
+        out[i] = start[i] + np.argmin(-f[start[i]:stop[i]] + sweep[i] * ce[start[i]:stop[i]])
+    return out
+
+
+def _upper_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(K,), (K,) with x and y strictly increasing -> indices of the upper convex hull's corners
+    (monotone chain); points on an edge are not corners. K is the Pareto staircase, usually a
+    few hundred points at most."""
+    hull: list[int] = []
+    for i in range(len(x)):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # b on or below the chord a -> i is not a corner (cross product >= 0).
+            if (x[b] - x[a]) * (y[i] - y[a]) - (y[b] - y[a]) * (x[i] - x[a]) >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return np.asarray(hull, dtype=int)
 
 
 def pareto_frontier(histories, tokenizer=None, sweep: np.ndarray = DEFAULT_SWEEP) -> Frontier:
@@ -104,9 +176,6 @@ def frontier_quality(front: Frontier | tuple[np.ndarray, np.ndarray], ref_xentro
     if len(f) == 0:
         return 0.0
     order = np.argsort(ce)
-    area, best = 0.0, ref_target
-    edges = np.append(ce[order], ref_xentropy)
-    for i, j in enumerate(order):
-        best = max(best, f[j])             # best activation reachable at CE <= edges[i]
-        area += (edges[i + 1] - edges[i]) * (best - ref_target)
-    return float(area)
+    best = np.maximum.accumulate(f[order])         # best activation reachable at CE <= ce[i]
+    widths = np.diff(np.append(ce[order], ref_xentropy))
+    return float(np.sum(widths * (best - ref_target)))

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
+
 SCHEMA_VERSION = 1
 
 # Per-iteration arrays, in save order, with the dtype each row is stored in.
@@ -81,7 +83,8 @@ class History:
         keep their values when later appends reuse the rows."""
         if n_iters < self._n:
             self._n = max(n_iters, 0)
-            self._rows = {k: b[:self._n].copy() for k, b in self._rows.items()}
+            self._rows = ({k: b[:self._n].copy() for k, b in self._rows.items()} if self._n
+                          else None)
 
     def _column(self, name: str) -> np.ndarray:
         if self._rows is None:
@@ -120,8 +123,8 @@ class History:
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All finite candidates, flattened: ids (N, n), target (N,), xentropy (N,)."""
-        ids = self.ids
-        ids = ids.reshape(-1, ids.shape[-1])
+        T, P, n = self.ids.shape
+        ids = self.ids.reshape(T * P, n)
         f, ce = self.target.reshape(-1), self.xentropy.reshape(-1)
         ok = np.isfinite(f) & np.isfinite(ce)
         return ids[ok], f[ok], ce[ok]
@@ -166,9 +169,13 @@ class History:
         with np.load(path, allow_pickle=False) as z:
             version = int(z["schema_version"])
             if version != SCHEMA_VERSION:
-                raise ValueError(f"{path}: history schema {version}, this version reads {SCHEMA_VERSION}")
-            h = cls._from_arrays(z["lambdas"], json.loads(str(z["meta_json"])),
-                                 {k: z[k] for k in COLUMNS})
+                raise UserError(f"{path}: history schema {version}, this version reads "
+                                f"{SCHEMA_VERSION}")
+            columns = {k: z[k] for k in COLUMNS}
+            if len({len(a) for a in columns.values()}) != 1:
+                raise UserError(f"{path}: the history's arrays disagree on the number of "
+                                f"iterations ({ {k: len(a) for k, a in columns.items()} })")
+            h = cls._from_arrays(z["lambdas"], json.loads(str(z["meta_json"])), columns)
             if "state_iteration" in z:
                 h.state = EPOState(**{f.name: z[f"state_{f.name}"] for f in fields(EPOState)})
                 h.state.iteration = int(h.state.iteration)
