@@ -43,6 +43,8 @@ from . import stats
 SCHEMA, SCHEMA_VERSION = "fluentdream.numbers", 1
 OFF = 0.1   # a post-GELU activation at most this is "off": GELU's floor is -0.17, stuck runs end at -0.00
 SLACKS = (0, 1, 2, 3)   # Fig 5b's slack values quoted in the README
+LIMITS = {"perplexity_100": "the paper's perplexity 100", "ce_5": "the paper's CE 5",
+          "ce_6": "the paper's CE 6", "in_distribution": "in distribution (mean + 2 SD)"}
 
 
 def _num(x) -> float | int | None:
@@ -105,6 +107,12 @@ def fluency(t: dict, index: pd.DataFrame) -> dict:
         if n == 12:
             out["fluency.sd.n12"] = entry("fluency", "SD of 12-token slice CE", "nats", prov,
                                           value=r["sd"], statistic="sd", n=r["count"], over="slices")
+    limits = t.get("thresholds")
+    for name, label in LIMITS.items() if limits is not None else ():
+        out[f"fluency.limit.{name}"] = entry(
+            "fluency", f"CE limit: {label}, moved by z-score at n = 12 (01's rule)", "nats",
+            _prov(index, "01_fluency_calibration", files=["01_fluency_calibration/thresholds.json"]),
+            value=limits[name].iloc[0], n=limits["n_slices"].iloc[0], over="slices")
     return out
 
 

@@ -84,7 +84,12 @@ class Row:
 def _fluency(n: Numbers) -> str:
     keys = sorted(n.keys("fluency.ce.n"), key=lambda k: int(k.rsplit("n", 1)[1]))
     sizes = ", ".join(k.rsplit(".n", 1)[1] for k in keys)
-    return f"n = {sizes}: " + ", ".join(n.ci(k) for k in keys) + f"; SD at 12: {n.v('fluency.sd.n12')}"
+    text = f"n = {sizes}: " + ", ".join(n.ci(k) for k in keys) + f"; SD at 12: {n.v('fluency.sd.n12')}"
+    if n.has("fluency.limit.perplexity_100", "fluency.limit.ce_5", "fluency.limit.in_distribution"):
+        text += (f"; limits by z-score: perplexity 100 → CE {n.v('fluency.limit.perplexity_100')}, "
+                 f"CE 5 → {n.v('fluency.limit.ce_5')}, in distribution: CE < "
+                 f"{n.v('fluency.limit.in_distribution')}")
+    return text
 
 
 def _fluency_holds(n: Numbers) -> str:

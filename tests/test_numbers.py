@@ -147,6 +147,8 @@ def test_smoke_runs_give_numbers_that_trace_to_their_runs(smoke_results):  # noq
     seeds = pd.read_csv(smoke_results / "tables" / "seed_variance.csv")
     assert doc["numbers"]["seeds.max.median"]["value"] == pytest.approx(seeds["max_activation"].median())
     assert doc["numbers"]["seeds.max.median"]["runs"] == len(seeds)
+    limits = json.loads((smoke_results / "01_fluency_calibration" / "thresholds.json").read_text())
+    assert doc["numbers"]["fluency.limit.ce_5"]["value"] == pytest.approx(limits["ce_5"])
     growth = [e for k, e in doc["numbers"].items() if k.startswith("growth.")]
     assert all(e["runs"] == 1 for e in growth)     # Fig 2b is one run
     table = readme_table.render(doc)
