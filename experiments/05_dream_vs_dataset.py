@@ -52,7 +52,8 @@ class Config:
     model: str = "embedded"
     """Model name or directory (fd.load_model)."""
     dtype: str | None = None
-    """Model dtype; None = the checkpoint's own (fp32 on CPU)."""
+    """Model dtype; None = the checkpoint's own (fp32 on CPU). Embedded: fd.fast_dtype (bf16
+    where the CPU computes it natively); mining and dreams share it, so they share one scale."""
     dataset: str = "embedded"
     """Corpus mined for examples (mining.DataSource): the embedded corpus or a hub name."""
     layer: int | None = None
@@ -66,8 +67,7 @@ class Config:
     """Dream seeds on the example neuron (the paper shows one run; a few show the spread; the
     seeds run batched in lockstep, fluentdream.batched)."""
     iters: int = 300
-    """EPO iterations T (Table 1: 300). Embedded: 80, so 3 seeds (~0.3 CPU-s per run-iteration,
-    batched) fit their ~70 s share of the CPU budget; the other EPO settings stay at Table 1."""
+    """EPO iterations T (Table 1: 300, every preset)."""
     population_size: int = 8
     """M (Table 1: 8)."""
     explore_per_pop: int = 32
@@ -80,7 +80,7 @@ class Config:
 
 
 PRESETS = {
-    "embedded": Config(mine_tokens=200_000, iters=80),
+    "embedded": Config(mine_tokens=200_000, dtype=fd.fast_dtype("cpu")),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16",
                     dataset="monology/pile-uncopyrighted", layer=10, mine_tokens=500_000_000,
                     seeds=(0,), iters=300),

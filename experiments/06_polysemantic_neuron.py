@@ -31,13 +31,11 @@ class Config:
     model: str = "embedded"
     """Model name or directory (fd.load_model); must be the model 05 mined."""
     dtype: str | None = None
-    """Model dtype; None = the checkpoint's own (fp32 on CPU)."""
+    """Model dtype; None = the checkpoint's own (fp32 on CPU). Embedded: fd.fast_dtype."""
     seeds: tuple[int, ...] = (0, 1, 2)
-    """Dream seeds (the paper does not say how many runs it made on L3.N1000; 3 here, 2 on the
-    embedded preset for time)."""
+    """Dream seeds (the paper does not say how many runs it made on L3.N1000; 3 here)."""
     iters: int = 300
-    """EPO iterations T (Table 1: 300; embedded: 80, ~0.3 CPU-s per run-iteration batched, so
-    2 seeds fit their ~50 s share of the CPU budget)."""
+    """EPO iterations T (Table 1: 300, every preset)."""
     population_size: int = 8
     """M (Table 1: 8)."""
     explore_per_pop: int = 32
@@ -51,7 +49,7 @@ class Config:
 
 
 PRESETS = {
-    "embedded": Config(seeds=(0, 1), iters=80),
+    "embedded": Config(dtype=fd.fast_dtype("cpu")),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16"),
     "smoke": Config(seeds=(0, 1), iters=3, population_size=4, explore_per_pop=4, topk=16,
                     n_attributions=3, attribution_k=4),

@@ -36,7 +36,7 @@ class Config:
     model: str = "embedded"
     """Model name or directory (fd.load_model)."""
     dtype: str | None = None
-    """Model dtype; None = the checkpoint's own (fp32 on CPU)."""
+    """Model dtype; None = the checkpoint's own (fp32 on CPU). Embedded: fd.fast_dtype."""
     dataset: str = "embedded"
     """Corpus scanned for the dataset baseline (mining.DataSource)."""
     layers: tuple[int, ...] | None = None
@@ -53,8 +53,7 @@ class Config:
     dataset_top_k: int = 8
     """Windows kept per direction by the scan; each is re-scored alone and the best counts."""
     iters: int = 300
-    """EPO iterations T (Table 1: 300). Embedded: 40 (two restarts), all 16 directions in
-    lockstep at ~0.3 CPU-s per run-iteration: ~200 s, the largest share of the CPU budget."""
+    """EPO iterations T (Table 1: 300, every preset); all directions run in lockstep."""
     population_size: int = 8
     """M (Table 1: 8)."""
     explore_per_pop: int = 32
@@ -66,7 +65,7 @@ class Config:
 
 
 PRESETS = {
-    "embedded": Config(directions_per_layer=4, mine_tokens=200_000, iters=40),
+    "embedded": Config(directions_per_layer=4, mine_tokens=200_000, dtype=fd.fast_dtype("cpu")),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16",
                     dataset="monology/pile-uncopyrighted", layers=(4, 8, 12, 16, 20, 24, 28)),
     "smoke": Config(directions_per_layer=2, random_prompts=32, mine_tokens=3000, dataset_top_k=2,

@@ -124,27 +124,43 @@ def save_run(run_dir: Path, hist: History, front: Frontier, cfg: EPOConfig,
     return run_dir
 
 
-def dream_many(lm, jobs: list, parent: Path, desc: str = "dream") -> list[Path]:
+def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str = "disabled",
+               project: str = "fluentdream", group: str | None = None) -> list[Path]:
     """Run every (target, cfg) job whose run directory under `parent` is unfinished, in lockstep
     (fluentdream.batched: one forward pass scores every run's children), and save each run.
+    Each run keeps its own W&B run (mode `wandb`, in `group`), with every iteration's metrics.
 
     Returns all the jobs' run directories, finished ones included (sweeps resume, STYLE §7).
     """
     from tqdm.auto import tqdm
 
     from .batched import epo_many
+    from .tracking import start_tracker
 
     dirs = [run_dir_for(parent, lm.name, target.name, cfg.seed) for target, cfg in jobs]
-    todo = [(d, target, cfg) for d, (target, cfg) in zip(dirs, jobs)
-            if not same_complete_run(d, run_config(cfg, lm.name, target.name))]
-    if todo:
-        with tqdm(total=sum(cfg.iters for _, _, cfg in todo), desc=desc, unit="it") as bar:
-            def tick(i, report) -> None:   # tqdm.update can return True, which would stop run i
-                bar.update(1)
-            hists = epo_many(lm, [(target, cfg) for _, target, cfg in todo], callback=tick)
-        for (d, target, cfg), hist in zip(todo, hists):
-            save_run(d, hist, pareto_frontier([hist], lm.tokenizer), cfg,
-                     config=run_config(cfg, lm.name, target.name))
+    todo = [(d, target, cfg, run_config(cfg, lm.name, target.name))
+            for d, (target, cfg) in zip(dirs, jobs)]
+    todo = [job for job in todo if not same_complete_run(job[0], job[3])]
+    if not todo:
+        return dirs
+    trackers = []
+    for d, _, _, config in todo:
+        d.mkdir(parents=True, exist_ok=True)
+        trackers.append(start_tracker(wandb, d, config, project=project, group=group))
+    metrics = [IterationMetrics() for _ in todo]
+    with tqdm(total=sum(cfg.iters for _, _, cfg, _ in todo), desc=desc, unit="it") as bar:
+        def tick(i, report) -> None:   # returns None: tqdm.update's True would stop run i
+            trackers[i].log(metrics[i](report.history, report.iteration), step=report.iteration)
+            bar.update(1)
+        hists = epo_many(lm, [(target, cfg) for _, target, cfg, _ in todo], callback=tick)
+    for (d, _, cfg, config), hist, tracker in zip(todo, hists, trackers):
+        front = pareto_frontier([hist], lm.tokenizer)
+        save_run(d, hist, front, cfg, config=config,
+                 prov=provenance(cfg, device=str(lm.device), end_time=_now(),
+                                 dtype=str(lm.dtype).removeprefix("torch."),
+                                 wandb_run_id=tracker.run_id, batched=len(todo)))
+        tracker.log_frontier(front.records())
+        tracker.finish()
     return dirs
 
 

@@ -1,0 +1,45 @@
+"""Which dtype is fast on this machine (DESIGN §10: bf16 where the hardware is fast at it).
+
+    dtype = fd.fast_dtype("cpu")     # "bfloat16" on CPUs with AMX or AVX512-BF16, else "float32"
+    lm = fd.load_model("embedded", dtype=dtype)
+
+bf16 matrix products run several times faster than fp32 on CUDA GPUs from Ampere on and on CPUs
+with AMX or AVX512-BF16 instructions; elsewhere bf16 is emulated and slower than fp32.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def fast_dtype(device: str | torch.device = "cpu") -> str:
+    """"bfloat16" where `device` computes bf16 natively and fast, else "float32"; logged."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        fast, why = torch.cuda.is_available() and torch.cuda.is_bf16_supported(), "CUDA bf16"
+    else:
+        found = sorted(set(BF16_CPU_FLAGS) & cpu_flags())
+        fast, why = bool(found), "CPU flags " + ", ".join(found) if found else "no bf16 CPU flags"
+    dtype = "bfloat16" if fast else "float32"
+    log.info("fast dtype on %s: %s (%s)", kind, dtype, why)
+    return dtype

@@ -1,0 +1,16 @@
+"""fd.fast_dtype: bf16 exactly where the CPU reports native bf16 instructions (DESIGN §10)."""
+from __future__ import annotations
+
+import fluentdream as fd
+from fluentdream.hardware import BF16_CPU_FLAGS, cpu_flags
+
+
+def test_fast_dtype_follows_the_cpu_flags():
+    native = bool(set(BF16_CPU_FLAGS) & cpu_flags())
+    assert fd.fast_dtype("cpu") == ("bfloat16" if native else "float32")
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    flags = cpu_flags()
+    text = open("/proc/cpuinfo").read()
+    assert flags and all(f" {f}" in text for f in list(flags)[:20])
