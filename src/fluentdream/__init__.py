@@ -11,6 +11,7 @@ from .errors import UserError
 from .epo import IterationReport, epo, gcg
 from .evaluate import Scorer, xentropy
 from .frontier import Frontier, frontier_quality, pareto_frontier
+from .hardware import fast_dtype
 from .history import EPOState, History
 from .models import LoadedModel, load_model, wrap_model
 from .targets import (AttentionEntry, CustomTarget, Logit, Neuron, ResidualDirection, SAELatent,
@@ -18,7 +19,7 @@ from .targets import (AttentionEntry, CustomTarget, Logit, Neuron, ResidualDirec
 
 __version__ = "0.1.0"
 __all__ = ["EPOConfig", "IterationReport", "epo", "gcg", "Scorer", "xentropy", "Frontier",
-           "frontier_quality", "pareto_frontier", "EPOState", "History", "LoadedModel",
+           "fast_dtype", "frontier_quality", "pareto_frontier", "EPOState", "History", "LoadedModel",
            "load_model", "wrap_model", "AttentionEntry", "CustomTarget", "Logit", "Neuron",
            "ResidualDirection", "SAELatent", "Target", "UserError", "parse_target", "attribution",
            "batched"]
