@@ -175,7 +175,7 @@ SWEEPS = {"default": DEFAULT_SWEEP,
 def test_frontier_equals_the_brute_force_sweep(sweep_name):
     sweep = SWEEPS[sweep_name]
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    for trial in range(10):
         for name, f, ce in point_clouds(rng):
             f, ce = f.copy(), ce.copy()
             f[rng.random(len(f)) < 0.05] = -INF
