@@ -20,6 +20,15 @@ MLP_OUT = {
     "mistral": lambda m, L: m.model.layers[L].mlp.down_proj,
     "qwen2": lambda m, L: m.model.layers[L].mlp.down_proj,
 }
+# The MLP's first projection, whose output the activation function reads (Llama family: the gate).
+MLP_IN = {
+    "gpt_neox": lambda m, L: m.gpt_neox.layers[L].mlp.dense_h_to_4h,
+    "phi": lambda m, L: m.model.layers[L].mlp.fc1,
+    "gpt2": lambda m, L: m.transformer.h[L].mlp.c_fc,
+    "llama": lambda m, L: m.model.layers[L].mlp.gate_proj,
+    "mistral": lambda m, L: m.model.layers[L].mlp.gate_proj,
+    "qwen2": lambda m, L: m.model.layers[L].mlp.gate_proj,
+}
 FINAL_NORM = {
     "gpt_neox": lambda m: m.gpt_neox.final_layer_norm,
     "phi": lambda m: m.model.final_layernorm,
@@ -64,6 +73,26 @@ def test_neuron_equals_a_hook_on_the_mlp_output_projection(make_lm, arch):
     for position, want in expected.items():
         got = score(lm, fd.Neuron(1, 5, position), ids)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pre_activation_neuron_equals_a_hook_on_the_mlp_input_projection(make_lm, arch):
+    lm = make_lm(arch)
+    ids = random_ids()
+    for layer in (0, 1):
+        store = []
+        handle = MLP_IN[arch](lm.model, layer).register_forward_hook(
+            lambda mod, args, out: store.append(out.detach()))
+        try:
+            with torch.no_grad():
+                lm.model(input_ids=ids)
+        finally:
+            handle.remove()
+        pre = store[0]                                                   # (B, n, d_mlp)
+        for position, want in {"last": pre[:, -1, 5], "max": pre[:, :, 5].max(1).values}.items():
+            tgt = fd.Neuron(layer, 5, position, pre=True)
+            torch.testing.assert_close(score(lm, tgt, ids), want, rtol=1e-5, atol=1e-5)
+            assert tgt.post == fd.Neuron(layer, 5, position)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -141,7 +170,7 @@ def test_sae_latent_equals_manual_encoder(make_lm, arch, tmp_path):
     pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]                             # (B, n, d_sae)
     acts = torch.relu(pre)
     tgt = fd.parse_target(f"sae:{tmp_path / 'sae'}:3", lm)
-    assert tgt.site == ("resid", 1)
+    assert tgt.sae.site == ("resid", 1)
     torch.testing.assert_close(score(lm, tgt, ids), acts[:, -1, 3], rtol=1e-4, atol=1e-4)
     # The largest latent at the last position must be positive for a meaningful check.
     j = int(acts[0, -1].argmax())
@@ -159,24 +188,24 @@ def test_sae_variants_mlp_site_no_b_dec_and_jumprelu(make_lm, tmp_path):
     pre = hidden @ w["W_enc"] + w["b_enc"]
     want = torch.where(pre > 0.5, pre, torch.zeros_like(pre))[:, :, 2].max(1).values
     tgt = fd.parse_target(f"sae:{tmp_path / 'mlp'}:2@max", lm)
-    assert tgt.site == ("mlp", 0)
+    assert tgt.sae.site == ("mlp", 0)
     torch.testing.assert_close(score(lm, tgt, ids), want, rtol=1e-4, atol=1e-4)
     write_sae(tmp_path / "post", lm.d_model, hook="blocks.0.hook_resid_post")
-    assert fd.SAELatent.load(tmp_path / "post", 0).site == ("resid", 1)
+    assert fd.SAELatent.load(tmp_path / "post", 0).sae.site == ("resid", 1)
 
 
 def test_sae_errors(make_lm, tmp_path):
     lm = make_lm("gpt_neox")
-    with pytest.raises(ValueError, match="needs cfg.json and sae_weights.safetensors"):
+    with pytest.raises(ValueError, match="SAE directory .*none' does not exist; give a directory"):
         fd.parse_target(f"sae:{tmp_path / 'none'}:0", lm)
     write_sae(tmp_path / "hook", lm.d_model, hook="blocks.1.attn.hook_z")
-    with pytest.raises(ValueError, match="hook_name.*not supported; allowed"):
+    with pytest.raises(ValueError, match="reads hook 'blocks.1.attn.hook_z', which is not supported; allowed"):
         fd.parse_target(f"sae:{tmp_path / 'hook'}:0", lm)
     write_sae(tmp_path / "ok", lm.d_model, d_sae=16)
     with pytest.raises(ValueError, match="SAE latent 16 is out of range; allowed 0..15"):
         fd.parse_target(f"sae:{tmp_path / 'ok'}:16", lm)
     write_sae(tmp_path / "wide", lm.d_model + 1)
-    with pytest.raises(ValueError, match="does not match the site's width 64"):
+    with pytest.raises(ValueError, match="SAE input width 65 does not match the width 64 of the site"):
         fd.parse_target(f"sae:{tmp_path / 'wide'}:0", lm)
     write_sae(tmp_path / "deep", lm.d_model, hook="blocks.7.hook_resid_pre")
     with pytest.raises(ValueError, match="SAE layer 7 is out of range"):
@@ -202,6 +231,10 @@ def test_parse_target_forms(make_lm, tmp_path):
     assert fd.parse_target("L0.N255@3", lm) == fd.Neuron(0, 255, 3)
     assert fd.parse_target("L0.N2@-1", lm) == fd.Neuron(0, 2, -1)
     assert fd.parse_target("L1.N5@last", lm).name == "L1.N5"
+    pre = fd.parse_target("L1.N5:pre@max", lm)
+    assert (pre, pre.name, pre.post) == (fd.Neuron(1, 5, "max", pre=True), "L1.N5:pre@max",
+                                         fd.Neuron(1, 5, "max"))
+    assert fd.parse_target("L1.N5", lm).post is None and fd.parse_target("logit: the", lm).post is None
     logit = fd.parse_target("logit: the", lm)
     assert (logit.text, logit.name) == (" the", "logit: the")
     assert fd.parse_target("logit:the", lm).text == "the"
@@ -227,6 +260,8 @@ def test_parse_target_errors(make_lm, tmp_path):
         "L0.N256": "neuron of layer 0 256 is out of range; allowed 0..255",
         "L1N5": "cannot parse target 'L1N5'; allowed forms",
         "L1.N5@first": "cannot parse target",
+        "L1.N5@max:pre": "cannot parse target",
+        "L1.N5:post": "cannot parse target",
         "neuron 5": "cannot parse target",
         "logit: function return": "must be exactly one token, but encodes to",
         "logit: ": "is blank",

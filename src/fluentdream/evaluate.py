@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
 from .packed import (Plan, attention_implementation, once_per_token, packed_attention, packed_nll,
                      pad_rows, unembed_rows)
 from .targets import AttentionEntry, Logit, Neuron, ResidualDirection, SAELatent, Site, Target
@@ -41,6 +42,9 @@ _PER_POSITION = (Neuron, Logit, ResidualDirection, AttentionEntry, SAELatent)
 @contextmanager
 def capture(lm, sites: tuple[Site, ...], eager_attention: bool = True):
     """Hooks that fill a dict {site: activation} on every forward pass of `lm.model`.
+    Site kinds (fluentdream.targets): "mlp" the input of the MLP output projection, "mlp_pre" the
+    input of the MLP activation function, "mlp_out" the output projection's output, "resid" the
+    input of block L (of the final norm for L = n_layers), "attn" the attention probabilities.
     Attention sites switch the model to eager attention (SDPA hides the probabilities) unless
     `eager_attention` is False (the packed attention returns them itself)."""
     acts: dict[Site, torch.Tensor] = {}
@@ -51,9 +55,9 @@ def capture(lm, sites: tuple[Site, ...], eager_attention: bool = True):
             acts[site] = args[0] if args else kwargs["hidden_states"]
         return hook
 
-    def save_attn(site):
+    def save_output(site, item=None):
         def hook(module, args, output):
-            acts[site] = output[1]
+            acts[site] = output if item is None else output[item]
         return hook
 
     needs_eager = eager_attention and any(kind == "attn" for kind, _ in sites)
@@ -69,16 +73,38 @@ def capture(lm, sites: tuple[Site, ...], eager_attention: bool = True):
             elif kind == "resid":
                 module = lm.final_norm if layer == lm.n_layers else lm.blocks[layer]
                 handles.append(module.register_forward_pre_hook(save_input(site), with_kwargs=True))
+            elif kind == "mlp_pre":
+                handles.append(mlp_activation(lm, layer).register_forward_pre_hook(
+                    save_input(site), with_kwargs=True))
+            elif kind == "mlp_out":
+                handles.append(lm.mlp_out_proj(layer).register_forward_hook(save_output(site)))
             elif kind == "attn":
-                handles.append(lm.attention(layer).register_forward_hook(save_attn(site)))
+                handles.append(lm.attention(layer).register_forward_hook(save_output(site, 1)))
             else:
-                raise ValueError(f"unknown site kind {kind!r}; allowed: mlp, resid, attn")
+                raise UserError(f"unknown site kind {kind!r}; allowed: mlp, mlp_pre, mlp_out, "
+                                "resid, attn")
         yield acts
     finally:
         for h in handles:
             h.remove()
         if needs_eager:
             lm.model.set_attn_implementation(previous)
+
+
+# The activation function module of an MLP: GPT-NeoX and GPT-2 "act", Llama family "act_fn",
+# Phi "activation_fn". Each layer holds its own instance (transformers' ACT2FN builds one per call),
+# so a hook on it sees that layer alone.
+_MLP_ACTIVATIONS = ("act", "act_fn", "activation_fn")
+
+
+def mlp_activation(lm, layer: int) -> torch.nn.Module:
+    """The module applying layer `layer`'s MLP nonlinearity; its input is (B, n, d_mlp)."""
+    mlp = lm.blocks[layer].get_submodule(lm.arch.mlp_out.rpartition(".")[0])
+    for name in _MLP_ACTIVATIONS:
+        if isinstance(getattr(mlp, name, None), torch.nn.Module):
+            return getattr(mlp, name)
+    raise UserError(f"pre-activation targets need the MLP's activation function as a module "
+                    f"named one of {', '.join(_MLP_ACTIVATIONS)}; {type(mlp).__name__} has none")
 
 
 def xentropy(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -396,7 +422,8 @@ class Scorer:
         """The packed pass of `lm`'s trunk -> final hidden states (T, d) and captured `sites`.
         Block 0's token-local modules run once per distinct token, unless a site is read there."""
         tokens = plan.tokens(ids)
-        local = tuple(p for p in lm.token_local if not (p == "mlp" and ("mlp", 0) in sites))
+        local = tuple(p for p in lm.token_local
+                      if not (p == "mlp" and any(k.startswith("mlp") and L == 0 for k, L in sites)))
         with packed_attention(lm.model, plan), capture(lm, sites, eager_attention=False) as acts, \
                 once_per_token(lm.blocks[0], local, tokens[0]):
             hidden = lm.trunk(input_ids=tokens, position_ids=plan.pos[None],
@@ -465,5 +492,5 @@ class Scorer:
 
 def check_same_vocab(lm, fluency) -> None:
     if lm.vocab_size != fluency.vocab_size or lm.tokenizer.get_vocab() != fluency.tokenizer.get_vocab():
-        raise ValueError(f"the fluency model {fluency.name!r} and the target model {lm.name!r} "
-                         "have different vocabularies; both must share one tokenizer")
+        raise UserError(f"the fluency model {fluency.name!r} and the target model {lm.name!r} "
+                        "have different vocabularies; both must share one tokenizer")

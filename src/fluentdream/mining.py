@@ -3,6 +3,7 @@
     from fluentdream import mining
     src = mining.DataSource("embedded")          # or a local file/directory, or a hub name
     feats = [mining.neurons(1), mining.random_residual(2, lm.d_model, n=50, seed=0)]
+    feats += [mining.sae_latents(load_sae("embedded-L2"))]   # every latent of an SAE
     res = mining.mine(lm, src, feats, mining.MineConfig(top_k=64, tokens=10**6))
     mining.save(res, "results/mining/run")       # examples.parquet + summary.json
 
@@ -35,6 +36,7 @@ from .corpus import DataSource, context_windows, documents  # noqa: F401 (mining
 from .errors import UserError
 from .evaluate import capture, decode, retokenizes, xentropy
 from .history import atomic_write
+from .sae import SAE
 from .targets import ResidualDirection, Site, _standardize
 
 log = logging.getLogger(__name__)
@@ -45,17 +47,23 @@ _KEY = 1 << 32   # (doc, position) -> one int64 sort key; positions stay below 2
 @dataclass(frozen=True, eq=False)
 class Features:
     """Every feature of one site: all MLP neurons (directions None), or residual directions
-    (F, d_model) dotted with the standardized residual, as `ResidualDirection` does (paper §3.5)."""
+    (F, d_model) dotted with the standardized residual, as `ResidualDirection` does (paper §3.5),
+    or every latent of an SAE (`sae`, after its activation function, as `SAELatent` does)."""
     site: Site
     directions: torch.Tensor | None = None
     labels: tuple[str, ...] = ()
+    sae: SAE | None = None
 
     def size(self, lm) -> int:
+        if self.sae is not None:
+            return self.sae.d_sae
         return lm.d_mlp if self.directions is None else len(self.directions)
 
     def names(self, lm) -> list[str]:
-        """Target names, as `parse_target` spells them (L1.N5, resid:L2:v7)."""
+        """Target names, as `parse_target` spells them (L1.N5, resid:L2:v7, sae:NAME:3)."""
         kind, layer = self.site
+        if self.sae is not None:
+            return [f"sae:{self.sae.label}:{i}" for i in range(self.sae.d_sae)]
         if kind == "mlp":
             return [f"L{layer}.N{i}" for i in range(lm.d_mlp)]
         return [f"resid:L{layer}:{label}" for label in self.labels]
@@ -63,6 +71,8 @@ class Features:
     def values(self, acts: dict) -> torch.Tensor:
         """Captured activations -> (B, n, F) float32 feature values at every position."""
         x = acts[self.site]
+        if self.sae is not None:
+            return self.sae.encode(x)
         if self.directions is None:
             return x.float()
         return _standardize(x) @ self.directions.to(x.device, torch.float32).T
@@ -77,11 +87,21 @@ class Features:
                                             self.directions.shape[1] != lm.d_model):
             raise UserError(f"residual directions have shape {tuple(self.directions.shape)}; "
                             f"the model needs (F, {lm.d_model})")
+        width = lm.d_mlp if kind in ("mlp", "mlp_pre") else lm.d_model
+        if self.sae is not None and self.sae.d_in != width:
+            raise UserError(f"SAE input width {self.sae.d_in} does not match the width {width} "
+                            f"of the site it reads ({kind} of layer {layer})")
 
 
 def neurons(layer: int) -> Features:
     """Every MLP hidden unit of `layer` (targets L{layer}.N*)."""
     return Features(("mlp", layer))
+
+
+def sae_latents(sae: SAE) -> Features:
+    """Every latent of `sae` (fluentdream.sae.load_sae), at the site it reads (targets
+    sae:NAME:j); the paper's §3.3 comparison, for SAE features."""
+    return Features(sae.site, sae=sae)
 
 
 def random_residual(layer: int, d_model: int, n: int, seed: int = 0) -> Features:
@@ -188,10 +208,15 @@ class _Stop(Exception):
 
 
 def _deepest_module(lm, sites: Sequence[Site]):
-    kind, layer = max(sites, key=lambda s: 2 * s[1] + (s[0] == "mlp"))
-    if kind == "mlp":
-        return lm.mlp_out_proj(layer)
-    return lm.final_norm if layer == lm.n_layers else lm.blocks[layer]
+    """The module whose input comes after every site: a layer's MLP hidden units (and their
+    pre-activations) are in by its output projection; its MLP output, by the next block."""
+    def order(site):
+        kind, layer = site
+        return 2 * layer + 2 if kind == "mlp_out" else 2 * layer + kind.startswith("mlp")
+    last = max(map(order, sites))
+    if last % 2:
+        return lm.mlp_out_proj(last // 2)
+    return lm.final_norm if last // 2 == lm.n_layers else lm.blocks[last // 2]
 
 
 def _shape(n: int, cfg: MineConfig) -> tuple[int, int]:

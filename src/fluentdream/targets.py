@@ -5,19 +5,26 @@
     tgt = fd.parse_target("logit: dog", lm)   # logit(" dog") - max other logit; bans "dog"
     tgt = fd.parse_target("resid:L2:7", lm)   # standardized residual entering layer 2 . v(seed 7)
     tgt = fd.parse_target("attn:L1.H3.K0", lm)  # attention prob. last query -> key 0, head 3
-    tgt = fd.parse_target("sae:/path/to/sae:123", lm)  # SAELens-format latent 123
+    tgt = fd.parse_target("sae:/path/to/sae:123", lm)  # latent 123 of an SAE (fluentdream.sae)
+    tgt = fd.parse_target("sae:embedded-L2:123", lm)   # ... of the SAE shipped with the package
+    tgt = fd.parse_target("L1.N5:pre", lm)    # before the nonlinearity (also sae:...:123:pre)
     tgt = fd.Neuron(layer=1, neuron=5)        # the same objects, built directly
 
 A target declares the sites it reads (`("mlp", L)`: MLP hidden units, the input of the MLP output
-projection, (B, n, d_mlp); `("resid", L)`: residual stream entering block L, (B, n, d_model), L =
-n_layers is the final one; `("attn", L)`: attention probabilities (B, heads, n, n)) and maps those
-activations plus the logits (B, n, V) to one number per prompt (B,).
+projection, (B, n, d_mlp); `("mlp_pre", L)`: the input of the MLP's activation function, (B, n,
+d_mlp) (Llama-family: the gate projection); `("mlp_out", L)`: the MLP's output, (B, n, d_model);
+`("resid", L)`: residual stream entering block L, (B, n, d_model), L = n_layers is the final one;
+`("attn", L)`: attention probabilities (B, heads, n, n)) and maps those activations plus the
+logits (B, n, V) to one number per prompt (B,).
+
+A pre-activation target (`pre=True`) names its post-activation twin in `post`, so reports can show
+the value comparable with the paper beside the one optimized (DESIGN §5); other targets have
+`post = None`.
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .sae import SAE, load_sae
 
 Site = tuple[str, int]
 Position = int | str  # "last", "max", or an index
@@ -72,6 +80,11 @@ class Target:
             upper = lm.n_layers + (1 if kind == "resid" else 0)
             _check_range(f"layer for {self.name}:", layer, upper)
 
+    @property
+    def post(self) -> Target | None:
+        """The same feature after its activation function, for a pre-activation target."""
+        return None
+
     def rejects(self, texts: list[str]) -> np.ndarray:
         """(B,) bool: prompts this target refuses (they score -inf and are never kept)."""
         return np.zeros(len(texts), dtype=bool)
@@ -86,21 +99,27 @@ class Target:
 
 @dataclass(frozen=True)
 class Neuron(Target):
-    """MLP hidden unit `neuron` of `layer`, after the nonlinearity (paper §3.2: LX.NY)."""
+    """MLP hidden unit `neuron` of `layer`, after the nonlinearity (paper §3.2: LX.NY), or with
+    pre=True its input to the activation function (Llama-family: the gate's pre-activation)."""
     layer: int
     neuron: int
     position: Position = "last"
+    pre: bool = False
 
     @property
     def sites(self):
-        return (("mlp", self.layer),)
+        return (("mlp_pre" if self.pre else "mlp", self.layer),)
 
     @property
     def name(self) -> str:
-        return f"L{self.layer}.N{self.neuron}{_pos_suffix(self.position)}"
+        return f"L{self.layer}.N{self.neuron}{':pre' if self.pre else ''}{_pos_suffix(self.position)}"
+
+    @property
+    def post(self) -> Neuron | None:
+        return replace(self, pre=False) if self.pre else None
 
     def value(self, acts, logits):
-        return _reduce(acts["mlp", self.layer][:, :, self.neuron], self.position)
+        return _reduce(acts[self.sites[0]][:, :, self.neuron], self.position)
 
     def validate(self, lm):
         _check_range("layer", self.layer, lm.n_layers)
@@ -213,76 +232,45 @@ class AttentionEntry(Target):
 
 @dataclass(frozen=True, eq=False)
 class SAELatent(Target):
-    """Latent `latent` of a sparse autoencoder on a residual or MLP site (SAELens weight format)."""
-    site: Site
+    """Latent `latent` of a sparse autoencoder (fluentdream.sae: SAELens or sparsify files, every
+    architecture there), after its activation function, or before it with pre=True."""
+    sae: SAE
     latent: int
-    w_enc: torch.Tensor            # (d_in,) column of W_enc for this latent
-    b_enc: float
-    b_dec: torch.Tensor            # (d_in,)
-    threshold: float = 0.0         # JumpReLU threshold; 0 = plain ReLU
-    label: str = "sae"
     position: Position = "last"
+    pre: bool = False
 
     @property
     def sites(self):
-        return (self.site,)
+        return (self.sae.site,)
 
     @property
     def name(self) -> str:
-        return f"sae:{self.label}:{self.latent}{_pos_suffix(self.position)}"
+        return (f"sae:{self.sae.label}:{self.latent}{':pre' if self.pre else ''}"
+                f"{_pos_suffix(self.position)}")
+
+    @property
+    def post(self) -> SAELatent | None:
+        return replace(self, pre=False) if self.pre else None
 
     def value(self, acts, logits):
-        x = acts[self.site].float()                                  # (B, n, d_in)
-        pre = (x - self.b_dec.to(x.device)) @ self.w_enc.to(x.device) + self.b_enc
-        return _reduce(torch.where(pre > self.threshold, pre, torch.zeros_like(pre)), self.position)
+        x = acts[self.sae.site]                                      # (B, n, d_in)
+        return _reduce(self.sae.latent(x, self.latent, self.pre), self.position)
 
     def validate(self, lm):
-        kind, layer = self.site
-        width = lm.d_mlp if kind == "mlp" else lm.d_model
+        kind, layer = self.sae.site
+        width = lm.d_mlp if kind in ("mlp", "mlp_pre") else lm.d_model
         _check_range("SAE layer", layer, lm.n_layers + (kind == "resid"))
-        if self.w_enc.shape != (width,):
-            raise UserError(f"SAE input width {self.w_enc.shape[0]} does not match the site's "
-                            f"width {width}")
+        if self.sae.d_in != width:
+            raise UserError(f"SAE input width {self.sae.d_in} does not match the width {width} of "
+                            f"the site it reads ({kind} of layer {layer})")
+        _check_range("SAE latent", self.latent, self.sae.d_sae)
+        _check_position(self.position)
 
     @classmethod
-    def load(cls, path: str | Path, latent: int, position: Position = "last") -> "SAELatent":
-        """Read `cfg.json` + `sae_weights.safetensors` (SAELens layout) from a directory."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
-            raise UserError(f"SAE directory {str(path)!r} needs cfg.json and sae_weights.safetensors")
-        try:
-            cfg = json.loads((path / "cfg.json").read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"SAE config {str(path / 'cfg.json')!r} is not valid JSON ({e})") from None
-        hook = cfg.get("hook_name", "")
-        m = re.fullmatch(r"blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|mlp\.hook_post)", hook)
-        if not m:
-            raise UserError(f"SAE hook_name {hook!r} is not supported; allowed: blocks.L.hook_resid_pre, "
-                            "blocks.L.hook_resid_post, blocks.L.mlp.hook_post")
-        layer, kind = int(m.group(1)), m.group(2)
-        site = {"hook_resid_pre": ("resid", layer), "hook_resid_post": ("resid", layer + 1),
-                "mlp.hook_post": ("mlp", layer)}[kind]
-        if cfg.get("normalize_activations", "none") not in ("none", None):
-            raise UserError("SAEs with normalize_activations are not supported; allowed: 'none'")
-        try:
-            w = load_file(str(path / "sae_weights.safetensors"))
-        except SafetensorError as e:
-            raise UserError(f"SAE weights {str(path / 'sae_weights.safetensors')!r} are not a "
-                            f"readable safetensors file ({e})") from None
-        missing = [k for k in ("W_enc", "b_enc", "b_dec") if k not in w]
-        if missing:
-            raise UserError(f"SAE weights {str(path / 'sae_weights.safetensors')!r} lack "
-                            f"{', '.join(missing)}; SAELens files hold W_enc, b_enc, b_dec (and "
-                            "optionally threshold)")
-        _check_range("SAE latent", latent, w["W_enc"].shape[1])
-        b_dec = w["b_dec"].float() if cfg.get("apply_b_dec_to_input", True) else torch.zeros_like(w["b_dec"]).float()
-        threshold = float(w["threshold"][latent]) if "threshold" in w else 0.0
-        return cls(site=site, latent=latent, w_enc=w["W_enc"][:, latent].float().clone(),
-                   b_enc=float(w["b_enc"][latent]), b_dec=b_dec, threshold=threshold,
-                   label=path.name, position=position)
+    def load(cls, path: str | Path, latent: int, position: Position = "last",
+             pre: bool = False) -> SAELatent:
+        """Latent `latent` of the SAE in directory `path` (or a shipped SAE's name)."""
+        return cls(load_sae(path), latent, position, pre)
 
 
 @dataclass(frozen=True, eq=False)
@@ -327,8 +315,8 @@ def parse_target(spec: str, lm) -> Target:
     """Parse a target shorthand and validate it against `lm` (see the module docstring)."""
     if not spec.startswith("logit:"):
         spec = spec.strip()
-    if m := re.fullmatch(r"L(\d+)\.N(\d+)" + _POS, spec):
-        tgt = Neuron(int(m[1]), int(m[2]), _position(m[3]))
+    if m := re.fullmatch(r"L(\d+)\.N(\d+)(:pre)?" + _POS, spec):
+        tgt = Neuron(int(m[1]), int(m[2]), _position(m[4]), pre=bool(m[3]))
     elif m := re.fullmatch(r"logit:(.+?)" + _POS, spec, flags=re.S):
         text = m[1]  # verbatim after the colon: "logit: dog" targets " dog" (paper §3.1)
         if not text.strip():  # the banned text would be "", which every prompt contains
@@ -350,10 +338,11 @@ def parse_target(spec: str, lm) -> Target:
         tgt = ResidualDirection(layer, vec, label, _position(m[3]))
     elif m := re.fullmatch(r"attn:L(\d+)\.H(\d+)\.K(\d+)" + _POS, spec):
         tgt = AttentionEntry(int(m[1]), int(m[2]), int(m[3]), _position(m[4]))
-    elif m := re.fullmatch(r"sae:(.+):(\d+)" + _POS, spec):
-        tgt = SAELatent.load(m[1], int(m[2]), _position(m[3]))
+    elif m := re.fullmatch(r"sae:(.+):(\d+)(:pre)?" + _POS, spec):
+        tgt = SAELatent.load(m[1], int(m[2]), _position(m[4]), pre=bool(m[3]))
     else:
-        raise UserError(f"cannot parse target {spec!r}; allowed forms: L1.N5, L1.N5@max, "
-                        "'logit: dog', resid:L2:7, resid:L2:vec.npy, attn:L1.H3.K0, sae:DIR:123")
+        raise UserError(f"cannot parse target {spec!r}; allowed forms: L1.N5, L1.N5:pre, L1.N5@max, "
+                        "'logit: dog', resid:L2:7, resid:L2:vec.npy, attn:L1.H3.K0, sae:DIR:123, "
+                        "sae:DIR:123:pre, sae:embedded-L2:123")
     tgt.validate(lm)
     return tgt

@@ -1,0 +1,259 @@
+"""10a — Train the shipped SAE: a TopK sparse autoencoder on the embedded model's residual stream
+(paper §4 proposes SAE features in place of polysemantic neurons; DESIGN §9, experiment 10).
+
+    python experiments/10a_train_sae.py                   # ~6 min on 1 CPU thread; writes the shipped SAE
+    python experiments/10a_train_sae.py --preset smoke --out /tmp/sae   # seconds
+
+The SAE reads the residual stream entering block `layer` (SAELens hook `blocks.L.hook_resid_pre`)
+at every position but the first of 128-token windows of the embedded corpus (documents joined by
+<|endoftext|>, as the model was trained). TopK (Gao et al. 2024): pre = (x - b_dec) W_enc + b_enc,
+the k largest kept and rectified, x_hat = f W_dec + b_dec; loss = FVU + aux * AuxK, where AuxK lets
+the latents dead for `dead_tokens` tokens reconstruct the residual error. Decoder rows stay unit
+norm. Inputs are scaled to mean norm sqrt(d_in) while training and the scale is folded into the
+weights afterwards, so the saved SAE reads raw activations (normalize_activations "none").
+
+Writes `out/`: cfg.json + sae_weights.safetensors (SAELens v6 layout, float32), SAE_CARD.md and
+training_metrics.json (tokens seen, held-out MSE and FVU, L0, dead latents, training time).
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+import fluentdream as fd
+from fluentdream.corpus import DataSource, documents
+from fluentdream.sae import SHIPPED
+
+NAME = "10a_train_sae"
+
+
+@dataclass(frozen=True)
+class Config:
+    layer: int = 2
+    """Residual stream entering this block (a middle layer of the 4-layer embedded model)."""
+    d_sae: int = 2048
+    """Latents (8x the model width)."""
+    k: int = 32
+    """Latents kept per token (TopK)."""
+    tokens: int = 2_000_000
+    """Training tokens (activations collected once, one pass)."""
+    val_tokens: int = 100_000
+    """Held-out tokens (the corpus's validation split) for the card's numbers."""
+    context: int = 128
+    """Window length; position 0 of each window is skipped (it has no context)."""
+    batch: int = 4096
+    """Tokens per optimizer step."""
+    lr: float = 2e-3
+    """Adam peak learning rate: 20 warmup steps, then linear decay to 0 at the end of the steps
+    or of `max_minutes`, whichever comes first."""
+    aux: float = 1 / 32
+    """AuxK loss weight (Gao et al. 2024)."""
+    dead_tokens: int = 250_000
+    """A latent that has not fired for this many training tokens counts as dead for AuxK."""
+    max_minutes: float = 8.0
+    """Wall-clock cap on the optimizer steps (on a shared 2-core machine it binds)."""
+    seed: int = 0
+
+
+PRESETS = {"embedded": Config(),
+           "smoke": Config(d_sae=256, k=8, tokens=20_000, val_tokens=4_000, batch=1024,
+                           dead_tokens=5_000)}
+
+
+class _Stop(Exception):
+    """Raised by the capture hook: nothing after the captured block is needed."""
+
+
+@torch.no_grad()
+def collect(lm, split: str, layer: int, tokens: int, context: int) -> torch.Tensor:
+    """Residual stream entering block `layer` at positions 1.. of context windows -> (N, d) fp16."""
+    eos = lm.tokenizer.eos_token_id
+    stream: list[int] = []
+    for _, ids in documents(DataSource("embedded", split=split), lm.tokenizer):
+        stream += ids + [eos]
+        if len(stream) >= (tokens // (context - 1) + 1) * context:
+            break
+    n_win = min(len(stream) // context, -(-tokens // (context - 1)))
+    windows = torch.tensor(stream[:n_win * context]).view(n_win, context)
+    store = []
+
+    def hook(module, args, kwargs):
+        store.append((args[0] if args else kwargs["hidden_states"])[:, 1:].reshape(-1, lm.d_model))
+        raise _Stop
+    handle = lm.blocks[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for chunk in windows.split(32):
+            try:
+                lm.trunk(input_ids=chunk, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(store)[:tokens].half()
+
+
+def encode(p: dict, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, d) -> pre-activations (B, d_sae) and TopK activations (B, d_sae)."""
+    pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    vals, idx = pre.topk(k, dim=-1)
+    return pre, torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+
+
+def train(cfg: Config, acts: torch.Tensor, scale: float) -> tuple[dict, dict]:
+    """TopK SAE on scaled activations (N, d) -> parameters (for scaled inputs) and a log."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    d = acts.shape[1]
+    W_dec = F.normalize(torch.randn(cfg.d_sae, d, generator=g), dim=-1)
+    p = {"W_enc": W_dec.T.clone(), "b_enc": torch.zeros(cfg.d_sae), "W_dec": W_dec,
+         "b_dec": acts[:65536].float().mean(0) * scale}
+    for v in p.values():
+        v.requires_grad_(True)
+    opt = torch.optim.Adam(p.values(), lr=cfg.lr, betas=(0.9, 0.999))
+    steps, cap = len(acts) // cfg.batch, cfg.max_minutes * 60
+    since_fired = torch.zeros(cfg.d_sae)
+    order = torch.randperm(len(acts), generator=g)
+    log, t0, taken = [], time.perf_counter(), 0
+    for step in range(steps):
+        done = max(step / steps, (time.perf_counter() - t0) / cap)    # the schedule's progress
+        if done >= 1:
+            break
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min((step + 1) / 20, 1 - done)
+        x = acts[order[step * cfg.batch:(step + 1) * cfg.batch]].float() * scale    # (B, d)
+        pre, f = encode(p, x, cfg.k)
+        err = x - (f @ p["W_dec"] + p["b_dec"])
+        total = (x - x.mean(0)).pow(2).sum()
+        fvu = err.pow(2).sum() / total
+        dead = since_fired >= cfg.dead_tokens
+        loss = fvu
+        if dead.any():        # AuxK: the top dead latents reconstruct what the live ones miss
+            k_aux = min(d // 2, int(dead.sum()))
+            vals, idx = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=-1)
+            e_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ p["W_dec"]
+            loss = loss + cfg.aux * (e_hat - err.detach()).pow(2).sum() / total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        taken += 1
+        with torch.no_grad():
+            p["W_dec"].copy_(F.normalize(p["W_dec"], dim=-1))
+            fired = (f > 0).any(0)
+            since_fired = torch.where(fired, 0.0, since_fired + len(x))
+        if step % 50 == 0:
+            log.append(dict(step=step, fvu=fvu.item(), dead=int(dead.sum()),
+                            seconds=round(time.perf_counter() - t0, 1)))
+            print(f"step {step}/{steps}: fvu {fvu.item():.4f}, dead {int(dead.sum())}", flush=True)
+    log.append(dict(step=taken - 1, fvu=fvu.item(), dead=int(dead.sum()),
+                    seconds=round(time.perf_counter() - t0, 1)))
+    info = dict(steps=taken, planned_steps=steps, tokens_seen=taken * cfg.batch,
+                train_seconds=time.perf_counter() - t0, log=log)
+    return {n: v.detach() for n, v in p.items()}, info
+
+
+@torch.no_grad()
+def evaluate(p: dict, acts: torch.Tensor, k: int) -> dict:
+    """Held-out MSE (per token, summed over dims), FVU, mean L0, latents that never fire."""
+    x = acts.float()
+    fired, l0, sq = torch.zeros(p["W_enc"].shape[1], dtype=torch.bool), 0.0, 0.0
+    for chunk in x.split(8192):
+        _, f = encode(p, chunk, k)
+        sq += float((chunk - f @ p["W_dec"] - p["b_dec"]).pow(2).sum())
+        l0 += float((f > 0).sum())
+        fired |= (f > 0).any(0)
+    total = float((x - x.mean(0)).pow(2).sum())
+    return dict(mse=sq / len(x), fvu=sq / total, l0=l0 / len(x), dead_latents=int((~fired).sum()),
+                val_tokens=len(x))
+
+
+def save(out: Path, p: dict, cfg: Config, lm_name: str, info: dict, metrics: dict) -> None:
+    """SAELens v6 layout: cfg.json (metadata holds the hook) + sae_weights.safetensors."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({n: v.float().contiguous() for n, v in p.items()}, str(out / "sae_weights.safetensors"))
+    meta = dict(sae_lens_version="6.0.0", sae_lens_training_version=None, model_name=lm_name,
+                model_class_name="GPTNeoXForCausalLM", hook_name=f"blocks.{cfg.layer}.hook_resid_pre",
+                hook_head_index=None, prepend_bos=False, context_size=cfg.context,
+                dataset_path="data/corpus (fluentdream embedded corpus)", trained_by=f"experiments/{NAME}.py")
+    sae_cfg = dict(architecture="topk", d_in=p["W_enc"].shape[0], d_sae=cfg.d_sae, dtype="float32",
+                   device="cpu", apply_b_dec_to_input=True, normalize_activations="none",
+                   reshape_activations="none", k=cfg.k, rescale_acts_by_decoder_norm=False,
+                   metadata=meta)
+    (out / "cfg.json").write_text(json.dumps(sae_cfg, indent=2) + "\n")
+    (out / "training_metrics.json").write_text(
+        json.dumps(dict(config=asdict(cfg), **info, heldout=metrics), indent=2) + "\n")
+    (out / "SAE_CARD.md").write_text(card(cfg, info, metrics))
+
+
+def card(cfg: Config, info: dict, m: dict) -> str:
+    return f"""# embedded-L{cfg.layer}: a TopK SAE of the embedded model
+
+`fd.parse_target("sae:embedded-L{cfg.layer}:123", lm)` reads latent 123 (append `:pre` for its
+pre-activation). Made by `experiments/{NAME}.py` (seed {cfg.seed}); SAELens v6 layout, so
+`sae_lens.SAE.load_from_disk` reads it too.
+
+- Site: residual stream entering block {cfg.layer} (`blocks.{cfg.layer}.hook_resid_pre`), d_in 256.
+- Architecture: TopK, k = {cfg.k}, {cfg.d_sae} latents, unit-norm decoder rows, float32
+  ({cfg.d_sae * 256 * 2 * 4 / 1e6:.1f} MB). `b_dec` is subtracted from the input.
+- Data: 128-token windows of `data/corpus` train (documents joined by `<|endoftext|>`), every
+  position but the first; inputs scaled to mean norm 16 in training, the scale folded into the
+  weights (so it reads raw activations).
+- Training: {info['tokens_seen']:,} tokens seen ({info['steps']} of {info['planned_steps']} planned Adam
+  steps of {cfg.batch} tokens; lr {cfg.lr} with 20 warmup steps, then linear decay to 0 at the
+  end of the steps or of the {cfg.max_minutes:g}-minute cap, whichever comes first; AuxK weight
+  {cfg.aux:.4f} on latents silent for {cfg.dead_tokens:,} tokens), {info['train_seconds'] / 60:.1f} min
+  on 1 CPU thread of a shared 2-core machine ({info['total_seconds'] / 60:.1f} min end to end with
+  activation collection).
+
+| held-out ({m['val_tokens']:,} tokens of the validation split) | value |
+|---|---|
+| MSE (per token, summed over dims) | {m['mse']:.3f} |
+| fraction of variance unexplained | {m['fvu']:.4f} |
+| L0 (active latents per token) | {m['l0']:.2f} |
+| dead latents (never active) | {m['dead_latents']} of {cfg.d_sae} |
+"""
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="embedded")
+    parser.add_argument("--out", type=Path, default=SHIPPED["embedded-L2"],
+                        help="output directory (default: the shipped SAE inside the package)")
+    parser.add_argument("--max-minutes", type=float, help="override the wall-clock cap")
+    args = parser.parse_args(argv)
+    cfg = PRESETS[args.preset]
+    if args.max_minutes is not None:
+        cfg = replace(cfg, max_minutes=args.max_minutes)
+
+    # seed, load
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    lm = fd.load_model("embedded", device="cpu", dtype="float32")
+    # activations (paper §4 future work: SAE features), then the scale that makes mean norm sqrt(d)
+    train_acts = collect(lm, "train", cfg.layer, cfg.tokens, cfg.context)
+    val_acts = collect(lm, "validation", cfg.layer, cfg.val_tokens, cfg.context)
+    scale = math.sqrt(lm.d_model) / float(train_acts[:65536].float().norm(dim=-1).mean())
+    print(f"{len(train_acts):,} training activations in {time.perf_counter() - t0:.0f} s; scale {scale:.4f}")
+    # train, fold the input scale into the weights: (s x - b) W = (x - b / s)(s W)
+    p, info = train(cfg, train_acts, scale)
+    p = dict(W_enc=p["W_enc"] * scale, b_enc=p["b_enc"], W_dec=p["W_dec"] / scale,
+             b_dec=p["b_dec"] / scale)
+    metrics = evaluate(p, val_acts, cfg.k)
+    info.update(total_seconds=time.perf_counter() - t0, input_scale=scale)
+    save(args.out, p, cfg, lm.name, info, metrics)
+    print(json.dumps(metrics))
+    print(f"{NAME}: SAE in {args.out}")
+    return args.out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:      # a user error: one line, no traceback
+        sys.exit(f"{NAME}: error: {e}")
