@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -265,6 +266,36 @@ def dream_vs_dataset(t: dict, index: pd.DataFrame) -> dict:
     return out
 
 
+def sampled_neurons(t: dict, index: pd.DataFrame) -> dict:
+    """05's sampled neurons (beyond the paper's one neuron): per neuron, the best in-distribution
+    dream against the best in-distribution dataset window; paired over neurons (Wilcoxon)."""
+    table = t.get("dataset_sampled")
+    if table is None:
+        return {}
+    prov = _prov(index, "05_dream_vs_dataset", names=[Path(r).name for r in table["run"]])
+    dream, data = table["dream_best"], table["dataset_best"]
+    both = dream.notna() & data.notna()
+    claim, limit = "sampled_neurons", f"CE <= {table['threshold'].iloc[0]:.2f}"
+    return {
+        "sampled.dream.median": entry(claim, f"median over neurons of the best dream with {limit}",
+                                      "activation", prov, est=stats.estimate(dream, "median"),
+                                      over="neurons"),
+        "sampled.dataset.median": entry(claim, f"median over neurons of the best dataset window "
+                                        f"with {limit}", "activation", prov,
+                                        est=stats.estimate(data, "median"), over="neurons"),
+        "sampled.dream_minus_dataset": entry(
+            claim, f"best dream minus best dataset window, both with {limit} (mean over neurons)",
+            "activation", prov, est=stats.estimate(dream - data), over="neurons",
+            test=stats.paired(dream, data)),
+        "sampled.wins": entry(claim, "neurons whose best in-distribution dream beats the dataset's",
+                              "count", prov, value=int((dream[both] > data[both]).sum()),
+                              statistic="count", n=int(both.sum()), over="neurons"),
+        "sampled.wins.share": entry(claim, "share of neurons on which the dream wins", "share", prov,
+                                    est=stats.estimate((dream[both] > data[both]).astype(float)),
+                                    over="neurons"),
+    }
+
+
 def attribution(t: dict, index: pd.DataFrame) -> dict:
     """06 (Fig 4): which token carries each attributed prompt (largest drop when resampled)."""
     table = t.get("dataset_attribution")
@@ -333,8 +364,8 @@ def residual(t: dict, index: pd.DataFrame) -> dict:
     return out
 
 
-CLAIMS = (fluency, logits, six_neurons, seeds, growth, restarts, dream_vs_dataset, attribution,
-          residual)
+CLAIMS = (fluency, logits, six_neurons, seeds, growth, restarts, dream_vs_dataset, sampled_neurons,
+          attribution, residual)
 
 
 def build(tables: dict[str, pd.DataFrame]) -> dict[str, dict]:

@@ -81,12 +81,15 @@ def dataset_runs(preset_dir: Path) -> pd.DataFrame:
             continue
         best = ex.loc[ex["window_activation"].idxmax()]
         for d in dataset.run_dirs(Path(preset_dir) / exp):
+            config = read_json(d / "config.json")
+            if config.get("target") != choices[key]:   # 05 also keeps runs on sampled neurons
+                continue
             c = dataset.candidates(d)
             act, ce = c["target"].to_numpy(), c["xentropy"].to_numpy()
             at_dataset, _ = dataset.best_below(act, ce, float(best["window_xentropy"]))
             in_dist, in_dist_ce = dataset.best_below(act, ce, limit)
             rows.append(dict(role=role, neuron=choices[key], run=d.name,
-                             seed=read_json(d / "config.json").get("seed"),
+                             seed=config.get("seed"),
                              best_dream=float(act.max()), best_dream_in_dist=in_dist,
                              best_dream_in_dist_ce=in_dist_ce, dream_at_dataset_ce=at_dataset,
                              best_dataset=float(best["window_activation"]),

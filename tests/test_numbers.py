@@ -178,3 +178,23 @@ def test_per_run_tables_equal_a_direct_reading_of_the_histories(b_results):  # n
     zero = t["residual_slack_runs"].query("slack == 0").set_index("target")["z"]
     dirs = residual.tables(preset)["residual_directions"].set_index("target")["dream_z"]
     assert zero.to_dict() == pytest.approx(dirs.loc[zero.index].to_dict())   # no slack: the best z
+
+
+def test_sampled_neurons_are_paired_over_neurons():
+    dream = [3.0, 2.5, np.nan, 4.0, 1.0, 5.5, 2.2]
+    data = [2.0, 2.9, 1.0, 3.1, 0.2, 3.0, 1.9]
+    table = pd.DataFrame(dict(neuron=[f"L1.N{i}" for i in range(7)], threshold=6.5,
+                              run=[f"05_dream_vs_dataset/runs/n{i}" for i in range(7)],
+                              dream_best=dream, dataset_best=data))
+    index = run_index("05_dream_vs_dataset", [f"n{i}" for i in range(7)], list(table["neuron"]))
+    n = numbers.build(dict(dataset_sampled=table, runs=index))
+    d = np.array(dream) - np.array(data)
+    d = d[np.isfinite(d)]                             # the neuron without a dream drops out
+    e = n["sampled.dream_minus_dataset"]
+    assert e["value"] == pytest.approx(d.mean()) and e["n"] == 6
+    assert e["test"]["p"] == pytest.approx(brute_wilcoxon_p(d))
+    assert n["sampled.wins"]["value"] == 5 and n["sampled.wins"]["n"] == 6
+    assert e["runs"] == 7
+    row = next(x for x in readme_table.render(numbers.document(n, "embedded")).splitlines()
+               if x.startswith("| Beyond the paper's one neuron")).split(" | ")
+    assert "wins on 5 of 6" in row[3] and row[4] == "7"
