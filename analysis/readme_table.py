@@ -208,12 +208,14 @@ def _sampled(n: Numbers) -> str:
             f"the dream wins on {n.v('sampled.wins')} of {wins['n']}")
 
 
-def _sampled_holds(n: Numbers) -> str:
-    """yes when dreams are higher over neurons (p < 0.05); no when the dataset is; else undecided."""
-    if n.significant("sampled.dream_minus_dataset", 1):
-        return "yes"
-    return "no: the dataset is higher" if n.significant("sampled.dream_minus_dataset", -1) \
-        else "undecided: no significant difference"
+def _tested(key: str, sign: int, reverse: str) -> Callable[[Numbers], str]:
+    def holds(n: Numbers) -> str:
+        """yes when the test finds the claimed sign (p < 0.05), no when it finds the reverse,
+        undecided otherwise."""
+        if n.significant(key, sign):
+            return "yes"
+        return f"no: {reverse}" if n.significant(key, -sign) else "undecided: no significant difference"
+    return holds
 
 
 def _attribution(n: Numbers) -> str:
@@ -251,14 +253,6 @@ def _residual_holds(n: Numbers) -> str:
 def _limited(n: Numbers) -> str:
     return (f"dream {n.ci('residual.dream_limited.mean')} vs dataset {n.ci('residual.dataset.mean')}"
             f" ({n.p('residual.dream_limited_minus_dataset')})")
-
-
-def _limited_holds(n: Numbers) -> str:
-    """yes when the dataset is higher (p < 0.05); no when the dreams are; otherwise undecided."""
-    if n.significant("residual.dream_limited_minus_dataset", -1):
-        return "yes"
-    return "no: dreams stay higher" if n.significant("residual.dream_limited_minus_dataset", 1) \
-        else "undecided: no significant difference"
 
 
 def _slack(n: Numbers) -> str:
@@ -320,7 +314,8 @@ ROWS = (
         _neuron("example"), _neuron_holds("example")),
     Row("sampled_neurons", "Beyond the paper's one neuron: dreams vs the best dataset window in "
         "distribution, on sampled neurons (§3.3)", "05_dream_vs_dataset",
-        "— (one neuron: +1–1.5 at CE ≈ 4)", "`tables/dataset_sampled.csv`", _sampled, _sampled_holds),
+        "— (one neuron: +1–1.5 at CE ≈ 4)", "`tables/dataset_sampled.csv`", _sampled,
+        _tested("sampled.dream_minus_dataset", 1, "the dataset is higher")),
     Row("polysemantic_neuron", "Polysemantic neuron: dreams beat the best dataset example (§3.4, Fig 4)",
         "06_polysemantic_neuron", "L3.N1000: dataset 4.6 @ 4.3; dream 6.33 @ 4.96",
         "`fig4_polysemantic.png/.html`", _neuron("polysemantic"), _neuron_holds("polysemantic")),
@@ -332,7 +327,7 @@ ROWS = (
         _residual, _residual_holds),
     Row("residual_limited", "Dreams limited to in-distribution CE: dataset slightly higher (§3.5, Fig 5d)",
         "07_residual_directions", "≈ 6.0 vs 6.48", "`fig5_residual_alignment.png`",
-        _limited, _limited_holds),
+        _limited, _tested("residual.dream_limited_minus_dataset", -1, "dreams stay higher")),
     Row("slack", "About 3 σ of slack makes dream CE look like the corpus (§3.5, Fig 5b)",
         "07_residual_directions", "CE ≈ 4.3", "`fig5_residual_alignment.png`", _slack, _slack_holds),
     Row("layers", "Alignment lowest mid-network (§3.5, Fig 6)", "07_residual_directions",
