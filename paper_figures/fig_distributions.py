@@ -2,12 +2,13 @@
 (a) per-seed maxima as points over a violin, per condition (Fig 2a's spread, §3.2); (b) residual
 alignment per method, one point per direction joined across methods (the tests pair them), with
 the mean and its 95% interval from numbers.json (Fig 5c-d, §3.5); (c) dream vs dataset, paired:
-each run's best dream at the best example's CE beside that example, per neuron (§3.3-3.4).
+each run's best dream at the best example's CE beside that example, per studied neuron, and each
+sampled neuron's best in-distribution dream beside its best dataset window (§3.3-3.4).
 
     python paper_figures/fig_distributions.py --tables results/embedded/tables
 
-Input: `seed_variance`, `residual_directions`, `dataset_runs`, `numbers` (analysis/build_tables.py);
-a panel whose table is missing is left out. Output: out/fig_distributions.png.
+Input: `seed_variance`, `residual_directions`, `dataset_runs`, `dataset_sampled`, `numbers`
+(analysis/build_tables.py); a panel whose table is missing is left out. Output: out/fig_distributions.png.
 """
 import sys
 from pathlib import Path
@@ -87,36 +88,50 @@ def residual_panel(ax, directions: pd.DataFrame, numbers: pd.DataFrame | None) -
     ax.set_title(f"(b) {len(directions)} residual directions: mean, 95% CI")
 
 
-def paired_panel(ax, per_run: pd.DataFrame, numbers: pd.DataFrame | None) -> None:
-    """Per neuron: its best dataset example (left) and each run's best dream at that example's
-    CE (right), joined per run; a run with no dream that fluent keeps only its left point."""
-    roles = list(per_run.groupby("role", sort=False))
-    for i, (role, g) in enumerate(roles):
+def paired_groups(per_run: pd.DataFrame | None, sampled: pd.DataFrame | None) -> list[tuple]:
+    """(label, dataset values, dream values, numbers.json key of the test) per group of pairs:
+    each studied neuron's runs against its best example at that example's CE, and the sampled
+    neurons' in-distribution bests (one pair per neuron)."""
+    groups = []
+    for role, g in per_run.groupby("role", sort=False) if per_run is not None else ():
+        groups.append((f"{g['neuron'].iloc[0]} ({role}),\nper run", g["best_dataset"],
+                       g["dream_at_dataset_ce"], f"{role}.dream_minus_dataset"))
+    if sampled is not None:
+        groups.append((f"{len(sampled)} sampled neurons,\nin distribution", sampled["dataset_best"],
+                       sampled["dream_best"], "sampled.dream_minus_dataset"))
+    return groups
+
+
+def paired_panel(ax, groups: list[tuple], numbers: pd.DataFrame | None) -> None:
+    """Dataset (left) and dream (right) of each pair joined by a line; a pair without a dream
+    keeps only its left point. The paired test's p-value above each group."""
+    for i, (label, data, dream, key) in enumerate(groups):
         colour = style.COLOURS[i % len(style.COLOURS)]
-        for a, b in zip(g["best_dataset"], g["dream_at_dataset_ce"]):
-            ax.plot([2 * i, 2 * i + 1] if np.isfinite(b) else [2 * i], [a, b] if np.isfinite(b) else [a],
-                    color=colour, marker="o", ms=4, lw=0.8, alpha=0.8)
-        missing = int(g["dream_at_dataset_ce"].isna().sum())
-        p = _p(numbers, f"{role}.dream_minus_dataset")
-        ax.annotate(f"{g['neuron'].iloc[0]} ({role})" + (f"\nWilcoxon p = {p:.2g}" if p is not None else "")
-                    + (f"\n{missing} runs: no dream" if missing else ""),
+        for a, b in zip(data, dream):
+            ok = np.isfinite(b)
+            ax.plot([2 * i, 2 * i + 1] if ok else [2 * i], [a, b] if ok else [a], color=colour,
+                    marker="o", ms=4, lw=0.8, alpha=0.8)
+        missing, p = int(np.sum(~np.isfinite(np.asarray(dream, float)))), _p(numbers, key)
+        ax.annotate(label + (f"\nWilcoxon p = {p:.2g}" if p is not None else "")
+                    + (f"\n{missing} without a dream" if missing else ""),
                     (2 * i + 0.5, 1.0), xycoords=("data", "axes fraction"), ha="center",
                     va="bottom", fontsize=8)
-    ax.set_xticks([x for i in range(len(roles)) for x in (2 * i, 2 * i + 1)],
-                  [t for _ in roles for t in ("dataset", "dream")])
-    ax.set_xlim(-0.5, 2 * len(roles) - 0.5)
+    ax.set_xticks([x for i in range(len(groups)) for x in (2 * i, 2 * i + 1)],
+                  [t for _ in groups for t in ("dataset", "dream")])
+    ax.set_xlim(-0.5, 2 * len(groups) - 0.5)
     ax.set_ylabel("activation")
-    ax.set_title("(c) dream vs best dataset example at its CE, per run", pad=40)
+    ax.set_title("(c) dream vs dataset, paired", pad=52)
 
 
 def make(tables: dict[str, pd.DataFrame]):
     seeds, directions = tables.get("seed_variance"), tables.get("residual_directions")
-    per_run, numbers = tables.get("dataset_runs"), tables.get("numbers")
+    groups, numbers = paired_groups(tables.get("dataset_runs"), tables.get("dataset_sampled")), \
+        tables.get("numbers")
     panels = [p for p, ok in (("seeds", seeds is not None), ("residual", directions is not None),
-                              ("paired", per_run is not None)) if ok]
+                              ("paired", bool(groups))) if ok]
     if not panels:
-        raise ValueError("none of seed_variance, residual_directions, dataset_runs is in the "
-                         "tables; run experiments 04-07 and analysis/build_tables.py first")
+        raise ValueError("none of seed_variance, residual_directions, dataset_runs, dataset_sampled "
+                         "is in the tables; run experiments 04-07 and analysis/build_tables.py first")
     fig, axes = style.figure(1, len(panels), width=5.0 * len(panels), height=4.4)
     with plt.rc_context(style.RC):       # seaborn draws into the shared style's axes
         for ax, panel in zip(axes[0], panels):
@@ -125,7 +140,7 @@ def make(tables: dict[str, pd.DataFrame]):
             elif panel == "residual":
                 residual_panel(ax, directions, numbers)
             else:
-                paired_panel(ax, per_run, numbers)
+                paired_panel(ax, groups, numbers)
         fig.tight_layout()
     return fig
 

@@ -1,5 +1,6 @@
 """The seaborn distribution figure draws exactly the data and the intervals of numbers.json."""
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection, PathCollection
 
@@ -45,3 +46,13 @@ def test_main_writes_the_png(tables, tmp_path):
 def test_no_input_tables_is_a_one_line_error():
     with pytest.raises(ValueError, match="run experiments 04-07"):
         fig_distributions.make({})
+
+
+def test_sampled_neurons_are_pairs_of_their_own():
+    sampled = pd.DataFrame(dict(neuron=["L1.N1", "L1.N2", "L1.N3"], dataset_best=[2.0, 3.0, 1.0],
+                                dream_best=[2.5, np.nan, 4.0]))
+    fig = fig_distributions.make({"dataset_sampled": sampled})
+    (ax,) = fig.axes
+    pairs = [tuple(line.get_ydata()) for line in ax.lines]
+    assert pairs == [(2.0, 2.5), (3.0,), (1.0, 4.0)]     # the neuron without a dream: one point
+    assert "1 without a dream" in " ".join(t.get_text() for t in ax.texts)
