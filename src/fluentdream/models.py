@@ -3,6 +3,7 @@
     lm = fd.load_model("embedded")                        # shipped with the package
     lm = fd.load_model("EleutherAI/pythia-12b-deduped", device="cuda", dtype="float16")
     lm = fd.load_model("/path/to/a/local/hf/dir")
+    lm = fd.load_model("smollm2-135m")   # a real pretrained LM offline (GGUF; gguf_cache.py)
     lm.mlp_out_proj(3)   # the module whose *input* is layer 3's MLP hidden units (DESIGN §5)
 
 Each architecture is a row of `ARCHITECTURES`: where the blocks, the MLP output projection, the
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .gguf_cache import SMOLLM2, dense_checkpoint, find_gguf, smollm2_gguf
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +195,9 @@ def wrap_model(model: nn.Module, tokenizer, name: str) -> LoadedModel:
 
 def load_model(name_or_path: str, device: str | None = None, dtype: str | torch.dtype | None = None,
                ) -> LoadedModel:
-    """Load "embedded", a local HF directory, or a hub name (hub names need the network or cache).
+    """Load "embedded", "smollm2-135m", a local HF directory, a .gguf file (or a directory holding
+    one; converted once to a cached dense checkpoint, see gguf_cache), or a hub name (hub names
+    need the network or the HF cache).
 
     dtype: "float32" | "float16" | "bfloat16" | torch.dtype | None (the checkpoint's own, fp32 on
     CPU when the checkpoint is half precision and no dtype is asked for).
@@ -212,18 +216,22 @@ def load_model(name_or_path: str, device: str | None = None, dtype: str | torch.
     if name_or_path == "embedded" and not (EMBEDDED_DIR / "config.json").exists():
         raise UserError(f"the embedded model is missing from {EMBEDDED_DIR}; rebuild it with "
                         "`python experiments/00_build_embedded_model.py`")
+    gguf_file = smollm2_gguf() if name_or_path == SMOLLM2 else find_gguf(path)
+    if gguf_file is not None:
+        path = str(dense_checkpoint(gguf_file))
     # Hub ids are "name" or "org/name"; anything else that is not there is a missing path.
     looks_local = (Path(path).exists() or path.startswith((os.sep, ".", "~"))
                    or path.count("/") > 1)
     if looks_local and not Path(path).is_dir():
         raise UserError(f"model path {path!r} does not exist; give a local HF model directory, "
-                        "'embedded', or a hub name such as EleutherAI/pythia-1.4b")
+                        f"a .gguf file, 'embedded', {SMOLLM2!r}, or a hub name such as "
+                        "EleutherAI/pythia-1.4b")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]} "
-                        "(allowed: 'embedded', a local HF model directory, or a hub name "
-                        "available offline in the HF cache or online)") from None
+                        f"(allowed: 'embedded', {SMOLLM2!r}, a local HF model directory, a .gguf "
+                        "file, or a hub name available offline in the HF cache or online)") from None
     check_architecture(config.model_type)  # before loading any weights
     if dtype is None:
         ckpt = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None)
