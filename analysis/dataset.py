@@ -28,9 +28,15 @@ def _read(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def run_dirs(exp_dir: Path) -> list[Path]:
-    """Finished runs under exp_dir/runs, in name order."""
-    return sorted(d for d in (exp_dir / "runs").glob("*") if (d / "summary.json").exists())
+def run_dirs(exp_dir: Path, target: str | None = None, seed: int | None = None) -> list[Path]:
+    """Finished runs under exp_dir/runs, in name order; only those of `target` and `seed` if
+    given (05 keeps the example neuron's seeds and the sampled neurons' runs side by side)."""
+    dirs = sorted(d for d in (exp_dir / "runs").glob("*") if (d / "summary.json").exists())
+    if target is None and seed is None:
+        return dirs
+    configs = [_read(d / "config.json") for d in dirs]
+    return [d for d, c in zip(dirs, configs)
+            if target in (None, c.get("target")) and seed in (None, c.get("seed"))]
 
 
 def candidates(run_dir: Path) -> pd.DataFrame:
@@ -59,7 +65,7 @@ def neuron_tables(role: str, neuron: str, exp_dir: Path, examples: pd.DataFrame,
                   limit: float) -> dict[str, pd.DataFrame]:
     """Frontiers, per-bin maxima and the summary row of one neuron's dreams vs its examples."""
     ex = examples[examples["target"] == neuron].sort_values("rank")
-    dirs = run_dirs(exp_dir)
+    dirs = run_dirs(exp_dir, neuron)
     fronts, cands = [], []
     for d in dirs:
         s, front = _read(d / "summary.json"), _read(d / "frontier.json")
@@ -94,6 +100,29 @@ def neuron_tables(role: str, neuron: str, exp_dir: Path, examples: pd.DataFrame,
     return out
 
 
+def sampled_table(mined: Path, examples: pd.DataFrame, limit: float) -> pd.DataFrame | None:
+    """One row per neuron of 05's sampled_neurons.json: its best corpus window and its best dream
+    (the seed-0 run), each with CE <= limit (in distribution), and whether the dream wins."""
+    path = mined / "sampled_neurons.json"
+    if not path.exists():
+        return None
+    rows = []
+    for neuron in _read(path)["neurons"]:
+        dirs = run_dirs(mined, neuron, seed=0)
+        if not dirs:
+            continue
+        ex = examples[examples["target"] == neuron]
+        ds, ds_ce = best_below(ex["window_activation"].to_numpy(float),
+                               ex["window_xentropy"].to_numpy(float), limit)
+        c = candidates(dirs[0])
+        dr, dr_ce = best_below(c["target"].to_numpy(), c["xentropy"].to_numpy(), limit)
+        rows.append(dict(neuron=neuron, threshold=limit, run=str(dirs[0].relative_to(mined.parent)),
+                         dataset_best=ds, dataset_best_ce=ds_ce,
+                         dataset_in_context=float(ex["activation"].max()), dream_best=dr,
+                         dream_best_ce=dr_ce, dream_minus_dataset=dr - ds, dream_wins=bool(dr > ds)))
+    return pd.DataFrame(rows) if rows else None
+
+
 def attribution_table(exp_dir: Path) -> pd.DataFrame | None:
     """One row per (prompt, position) of experiment 06's attribution.json."""
     path = exp_dir / "attribution.json"
@@ -109,7 +138,8 @@ def attribution_table(exp_dir: Path) -> pd.DataFrame | None:
 
 
 def tables(preset_dir: Path) -> dict[str, pd.DataFrame]:
-    """dataset_{summary,bins,frontiers,examples,neuron_stats,attribution}, as far as results exist."""
+    """dataset_{summary,bins,frontiers,examples,neuron_stats,sampled,attribution}, as far as
+    results exist."""
     preset_dir = Path(preset_dir)
     mined = preset_dir / "05_dream_vs_dataset"
     if not (mined / "neuron_choices.json").exists() or not (mined / "mining" / "summary.json").exists():
@@ -125,6 +155,9 @@ def tables(preset_dir: Path) -> dict[str, pd.DataFrame]:
     out = {f"dataset_{name}": pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
     if (mined / "neuron_stats.parquet").exists():
         out["dataset_neuron_stats"] = pd.read_parquet(mined / "neuron_stats.parquet")
+    sample = sampled_table(mined, examples, limit)
+    if sample is not None:
+        out["dataset_sampled"] = sample
     att = attribution_table(preset_dir / "06_polysemantic_neuron")
     if att is not None:
         out["dataset_attribution"] = att

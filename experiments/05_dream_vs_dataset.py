@@ -10,7 +10,9 @@ finds that EPO dreams beat them by 1-1.5 activation units at CE ~4. Here:
    re-scored alone as the 12-token window ending at its max token, so it has a CE like a dream);
 2. choose the paper's analogs by a stated rule (RULE below) and write neuron_choices.json at once
    (experiment 04 dreams on the example neuron, 06 on the polysemantic one);
-3. dream on the example neuron with a few seeds (fluentdream.batched runs them in lockstep).
+3. dream on the example neuron with a few seeds, and once on each of `sample_neurons` neurons
+   drawn among those the corpus fires (does a dream beat the best corpus window at in-distribution
+   CE on most neurons, not only on a chosen one?); all runs go batched in lockstep.
 analysis/dataset.py turns the outputs into the per-CE-bin comparison, Table 4 and Fig 3.
 
 Layer: the paper's L10 of 36 layers sits at relative depth 10/35 = 0.28; we take
@@ -38,10 +40,7 @@ RULE = ("layer = round(0.28 * (n_layers - 1)) (the paper's L10 of 36). Per neuro
         "Candidates: neurons whose top in-context activation is at least the layer's median. "
         "Example neuron: the candidate whose most common word family (a word of 4+ letters, "
         "a content word like the paper's 'example') covers the "
-        "largest share of its top-64 examples, among candidates that are also 'dreamable': the "
-        "best of 256 random 12-token prompts drives them at least as high as the layer's median "
-        "neuron (a neuron stuck in GELU's flat region on random prompts gives EPO no gradient; "
-        "LOG.md); ties go to the higher top activation. "
+        "largest share of its top-64 examples; ties go to the higher top activation. "
         "Polysemantic neuron: among candidates with most common family share <= 0.6 and second "
         "family share >= 0.2, the one with the highest top activation (if none qualifies: the "
         "candidate with the largest second-family share).")
@@ -68,6 +67,10 @@ class Config:
     seeds run batched in lockstep, fluentdream.batched)."""
     iters: int = 300
     """EPO iterations T (Table 1: 300, every preset)."""
+    sample_neurons: int = 16
+    """Neurons drawn (seed 0) among the candidates of RULE (top example at least the layer's
+    median), one dream each (seed 0); 0 = none. Not in the paper: it tests §3.3's claim beyond
+    one hand-picked neuron."""
     population_size: int = 8
     """M (Table 1: 8)."""
     explore_per_pop: int = 32
@@ -83,8 +86,8 @@ PRESETS = {
     "embedded": Config(mine_tokens=200_000, dtype=fd.fast_dtype("cpu")),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16",
                     dataset="monology/pile-uncopyrighted", layer=10, mine_tokens=500_000_000,
-                    seeds=(0,), iters=300),
-    "smoke": Config(mine_tokens=4000, top_k=8, seeds=(0, 1), iters=3, population_size=4,
+                    seeds=(0,), iters=300, sample_neurons=0),
+    "smoke": Config(mine_tokens=4000, top_k=8, seeds=(0, 1), iters=3, sample_neurons=2, population_size=4,
                     explore_per_pop=4, topk=16, calibration_slices=64),
 }
 
@@ -128,8 +131,7 @@ def neuron_stats(examples: pd.DataFrame, tokenizer) -> pd.DataFrame:
 def choose(stats: pd.DataFrame, layer: int) -> dict:
     """Apply RULE to neuron_stats -> the neuron_choices.json record."""
     cand = stats[stats["top_activation"] >= stats["top_activation"].median()]
-    dreamable = cand[cand["random_max"] >= stats["random_max"].median()]
-    example = dreamable.sort_values(["word_share", "top_activation"], ascending=False).iloc[0]
+    example = cand.sort_values(["word_share", "top_activation"], ascending=False).iloc[0]
     poly = cand[(cand["share1"] <= 0.6) & (cand["share2"] >= 0.2)]
     fallback = poly.empty
     poly = (cand.sort_values("share2", ascending=False) if fallback
@@ -141,12 +143,18 @@ def choose(stats: pd.DataFrame, layer: int) -> dict:
                 polysemantic_shares=[float(poly["share1"]), float(poly["share2"])])
 
 
-def dream(lm, target, cfg: Config, out: Path) -> list[Path]:
-    """EPO on `target` for every seed without a finished run directory, in lockstep."""
+def sampled(stats: pd.DataFrame, n: int) -> list[str]:
+    """`n` neurons drawn (seed 0) among RULE's candidates: neurons the corpus fires."""
+    cand = stats[stats["top_activation"] >= stats["top_activation"].median()]
+    return sorted(cand.sample(n=min(n, len(cand)), random_state=0)["target"])
+
+
+def dream(lm, jobs: list[tuple[str, int]], cfg: Config, out: Path) -> list[Path]:
+    """EPO on each distinct (neuron, seed) without a finished run directory, all in lockstep."""
     base = fd.EPOConfig(iters=cfg.iters, population_size=cfg.population_size,
                         explore_per_pop=cfg.explore_per_pop, topk=cfg.topk)
-    return runs.dream_many(lm, [(target, base.replace(seed=s)) for s in cfg.seeds], out,
-                           desc=f"dream {target.name}")
+    return runs.dream_many(lm, [(fd.parse_target(t, lm), base.replace(seed=s))
+                                for t, s in dict.fromkeys(jobs)], out, desc=f"dream {len(jobs)} runs")
 
 
 def main(argv=None) -> int:
@@ -184,8 +192,6 @@ def main(argv=None) -> int:
 
     # 2. Choose the paper's analogs by RULE; written before any dreaming (04 and 06 read it).
     stats = neuron_stats(examples, lm.tokenizer)
-    base = calibration.random_prompt_baseline(lm, [mining.neurons(layer)], n_prompts=256)
-    stats = stats.merge(base[["target", "max"]].rename(columns={"max": "random_max"}), on="target")
     mining.write_parquet(stats, out / "neuron_stats.parquet")
     choices = choose(stats, layer)
     runs.write_json(out / "neuron_choices.json", choices)
@@ -197,9 +203,13 @@ def main(argv=None) -> int:
         print(f"results in {out}")
         return 0
 
-    # 3. Dream on the example neuron.
-    target = fd.parse_target(choices["example_neuron"], lm)
-    dirs = dream(lm, target, cfg, out / "runs")
+    # 3. Dream on the example neuron, and once on each sampled neuron.
+    sample = sampled(stats, cfg.sample_neurons) if cfg.sample_neurons else []
+    runs.write_json(out / "sampled_neurons.json", dict(neurons=sample, seed=0, rule=(
+        "drawn with pandas .sample(random_state=0) among neurons whose top example is at least "
+        "the layer's median top activation")))
+    jobs = [(choices["example_neuron"], s) for s in cfg.seeds] + [(t, 0) for t in sample]
+    dirs = dream(lm, jobs, cfg, out / "runs")
     for d in dirs:
         s = runs.read_json(d / "summary.json")
         print(f"{d.name}: best {s['best_target']:.3f}, best with CE < 6 {s['best_target_ce_below_6']}")

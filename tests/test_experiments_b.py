@@ -42,7 +42,10 @@ def test_05_mines_chooses_and_dreams(b_results):
     examples = pd.read_parquet(out / "mining" / "examples.parquet")
     assert examples.groupby("target").size().max() == 8 and examples["window_xentropy"].notna().all()
     runs = sorted((out / "runs").glob("*/summary.json"))
-    assert len(runs) == 2
+    sample = json.loads((out / "sampled_neurons.json").read_text())["neurons"]
+    assert len(sample) == 2 and set(sample) <= set(upper["target"])
+    # 2 seeds on the example neuron, seed 0 on each sampled one (shared if it is the same run)
+    assert len(runs) == 2 + len(set(sample) - {choices["example_neuron"]})
     assert all(json.loads(r.read_text())["iterations"] == 3 for r in runs)
     assert json.loads((out / "threshold.json").read_text())["threshold"] > 0
 

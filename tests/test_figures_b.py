@@ -1,12 +1,14 @@
 """Analysis tables and figures of experiments 05-07 (Table 4, Figs 3-6), from smoke results."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import fluentdream as fd
 from analysis import dataset, residual
 from test_experiments_b import b_results  # noqa: F401  (the shared session fixture)
 
@@ -34,6 +36,23 @@ def test_analysis_tables(tables):
     slack = tables["residual_slack"]
     assert np.all(np.diff(slack["xentropy"]) <= 1e-9)    # more slack never costs fluency
     assert set(tables["residual_summary"]["layer"]) == {"1", "2", "all"}
+
+
+def test_sampled_neurons_table_equals_a_direct_reading(tables, b_results):  # noqa: F811
+    """Each sampled neuron's row: its best corpus window and best seed-0 dream, both with CE at
+    most the threshold, read here straight from the mining parquet and the run's history."""
+    mined = b_results / "smoke" / "05_dream_vs_dataset"
+    limit = json.loads((mined / "threshold.json").read_text())["threshold"]
+    examples = pd.read_parquet(mined / "mining" / "examples.parquet")
+    sample = tables["dataset_sampled"].set_index("neuron")
+    assert list(sample.index) == json.loads((mined / "sampled_neurons.json").read_text())["neurons"]
+    for neuron, row in sample.iterrows():
+        ex = examples[(examples["target"] == neuron) & (examples["window_xentropy"] <= limit)]
+        assert row["dataset_best"] == pytest.approx(ex["window_activation"].max(), nan_ok=True)
+        hist = fd.History.load(b_results / "smoke" / row["run"] / "history.npz")
+        ok = np.isfinite(hist.target) & (hist.xentropy <= limit)
+        assert row["dream_best"] == pytest.approx(hist.target[ok].max() if ok.any() else np.nan, nan_ok=True)
+        assert row["dream_wins"] == (row["dream_best"] > row["dataset_best"])
 
 
 def test_best_per_bin_and_best_below():
