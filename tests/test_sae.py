@@ -322,3 +322,19 @@ def test_mining_every_latent_in_one_pass_equals_brute_force(make_lm, tmp_path):
         torch.tensor(row["window_ids"])[None])
     torch.testing.assert_close(f[0].item(), row["window_activation"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ce[0].item(), row["window_xentropy"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cli_dreams_an_sae_latent_of_every_architecture(tiny_model_dir, tmp_path, capsys, arch):
+    from fluentdream.cli import main
+
+    d = write_saelens(tmp_path / arch, arch, weights(arch), **(dict(k=5) if arch == "topk" else {}))
+    args = ["dream", "--model", str(tiny_model_dir), "--out", str(tmp_path / "runs"), "--iters", "2",
+            "--population-size", "4", "--explore-per-pop", "4", "--topk", "16", "--seq-len", "6",
+            "--wandb", "disabled", "--no-progress"]
+    assert main(args + ["--target", f"sae:{d}:3:pre"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert fd.History.load(run / "history.npz").meta["target"] == f"sae:{arch}:3:pre"
+    assert main(args + ["--target", f"sae:{d}:{D_SAE}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "SAE latent 32 is out of range; allowed 0..31" in err and "\n" not in err

@@ -26,7 +26,7 @@ import functools
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -64,6 +64,8 @@ class SAE:
     r_mag: torch.Tensor | None = None    # gated (d_sae,)
     b_mag: torch.Tensor | None = None    # gated (d_sae,)
     label: str = "sae"
+    # (tensor name, device, latents) -> that tensor there: EPO calls the encoder every iteration
+    _moved: dict = field(default_factory=dict, repr=False)
 
     @property
     def d_in(self) -> int:
@@ -83,28 +85,33 @@ class SAE:
             x = x / (x.std(-1, keepdim=True) + 1e-5)
         elif self.input_scale != 1.0:
             x = x * self.input_scale
-        return x - self.b_dec.to(x.device) if self.apply_b_dec_to_input else x
+        return x - self._t("b_dec", x.device) if self.apply_b_dec_to_input else x
 
-    def _t(self, t: torch.Tensor, device, cols=None) -> torch.Tensor:
-        return (t if cols is None else t[..., cols]).to(device)
+    def _t(self, name: str, device, cols=None) -> torch.Tensor:
+        """Tensor `name` ("dec_norm": the decoder rows' norms), columns `cols`, on `device`."""
+        key = (name, str(device), None if cols is None else tuple(cols))
+        if key not in self._moved:
+            t = self.W_dec.norm(dim=-1) if name == "dec_norm" else getattr(self, name)
+            self._moved[key] = (t if cols is None else t[..., cols]).to(device)
+        return self._moved[key]
 
     def pre_acts(self, x: torch.Tensor, cols=None) -> torch.Tensor:
         """(..., d_in) -> (..., d_sae) pre-activations (only latents `cols` if given)."""
         xt = self.sae_in(x)
         if self.architecture == "gated":
-            w = self._t(self.W_enc, xt.device, cols) * self._t(self.r_mag, xt.device, cols).exp()
-            return xt @ w + self._t(self.b_mag, xt.device, cols)
-        pre = xt @ self._t(self.W_enc, xt.device, cols) + self._t(self.b_enc, xt.device, cols)
+            w = self._t("W_enc", xt.device, cols) * self._t("r_mag", xt.device, cols).exp()
+            return xt @ w + self._t("b_mag", xt.device, cols)
+        pre = xt @ self._t("W_enc", xt.device, cols) + self._t("b_enc", xt.device, cols)
         if self.rescale_acts_by_decoder_norm:
-            pre = pre * self._t(self.W_dec.norm(dim=-1), xt.device, cols)
+            pre = pre * self._t("dec_norm", xt.device, cols)
         return pre
 
     def _post(self, x: torch.Tensor, pre: torch.Tensor, cols=None) -> torch.Tensor:
         """Activation function on pre-activations (..., c) of latents `cols` (None: all)."""
         if self.architecture == "jumprelu":
-            return pre.relu() * (pre > self._t(self.threshold, pre.device, cols).relu())
+            return pre.relu() * (pre > self._t("threshold", pre.device, cols).relu())
         if self.architecture == "gated":
-            gate = self.sae_in(x) @ self._t(self.W_enc, pre.device, cols) + self._t(self.b_enc, pre.device, cols)
+            gate = self.sae_in(x) @ self._t("W_enc", pre.device, cols) + self._t("b_enc", pre.device, cols)
             return (gate > 0) * pre.relu()
         return pre.relu()
 
@@ -131,8 +138,8 @@ class SAE:
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """(..., d_sae) -> (..., d_in) reconstruction in the normalized input space."""
         if self.rescale_acts_by_decoder_norm:
-            f = f / self.W_dec.norm(dim=-1).to(f.device)
-        return f @ self.W_dec.to(f.device) + self.b_dec.to(f.device)
+            f = f / self._t("dec_norm", f.device)
+        return f @ self._t("W_dec", f.device) + self._t("b_dec", f.device)
 
 
 def resolve(path: str | Path) -> Path:
