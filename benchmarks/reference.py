@@ -301,8 +301,12 @@ def _checkout_sha(path: str) -> str | None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference", required=True,
-                    help="checkout of Confirm-Solutions/dreamy: the folder holding dreamy/epo.py")
+    ap.add_argument("--reference",
+                    help="checkout of Confirm-Solutions/dreamy: the folder holding dreamy/epo.py "
+                    "(needed unless --from-json)")
+    ap.add_argument("--from-json", metavar="PATH",
+                    help="run nothing: print the tables of a results file this script wrote "
+                    "(also a stopped run's, with the targets it finished)")
     ap.add_argument("--model", default="embedded",
                     help="anything fd.load_model takes: embedded, a hub name, a local HF dir")
     ap.add_argument("--device", default="cpu", help="device both implementations run on")
@@ -325,8 +329,22 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def load_results(path: str) -> dict:
+    """A results file written by this script, its summary recomputed from the runs."""
+    try:
+        result = json.loads(Path(path).read_text())
+        result["summary"] = summarize(result["runs"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise fd.UserError(f"--from-json {path!r} is not a results file of this script "
+                           f"({type(err).__name__}: {err})") from None
+    return result
+
+
 def run(args) -> dict:
     """Validate, load, measure every target; returns what --json holds."""
+    if not args.reference:
+        raise fd.UserError("give --reference PATH (a checkout of Confirm-Solutions/dreamy) "
+                           "or --from-json PATH")
     for name in ("seeds", "iters", "threads"):
         if getattr(args, name) < 1:
             raise fd.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -362,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     try:
-        result = run(args)
+        result = load_results(args.from_json) if args.from_json else run(args)
     except fd.UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

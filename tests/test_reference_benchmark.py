@@ -4,6 +4,7 @@ metrics and report add up on hand-made numbers."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import types
 
 import numpy as np
@@ -169,9 +170,20 @@ def test_report_table():
 @pytest.mark.parametrize("argv, message", [
     (["--iters", "0"], "--iters must be at least 1"),
     ([], "not a checkout of Confirm-Solutions/dreamy"),
+    (["--reference", ""], "give --reference PATH"),
     (["--json", "/proc/nowhere/results.json"], "is not a writable folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert bench.main(["--reference", str(tmp_path)] + argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_tables_from_a_saved_results_file(tmp_path, capsys):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(dict(meta=dict(threshold=6.46), runs=_rows())))
+    assert bench.main(["--from-json", str(path)]) == 0
+    assert "| L1.N5 | fluentdream | 4.00 ± 2.00 |" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("{}")
+    assert bench.main(["--from-json", str(tmp_path / "bad.json")]) == 2
+    assert "is not a results file of this script" in capsys.readouterr().err
