@@ -199,11 +199,12 @@ pre-activation). Made by `experiments/{NAME}.py` (seed {cfg.seed}); SAELens v6 l
 `sae_lens.SAE.load_from_disk` reads it too.
 
 - Site: residual stream entering block {cfg.layer} (`blocks.{cfg.layer}.hook_resid_pre`), d_in 256.
-- Architecture: TopK, k = {cfg.k}, {cfg.d_sae} latents, unit-norm decoder rows, float32
+- Architecture: TopK, k = {cfg.k}, {cfg.d_sae} latents, float32
   ({cfg.d_sae * 256 * 2 * 4 / 1e6:.1f} MB). `b_dec` is subtracted from the input.
 - Data: 128-token windows of `data/corpus` train (documents joined by `<|endoftext|>`), every
-  position but the first; inputs scaled to mean norm 16 in training, the scale folded into the
-  weights (so it reads raw activations).
+  position but the first; inputs multiplied by s = {info['input_scale']:.4f} (mean norm 16) in
+  training, with unit-norm decoder rows; s is folded into the weights (W_enc s, W_dec / s,
+  b_dec / s), so the SAE reads raw activations and its decoder rows have norm 1/s.
 - Training: {info['tokens_seen']:,} tokens seen ({info['steps']} of {info['planned_steps']} planned Adam
   steps of {cfg.batch} tokens; lr {cfg.lr} with 20 warmup steps, then linear decay to 0 at the
   end of the steps or of the {cfg.max_minutes:g}-minute cap, whichever comes first; AuxK weight
