@@ -338,3 +338,26 @@ def test_cli_dreams_an_sae_latent_of_every_architecture(tiny_model_dir, tmp_path
     assert main(args + ["--target", f"sae:{d}:{D_SAE}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "SAE latent 32 is out of range; allowed 0..31" in err and "\n" not in err
+
+
+def test_cli_mine_every_latent_of_an_sae(tiny_model_dir, tmp_path, capsys):
+    import pandas as pd
+    import pydoc_data.topics
+
+    from fluentdream.cli import main
+
+    pd.DataFrame({"text": [t[:300] for t in list(pydoc_data.topics.topics.values())[:5]]}).to_parquet(
+        tmp_path / "docs.parquet")
+    d = write_saelens(tmp_path / "s", "jumprelu", weights("jumprelu"))
+    args = ["mine", "--model", str(tiny_model_dir), "--dataset", str(tmp_path / "docs.parquet"),
+            "--tokens", "800", "--context", "32", "--window", "6", "--top-k", "2", "--no-progress"]
+    assert main(args + ["--sae", str(d), "--out", str(tmp_path / "out")]) == 0
+    ex = pd.read_parquet(tmp_path / "out" / "examples.parquet")
+    assert set(ex["target"]) <= {f"sae:s:{j}" for j in range(D_SAE)} and len(set(ex["target"])) > 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["sites"] == [dict(site="resid", layer=1, features=D_SAE, labels=None, sae="s")]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "nothing to mine: give --layers" in capsys.readouterr().err
+    assert main(args + ["--sae", str(tmp_path / "missing")]) == 2
+    assert "SAE directory" in capsys.readouterr().err and not (tmp_path / "missing").exists()

@@ -2,6 +2,7 @@
 
     fluentdream mine --model embedded --dataset embedded --layers 1,2 --top-k 64
     fluentdream mine --model embedded --layers 2 --resid-directions 16 --no-neurons
+    fluentdream mine --model embedded --sae embedded-L2          # every latent of an SAE
 """
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ def add_mine_parser(sub) -> None:
     p.add_argument("--split", default=None, help="dataset split of a hub dataset or a directory "
                    "of split files; a single file is one split [default: train]")
     p.add_argument("--text-column", default="text", help="column holding the documents' text")
-    p.add_argument("--layers", required=True, help="comma-separated layers, e.g. 1,2")
+    p.add_argument("--layers", default=None, help="comma-separated layers, e.g. 1,2 (needed "
+                   "unless --sae is given)")
+    p.add_argument("--sae", action="append", default=[], metavar="DIR", help="also mine every "
+                   "latent of this SAE (SAELens or sparsify directory, or a shipped SAE such as "
+                   "embedded-L2); repeatable")
     p.add_argument("--top-k", type=int, default=MineConfig.top_k, help="examples kept per feature")
     p.add_argument("--tokens", type=int, default=None, help="stop after N dataset tokens "
                    "[default: the whole split]")
@@ -54,16 +59,22 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from .models import load_model
     from .runs import slug
 
+    from .sae import load_sae
+
+    if args.layers is None and not args.sae:
+        raise UserError("nothing to mine: give --layers (neurons, residual directions), --sae, or both")
     try:
-        layers = sorted({int(x) for x in args.layers.split(",")})
+        layers = sorted({int(x) for x in (args.layers or "").split(",") if x.strip()})
     except ValueError:
         raise UserError(f"--layers must be comma-separated integers such as 1,2; got {args.layers!r}") from None
-    if args.resid_directions < 0 or (args.no_neurons and not args.resid_directions):
-        raise UserError("--resid-directions must be >= 0, and > 0 with --no-neurons")
+    if args.resid_directions < 0 or (args.no_neurons and not args.resid_directions and not args.sae):
+        raise UserError("--resid-directions must be >= 0, and > 0 with --no-neurons (unless --sae)")
+    saes = [load_sae(d) for d in args.sae]          # a bad SAE fails before the model loads
     cfg = mining.MineConfig(top_k=args.top_k, context=args.context, window=args.window,
                             batch_size=args.batch_size, tokens=args.tokens)
+    what = "__".join(([f"L{'-'.join(map(str, layers))}"] if layers else []) + [s.label for s in saes])
     out = Path(args.out or Path("results", "mining", f"{slug(Path(args.model).name)}__"
-                                f"{slug(Path(args.dataset).name)}__L{'-'.join(map(str, layers))}"))
+                                f"{slug(Path(args.dataset).name)}__{slug(what)}"))
     if args.split not in (None, "train") and Path(args.dataset).expanduser().is_file():
         raise UserError(f"--split {args.split}: {args.dataset} is a single file, which is one "
                         "split; drop --split, or give a directory holding one file per split")
@@ -75,6 +86,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     feats = [] if args.no_neurons else [mining.neurons(layer) for layer in layers]
     feats += [mining.random_residual(layer, lm.d_model, args.resid_directions, args.resid_seed)
               for layer in layers if args.resid_directions]
+    feats += [mining.sae_latents(s) for s in saes]
     from tqdm.auto import tqdm
     bars = {}
 

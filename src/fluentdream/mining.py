@@ -456,7 +456,7 @@ def summary(lm, source, features, cfg, stats: ScanStats, executor, workers, scan
         scan_seconds=scan_s, rescore_seconds=rescore_s, seconds=scan_s + rescore_s,
         tokens_per_second=stats.tokens / scan_s if scan_s > 0 else None,
         sites=[dict(site=f.site[0], layer=f.site[1], features=f.size(lm),
-                    labels=list(f.labels) or None) for f in features],
+                    labels=list(f.labels) or None, sae=f.sae and f.sae.label) for f in features],
         executor=executor, workers=workers, device=str(lm.device), dtype=str(lm.dtype),
         fluentdream=__version__, torch=torch.__version__, datasets=datasets.__version__, **git_info())
 
