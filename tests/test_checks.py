@@ -12,7 +12,7 @@ import fluentdream as fd
 from conftest import ARCHS
 from fluentdream.checks import (MIN_SURVIVAL, check_device, check_prompt_length,
                                 longest_random_prompt, pair_survival)
-from fluentdream.evaluate import allowed_tokens
+from fluentdream.evaluate import drawable_tokens
 from fluentdream.models import max_positions
 
 
@@ -29,7 +29,7 @@ def _survives(tokenizer, rows: torch.Tensor) -> torch.Tensor:
 
 
 def test_pair_survival_and_the_length_limit(tiny_lm):
-    pool = allowed_tokens(tiny_lm).nonzero().squeeze(1)
+    pool = drawable_tokens(tiny_lm).nonzero().squeeze(1)
     gen = torch.Generator().manual_seed(123)          # not the sample pair_survival drew
     pairs = pool[torch.randint(len(pool), (4096, 2), generator=gen)]
     q = _survives(tiny_lm.tokenizer, pairs).float().mean().item()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fluentdream as fd
 from conftest import ARCHS, VOCAB, build_model
-from fluentdream.evaluate import allowed_tokens, retokenizes, xentropy
+from fluentdream.evaluate import allowed_tokens, drawable_tokens, retokenizes, xentropy
 
 
 def random_ids(B=3, n=7, seed=0):
@@ -222,7 +222,7 @@ def sentencepiece_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=sp._tokenizer, unk_token="<unk>", eos_token="</s>")
 
 
-def test_word_continuation_pieces_are_allowed_in_context(sentencepiece_tokenizer):
+def test_word_continuation_pieces_are_allowed_in_context(sentencepiece_tokenizer, make_lm):
     """A continuation piece ("ing") decodes alone to "ing", which re-encodes as "▁ing": judged
     alone, no continuation piece survives; judged after a neighbour token, they do."""
     tok = sentencepiece_tokenizer
@@ -242,7 +242,12 @@ def test_word_continuation_pieces_are_allowed_in_context(sentencepiece_tokenizer
     for i in allowed.nonzero().squeeze(1)[::37].tolist():
         assert any(tok.encode(tok.decode([a, i]), add_special_tokens=False)[-1] == i
                    for a in tok.encode(". a the (", add_special_tokens=False))
-    # EPO on such a model draws and proposes continuation pieces.
+    # Random prompts are drawn from the pieces that survive alone (words side by side survive
+    # retokenization); byte-level BPE draws from every allowed token.
+    assert (drawable_tokens(lm) == (allowed & alone)).all()
+    byte_level = make_lm("gpt2")
+    assert (drawable_tokens(byte_level) == allowed_tokens(byte_level)).all()
+    # EPO on such a model draws random words and proposes continuation pieces too.
     hist = fd.epo(lm, fd.Neuron(1, 5), fd.EPOConfig(population_size=2, explore_per_pop=8,
                                                      topk=32, seq_len=8, iters=3))
     seen = np.unique(hist.ids[-1]) if hasattr(hist.ids, "shape") else np.unique(np.stack(hist.ids))

@@ -13,7 +13,7 @@ Fluency (Fig 5a): the paper reports the CE of n-token Pile slices under Pythia-1
 mean 3.7, SD 1.1) and calls CE below mean + 2 SD "in distribution". We draw a uniform sample (seeded
 reservoir) of non-overlapping `max(lengths)`-token slices of the corpus; the n-token slice is each
 sample's first n tokens, so one forward gives every n (causal: the first n tokens' losses do not
-see the rest). Random-prompt baseline (§3.5): directions are scored on uniformly random allowed
+see the rest). Random-prompt baseline (§3.5): directions are scored on uniformly random drawable
 tokens (1024 prompts of 12 tokens in the paper); alignment is a z-score against it.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .evaluate import allowed_tokens, capture
+from .evaluate import capture, drawable_tokens
 from .history import atomic_write
 from .corpus import DataSource, documents
 from .mining import Features
@@ -48,7 +48,7 @@ def random_prompt_baseline(lm, features: Sequence[Features], n_prompts: int = 10
         raise UserError(f"need n_prompts >= 2 and n_tokens >= 1, got {n_prompts}, {n_tokens}")
     for f in features:
         f.validate(lm)
-    pool = allowed_tokens(lm).nonzero().squeeze(1)                       # (A,)
+    pool = drawable_tokens(lm).nonzero().squeeze(1)                       # (A,)
     g = torch.Generator().manual_seed(seed)
     ids = pool[torch.randint(len(pool), (n_prompts, n_tokens), generator=g)]  # (N, n)
     values = [[] for _ in features]

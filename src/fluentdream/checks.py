@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .evaluate import allowed_tokens, retokenizes
+from .evaluate import drawable_tokens, retokenizes
 from .models import max_positions
 
 # A prompt slot gets 1000 random draws (epo.initial_prompts): at survival 0.003 one slot still
@@ -31,12 +31,12 @@ PAIRS = 4096
 
 def pair_survival(lm) -> float:
     """Fraction of random pairs of drawable tokens whose decoded text encodes back to the pair."""
-    return _pair_survival(lm.tokenizer, allowed_tokens(lm))
+    return _pair_survival(lm.tokenizer, drawable_tokens(lm))
 
 
 @functools.lru_cache(maxsize=8)
 def _pair_survival(tokenizer, allowed: torch.Tensor) -> float:
-    # `allowed` is allowed_tokens' cached (V,) mask, the same object for one tokenizer; a fixed
+    # `allowed` is drawable_tokens' cached (V,) mask, the same object for one tokenizer; a fixed
     # generator leaves the run's random stream untouched.
     pool = allowed.nonzero().squeeze(1)                                        # (K,)
     pairs = pool[torch.randint(len(pool), (PAIRS, 2), generator=torch.Generator().manual_seed(0))]

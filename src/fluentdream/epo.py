@@ -21,9 +21,10 @@ import torch
 
 from .config import EPOConfig
 from .errors import UserError
-from .evaluate import Scorer, allowed_tokens, retokenizes
+from .evaluate import Scorer, allowed_tokens, drawable_tokens, retokenizes
 from .history import EPOState, History
 from .models import DTYPES
+from .progress import ProgressBar, interactive
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,14 @@ Callback = Callable[[IterationReport], bool | None]
 
 
 def initial_prompts(lm, cfg: EPOConfig, gen: torch.Generator) -> torch.Tensor:
-    """(M, n) starting prompts: cfg.initial_prompt for all, or random allowed tokens."""
+    """(M, n) starting prompts: cfg.initial_prompt for all, or random drawable tokens (evaluate.drawable_tokens)."""
     M, n = cfg.population_size, cfg.seq_len
     if cfg.initial_prompt is not None:
         ids = lm.tokenizer.encode(cfg.initial_prompt, add_special_tokens=False)
         if len(ids) != n:
             raise UserError(f"initial_prompt encodes to {len(ids)} tokens; seq_len is {n}")
         return torch.tensor(ids).repeat(M, 1)
-    pool = allowed_tokens(lm).nonzero().squeeze(1)
+    pool = drawable_tokens(lm).nonzero().squeeze(1)
     rows = []
     for _ in range(M):
         for _attempt in range(1000):
@@ -154,8 +155,32 @@ def _replay_memo(scorer: Scorer, hist: History, M: int) -> None:
 
 
 def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | None = None, *,
-        fluency=None, resume: History | None = None, scorer: Scorer | None = None) -> History:
-    """Run EPO; returns the History of every candidate. `resume` continues a saved History."""
+        fluency=None, resume: History | None = None, scorer: Scorer | None = None,
+        progress: bool | None = None) -> History:
+    """Run EPO (paper §2) on `target` of `lm`; returns the History of every candidate.
+
+    Args:
+        lm: a LoadedModel (fd.load_model); its tokenizer decodes and retokenizes prompts.
+        target: what to maximize, e.g. fd.parse_target("L1.N5", lm); validated against `lm`.
+        cfg: EPOConfig (Table 1 defaults; help(fd.EPOConfig) documents every field).
+        callback: called after every iteration with an IterationReport (iteration, each slot's
+            target and CE, best target so far, restart lambda or None, seconds, candidates
+            scored, and the History so far, whose .state resumes after that iteration); return
+            True to stop early.
+        fluency: a second LoadedModel with the same vocabulary that scores CE (default: `lm`).
+        resume: a History saved with its loop state (History.load of a checkpoint): continues
+            it to cfg.iters, giving the History an uninterrupted run of that seed gives.
+        scorer: a Scorer to reuse (its memo) across calls; default: a new one.
+        progress: show a progress bar on stderr; None = when a terminal or notebook shows it.
+
+    Returns:
+        History: ids (T, P, n), target and xentropy (T, P) of every pool member (M parents, then
+        M*r children) of every iteration, kept (T, M), restart lambdas and seconds; its .state
+        is the loop state after the last iteration. Ctrl-C returns the iterations done so far,
+        with meta["interrupted"] = True, resumable.
+
+    Raises fd.UserError (a ValueError) for settings that cannot run on `lm`.
+    """
     cfg = cfg or EPOConfig()
     check_run(lm, cfg, target)
     scorer = scorer or Scorer(lm, target, fluency, cfg.batch_size, cfg.retokenize)
@@ -176,6 +201,8 @@ def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | N
             fluency_model=(fluency or lm).name))
         state = _new_state(lm, cfg, scorer, gen)
     best = hist.best_target()
+    bar = ProgressBar(cfg.iters, state.iteration, target.name) if (
+        interactive() if progress is None else progress) else None
 
     try:
         for t in range(state.iteration, cfg.iters):
@@ -204,14 +231,19 @@ def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | N
             finite = f[torch.isfinite(f)]      # parents too: iteration 0's are new candidates
             best = max(best, float(finite.max())) if len(finite) else best
             log.debug("iter %d best %.3f %.3fs", t, best, seconds)
-            if callback is not None and callback(IterationReport(
-                    t, state.slot_target.copy(), state.slot_xentropy.copy(), best,
-                    None if np.isnan(lam_r) else lam_r, seconds, len(children), hist)):
+            report = IterationReport(t, state.slot_target.copy(), state.slot_xentropy.copy(), best,
+                                     None if np.isnan(lam_r) else lam_r, seconds, len(children), hist)
+            if bar is not None:
+                bar(report)
+            if callback is not None and callback(report):
                 break
     except KeyboardInterrupt:
         hist.meta["interrupted"] = True
         if hist.state is not None:   # drop an iteration appended after its state was saved
             hist.trim(hist.state.iteration)
+    finally:
+        if bar is not None:
+            bar.close()
     return hist
 
 

@@ -120,25 +120,33 @@ _ANCHOR_TEXTS = (".", "1", "a", " the", "\n", "(")
 
 
 @functools.lru_cache(maxsize=8)
-def _allowed_cached(tokenizer, vocab_size: int) -> torch.Tensor:
+def _token_masks(tokenizer, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V,) bool masks (surviving decode -> encode alone, allowed in context); see below."""
     n = min(len(tokenizer), vocab_size)
     ids = list(range(n))
     texts = decode(tokenizer, torch.tensor(ids)[:, None])
-    ok = torch.zeros(vocab_size, dtype=torch.bool)
     alone = [e == [i] for i, e in enumerate(encode(tokenizer, texts))]
     # In context: SentencePiece adds a "▁" before a text's first word, so a word-continuation
     # piece ("ing") never survives alone but does after a neighbour ("a" + "ing" -> ▁a, ing).
-    # A token is allowed when it survives after at least one neighbour token.
-    in_context = [False] * n
+    # A token is allowed when it survives after at least one neighbour token. Only tokens that
+    # fail alone are tried in context (few, for byte-level BPE vocabularies).
+    survives = list(alone)
     for a in _anchor_tokens(tokenizer):
+        todo = [i for i in ids if not survives[i]]
+        if not todo:
+            break
         prefix = encode(tokenizer, decode(tokenizer, torch.tensor([[a]])))[0]
-        pairs = decode(tokenizer, torch.tensor([[a, i] for i in ids]))
-        for i, e in enumerate(encode(tokenizer, pairs)):
-            in_context[i] |= e == prefix + [i]
-    ok[:n] = torch.tensor([(a or c) and "\ufffd" not in t
-                           for a, c, t in zip(alone, in_context, texts)])
-    ok[list(tokenizer.all_special_ids)] = False
-    return ok
+        pairs = decode(tokenizer, torch.tensor([[a, i] for i in todo]))
+        for i, e in zip(todo, encode(tokenizer, pairs)):
+            survives[i] = e == prefix + [i]
+    whole = ["\ufffd" not in t for t in texts]          # not a partial UTF-8 character
+    masks = []
+    for keep in (alone, survives):
+        mask = torch.zeros(vocab_size, dtype=torch.bool)
+        mask[:n] = torch.tensor([k and w for k, w in zip(keep, whole)])
+        mask[list(tokenizer.all_special_ids)] = False
+        masks.append(mask)
+    return masks[0], masks[1]
 
 
 def _anchor_tokens(tokenizer) -> list[int]:
@@ -148,9 +156,16 @@ def _anchor_tokens(tokenizer) -> list[int]:
 
 
 def allowed_tokens(lm) -> torch.Tensor:
-    """(V,) bool: tokens that may be drawn or proposed: not special, not a partial UTF-8
-    character, and surviving decode -> encode alone or after a neighbour token (DESIGN §4)."""
-    return _allowed_cached(lm.tokenizer, lm.vocab_size)
+    """(V,) bool: tokens that may be proposed: not special, not a partial UTF-8 character, and
+    surviving decode -> encode alone or after a neighbour token (DESIGN §4)."""
+    return _token_masks(lm.tokenizer, lm.vocab_size)[1]
+
+
+def drawable_tokens(lm) -> torch.Tensor:
+    """(V,) bool: the allowed tokens that also survive decode -> encode alone, from which random
+    prompts are drawn. The same set as allowed_tokens for byte-level BPE; for SentencePiece, the
+    word-start pieces, so that random prompts (words side by side) survive retokenization."""
+    return _token_masks(lm.tokenizer, lm.vocab_size)[0]
 
 
 def decode(tokenizer, ids: torch.Tensor) -> list[str]:
@@ -353,7 +368,7 @@ class Scorer:
         uninterrupted one, so its History is identical (DESIGN §7)."""
         new: dict[bytes, tuple[float, float]] = {}
         for t, row, fi, ci in zip(self._which(which, len(ids)).tolist(), ids.numpy(),
-                                  torch.as_tensor(f).tolist(), torch.as_tensor(ce).tolist()):
+                                  np.asarray(f).tolist(), np.asarray(ce).tolist()):
             key = t.to_bytes(4, "little") + row.tobytes()
             if key not in self.memo:
                 new.setdefault(key, (fi, ci))

@@ -208,21 +208,6 @@ class RunResult:
     complete: bool              # False after Ctrl-C: history.npz holds what was done; resume it
 
 
-class ProgressBar:
-    """A tqdm bar on stderr: iteration, best target, iterations per second."""
-
-    def __init__(self, total: int, initial: int = 0, desc: str = "dream"):
-        from tqdm.auto import tqdm
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="it", dynamic_ncols=True)
-
-    def __call__(self, report) -> None:
-        self.bar.set_postfix(best=f"{report.best_target:.3f}", refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 MakeTracker = Callable[[Path, dict], Tracker]
 
 
@@ -262,7 +247,6 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
         done.update(n=len(saved), state=copy.deepcopy(saved.state))
         for t in range(len(saved)):
             tracker.log(metrics(saved, t), step=t)
-    bar = ProgressBar(cfg.iters, done["n"]) if progress else None
 
     def callback(report) -> None:
         hist, t = report.history, report.iteration
@@ -270,18 +254,13 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
         tracker.log(metrics(hist, t), step=t)
         if (t + 1) % every == 0 and t + 1 < cfg.iters:
             save_history(hist, run_dir / CHECKPOINT)
-        if bar:
-            bar(report)
 
     try:
-        hist = epo(lm, target, cfg, callback, fluency=fluency, resume=saved)
+        hist = epo(lm, target, cfg, callback, fluency=fluency, resume=saved, progress=progress)
     except BaseException:
         tracker.finish(exit_code=1)
         _remove_setup(run_dir, created, saved)
         raise
-    finally:
-        if bar:
-            bar.close()
     if hist.meta.get("interrupted"):
         return _save_interrupted(run_dir, hist, done, prov, tracker)
     front = pareto_frontier([hist], lm.tokenizer)
