@@ -50,7 +50,7 @@ _NEEDS = {"standard": ("W_enc", "b_enc", "W_dec", "b_dec"), "topk": ("W_enc", "b
 class SAE:
     """An SAE's encoder and where it reads. Tensors float32 on the CPU; moved to the input's device."""
     architecture: str
-    site: tuple[str, int]              # (kind, layer), as fluentdream.targets.Site
+    site: tuple[str, int]                # (kind, layer), as fluentdream.targets.Site
     W_enc: torch.Tensor                  # (d_in, d_sae)
     b_enc: torch.Tensor                  # (d_sae,); gated: b_gate
     W_dec: torch.Tensor                  # (d_sae, d_in)
