@@ -14,6 +14,7 @@ from .frontier import Frontier, frontier_quality, pareto_frontier
 from .hardware import fast_dtype
 from .history import EPOState, History
 from .models import LoadedModel, load_model, wrap_model
+from .sae import SAE, load_sae
 from .targets import (AttentionEntry, CustomTarget, Logit, Neuron, ResidualDirection, SAELatent,
                       Target, parse_target)
 
@@ -22,5 +23,5 @@ __all__ = ["EPOConfig", "IterationReport", "epo", "gcg", "Scorer", "xentropy", "
            "fast_dtype", "frontier_quality", "pareto_frontier", "EPOState", "History", "LoadedModel",
            "load_model", "wrap_model", "AttentionEntry", "CustomTarget", "Logit", "Neuron",
            "ResidualDirection", "SAELatent", "Target", "UserError", "parse_target", "attribution",
-           "batched"]
+           "batched", "SAE", "load_sae"]
 
