@@ -67,6 +67,11 @@ class SAE:
     # (tensor name, device, latents) -> that tensor there: EPO calls the encoder every iteration
     _moved: dict = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:
+        extra = f", k={self.k}" if self.architecture == "topk" else ""
+        return (f"SAE({self.label!r}, {self.architecture}{extra}, site={self.site}, d_in={self.d_in}, "
+                f"d_sae={self.d_sae})")
+
     @property
     def d_in(self) -> int:
         return self.W_enc.shape[0]
