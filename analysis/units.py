@@ -75,15 +75,13 @@ def dataset_runs(preset_dir: Path) -> pd.DataFrame:
     examples = pd.read_parquet(mined / "mining" / "examples.parquet",
                                columns=["target", "window_activation", "window_xentropy"])
     rows = []
-    for role, (exp, key) in dataset.ROLES.items():
+    for role, (_, key) in dataset.ROLES.items():
         ex = examples[examples["target"] == choices[key]]
         if not len(ex):
             continue
         best = ex.loc[ex["window_activation"].idxmax()]
-        for d in dataset.run_dirs(Path(preset_dir) / exp):
+        for d in dataset.role_runs(preset_dir, role, choices[key]):
             config = read_json(d / "config.json")
-            if config.get("target") != choices[key]:   # 05 also keeps runs on sampled neurons
-                continue
             c = dataset.candidates(d)
             act, ce = c["target"].to_numpy(), c["xentropy"].to_numpy()
             at_dataset, _ = dataset.best_below(act, ce, float(best["window_xentropy"]))

@@ -10,9 +10,11 @@ finds that EPO dreams beat them by 1-1.5 activation units at CE ~4. Here:
    re-scored alone as the 12-token window ending at its max token, so it has a CE like a dream);
 2. choose the paper's analogs by a stated rule (RULE below) and write neuron_choices.json at once
    (experiment 04 dreams on the example neuron, 06 on the polysemantic one);
-3. dream on the example neuron with a few seeds, and once on each of `sample_neurons` neurons
-   drawn among those the corpus fires (does a dream beat the best corpus window at in-distribution
-   CE on most neurons, not only on a chosen one?); all runs go batched in lockstep.
+3. dream on the example neuron with `seeds` (none on the embedded preset: experiment 04 dreams on
+   the same neuron with 32 seeds, and analysis/dataset.py reads those runs too), and once on each
+   of `sample_neurons` neurons drawn among those the corpus fires (does a dream beat the best
+   corpus window at in-distribution CE on most neurons, not only on a chosen one?); all runs go
+   batched in lockstep.
 analysis/dataset.py turns the outputs into the per-CE-bin comparison, Table 4 and Fig 3.
 
 Layer: the paper's L10 of 36 layers sits at relative depth 10/35 = 0.28; we take
@@ -63,14 +65,14 @@ class Config:
     top_k: int = 64
     """Examples kept per neuron (paper §3.3: the top 64)."""
     seeds: tuple[int, ...] = (0, 1, 2)
-    """Dream seeds on the example neuron (the paper shows one run; a few show the spread; the
-    seeds run batched in lockstep, fluentdream.batched)."""
+    """Dream seeds on the example neuron (the paper shows one run). Embedded: none here, because
+    04 runs the same neuron with the same settings and 32 seeds, which Fig 3 and Table 4 use."""
     iters: int = 300
     """EPO iterations T (Table 1: 300, every preset)."""
     sample_neurons: int = 16
     """Neurons drawn (seed 0) among the candidates of RULE (top example at least the layer's
     median), one dream each (seed 0); 0 = none. Not in the paper: it tests §3.3's claim beyond
-    one hand-picked neuron."""
+    one hand-picked neuron. Embedded: 10, what fits `make figures`' 20 minutes."""
     population_size: int = 8
     """M (Table 1: 8)."""
     explore_per_pop: int = 32
@@ -83,7 +85,7 @@ class Config:
 
 
 PRESETS = {
-    "embedded": Config(mine_tokens=200_000, dtype=fd.fast_dtype("cpu")),
+    "embedded": Config(mine_tokens=200_000, dtype=fd.fast_dtype("cpu"), seeds=(), sample_neurons=10),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16",
                     dataset="monology/pile-uncopyrighted", layer=10, mine_tokens=500_000_000,
                     seeds=(0,), iters=300, sample_neurons=0),

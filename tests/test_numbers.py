@@ -92,7 +92,10 @@ def test_dream_vs_dataset_pairs_each_run_with_the_best_example(made):
     assert e["values"] == pytest.approx([-4.0, -3.0, -0.3])  # per run minus the example
     assert e["test"]["difference"] == pytest.approx(-3.0)
     assert e["test"]["p"] == pytest.approx(brute_wilcoxon_p(np.array([-4.0, -3.0, -0.3])))
-    assert e["provenance"]["run_dirs"] == [f"05_dream_vs_dataset/d{i}" for i in range(3)]
+    # 04's seeds dream on the same (example) neuron, so their runs stand behind the claim too
+    assert e["provenance"]["run_dirs"] == ([f"04_seed_variance/s{i}" for i in range(5)]
+                                           + [f"05_dream_vs_dataset/d{i}" for i in range(3)])
+    assert e["provenance"]["experiment"] == "05_dream_vs_dataset+04_seed_variance"
 
 
 def test_document_is_strict_json_with_a_schema_version_and_a_flat_table(made):
