@@ -3,9 +3,10 @@
     jobs = [(target, fd.EPOConfig(seed=s)) for s in range(5)]           # seeds, directions, ...
     hists = fd.batched.epo_many(lm, jobs)                                  # one History per job
 
-Every run keeps its own generator, population, penalties and History, and draws its random numbers
-in the same order as `fd.epo`, so each History is the one `fd.epo` gives for that job alone, up to
-floating-point rounding from different batch compositions. Per iteration, the slots that need new
+This is the EPO engine: `fd.epo` is one job of it, so propose -> mutate -> evaluate -> select ->
+restart and the bookkeeping exist once. Every run keeps its own generator, population, penalties
+and History, so each History is the one `fd.epo` gives for that job alone, up to floating-point
+rounding from different batch compositions. Per iteration, the slots that need new
 gradients (in all runs) share one gradient pass, and the children of all runs are scored by one
 multi-target Scorer: one packed forward pass per batch, one set of captured activations read by
 every target, and one memo for runs that share a target. A run's `seconds` is its share of the
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 
 from .config import EPOConfig
-from .epo import IterationReport, check_run, initial_prompts, mutate, restart, select
+from .epo import (IterationReport, check_run, initial_prompts, mutate, propose_many,
+                  replay_memo, restart, select)
 from .errors import UserError
 from .evaluate import Scorer, allowed_tokens
 from .history import EPOState, History
@@ -48,104 +50,128 @@ def _check_jobs(lm, jobs) -> None:
                             "split them into separate calls")
 
 
-def _propose_all(scorer: Scorer, runs: list[dict], allowed: torch.Tensor) -> None:
-    """epo.propose for every run at once: one gradient pass over all stale slots."""
-    stale = [np.flatnonzero(~run["state"].fresh) for run in runs]
-    if sum(len(s) for s in stale) == 0:
-        return
-    ids = torch.cat([torch.from_numpy(run["state"].slot_ids[s]) for run, s in zip(runs, stale)])
-    lams = torch.cat([run["lambdas"][s] for run, s in zip(runs, stale)])
-    which = torch.cat([torch.full((len(s),), run["which"]) for run, s in zip(runs, stale)])
-    grads = scorer.gradients(ids, lams, which)                            # (S, n, V)
-    grads[..., ~allowed] = -torch.inf
-    start = 0
-    for run, s in zip(runs, stale):
-        g = grads[start:start + len(s)]
-        start += len(s)
-        if len(s):
-            run["state"].topk[s] = g.topk(run["cfg"].topk, dim=-1).indices.to(torch.int32).numpy()
-            run["state"].fresh[s] = True
-
-
-def _start(lm, target: Target, cfg: EPOConfig, which: int, fluency) -> dict:
+def _start(lm, target: Target, cfg: EPOConfig, which: int, fluency,
+           resume: History | None) -> dict:
+    """One run's loop variables: a new run (initial prompts drawn, not yet scored) or `resume`."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    ids = initial_prompts(lm, cfg, gen)
-    M, n = ids.shape
-    state = EPOState(iteration=0, slot_ids=ids.numpy(), slot_target=np.zeros(M, np.float32),
-                     slot_xentropy=np.zeros(M, np.float32), topk=np.zeros((M, n, cfg.topk), np.int32),
-                     fresh=np.zeros(M, bool), rng_state=gen.get_state().numpy())
-    hist = History(lambdas=cfg.lambdas.copy(), meta=dict(
-        config=cfg.to_dict(), target=target.name, model=lm.name,
-        fluency_model=(fluency or lm).name, batched=True))
+    if resume is not None:
+        if resume.state is None:
+            raise UserError("this History has no saved loop state to resume from")
+        gen.set_state(torch.from_numpy(np.asarray(resume.state.rng_state, dtype=np.uint8)))
+        hist, state = resume, resume.state
+    else:
+        ids = initial_prompts(lm, cfg, gen)
+        M, n = ids.shape
+        state = EPOState(iteration=0, slot_ids=ids.numpy(), slot_target=np.zeros(M, np.float32),
+                         slot_xentropy=np.zeros(M, np.float32),
+                         topk=np.zeros((M, n, cfg.topk), np.int32), fresh=np.zeros(M, bool),
+                         rng_state=gen.get_state().numpy())
+        hist = History(lambdas=cfg.lambdas.copy(), meta=dict(
+            config=cfg.to_dict(), target=target.name, model=lm.name,
+            fluency_model=(fluency or lm).name))
     return dict(target=target, cfg=cfg, gen=gen, state=state, hist=hist, which=which,
-                lambdas=torch.tensor(cfg.lambdas, dtype=torch.float32), best=-np.inf)
+                lambdas=torch.tensor(cfg.lambdas, dtype=torch.float32), best=hist.best_target(),
+                new=resume is None)
 
 
 def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float) -> IterationReport:
-    """Steps 4-8 of DESIGN §4 for one run, exactly as in fd.epo."""
-    state, cfg, t = run["state"], run["cfg"], run["state"].iteration
+    """Steps 4-8 of DESIGN §4 for one run: evaluate the pool, select, restart, record."""
+    old, cfg, t = run["state"], run["cfg"], run["state"].iteration
     M = cfg.population_size
-    pool = torch.cat([torch.from_numpy(state.slot_ids), children])
-    f = torch.cat([torch.from_numpy(state.slot_target), f_kids])
-    ce = torch.cat([torch.from_numpy(state.slot_xentropy), ce_kids])
+    pool = torch.cat([torch.from_numpy(old.slot_ids), children])              # (P, n)
+    f = torch.cat([torch.from_numpy(old.slot_target), f_kids])                # (P,)
+    ce = torch.cat([torch.from_numpy(old.slot_xentropy), ce_kids])
     kept = select(f, ce, run["lambdas"])
     lam_r = float("nan")
     if cfg.restart_frequency and t % cfg.restart_frequency == 0:
         kept, lam_r = restart(f, ce, M, cfg, run["gen"])
-    state.fresh &= (kept == torch.arange(M)).numpy()
-    state.slot_ids = pool[kept].numpy()
-    state.slot_target, state.slot_xentropy = f[kept].numpy(), ce[kept].numpy()
-    state.iteration, state.rng_state = t + 1, run["gen"].get_state().numpy()
+    # A new state object, so an interrupt before hist.state is set leaves the old one whole.
+    state = EPOState(iteration=t + 1, slot_ids=pool[kept].numpy(), slot_target=f[kept].numpy(),
+                     slot_xentropy=ce[kept].numpy(), topk=old.topk,
+                     fresh=old.fresh & (kept == torch.arange(M)).numpy(),  # gradients survive in place
+                     rng_state=run["gen"].get_state().numpy())
     run["hist"].append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r, seconds, len(children))
-    run["hist"].state = state
+    run["hist"].state = run["state"] = state
     finite = f[torch.isfinite(f)]      # parents too: iteration 0's are new candidates
     run["best"] = max(run["best"], float(finite.max())) if len(finite) else run["best"]
     return IterationReport(t, state.slot_target.copy(), state.slot_xentropy.copy(), run["best"],
                            None if np.isnan(lam_r) else lam_r, seconds, len(children), run["hist"])
 
 
+def _score_initial(scorer: Scorer, runs: list[dict]) -> None:
+    """Score the random starting prompts of every new run in one call; refill the memo of every
+    resumed run with its saved scores (epo.replay_memo), so it continues exactly."""
+    new = [run for run in runs if run["new"]]
+    if new:
+        f, ce = scorer.score(torch.cat([torch.from_numpy(run["state"].slot_ids) for run in new]),
+                             which=torch.cat([torch.full((run["cfg"].population_size,), run["which"])
+                                              for run in new]))
+        start = 0
+        for run in new:
+            M = run["cfg"].population_size
+            run["state"].slot_target = f[start:start + M].numpy()
+            run["state"].slot_xentropy = ce[start:start + M].numpy()
+            start += M
+    for run in runs:
+        if not run["new"]:
+            replay_memo(scorer, run["hist"], run["cfg"].population_size, run["which"])
+
+
+def _iterate(scorer: Scorer, live: list[dict], allowed: torch.Tensor) -> list[IterationReport]:
+    """One EPO iteration of every live run: propose -> mutate -> evaluate (one scoring call for
+    all runs' children) -> select and restart (per run)."""
+    t0 = time.perf_counter()
+    propose_many(scorer, [(run["state"], run["lambdas"], run["cfg"].topk, run["which"])
+                          for run in live], allowed)
+    kids = [mutate(run["state"], run["cfg"].explore_per_pop, run["gen"]) for run in live]
+    parents = [torch.from_numpy(run["state"].slot_ids).repeat_interleave(run["cfg"].explore_per_pop, 0)
+               for run in live]
+    which = torch.cat([torch.full((len(k),), run["which"]) for k, run in zip(kids, live)])
+    f, ce = scorer.score(torch.cat(kids), parents=torch.cat(parents), which=which)  # reuses prefixes
+    seconds = (time.perf_counter() - t0) / len(live)
+    reports, start = [], 0
+    for run, children in zip(live, kids):
+        B = len(children)
+        reports.append(_finish_iteration(run, children, f[start:start + B], ce[start:start + B], seconds))
+        start += B
+    return reports
+
+
 def epo_many(lm, jobs: Sequence[tuple[Target, EPOConfig]], *, fluency=None,
              callback: Callable[[int, IterationReport], bool | None] | None = None,
-             scorer: Scorer | None = None) -> list[History]:
+             scorer: Scorer | None = None,
+             resume: Sequence[History | None] | None = None) -> list[History]:
     """Run every (target, cfg) job in lockstep; returns their Histories in job order.
 
     callback(job_index, report) after each job's iteration; returning True stops that job.
+    resume: per job, a saved History to continue (or None). Ctrl-C returns every History as far
+    as it got, the unfinished ones with meta["interrupted"] = True, resumable.
     """
     jobs = list(jobs)
     _check_jobs(lm, jobs)
+    resume = list(resume) if resume is not None else [None] * len(jobs)
     targets: list[Target] = []
     which = [_target_index(targets, target) for target, _ in jobs]
     cfg0 = jobs[0][1]
     scorer = scorer or Scorer(lm, targets, fluency, max(c.batch_size for _, c in jobs), cfg0.retokenize)
-    runs = [_start(lm, target, cfg, w, fluency) for (target, cfg), w in zip(jobs, which)]
-    ids = torch.cat([torch.from_numpy(run["state"].slot_ids) for run in runs])
-    f, ce = scorer.score(ids, which=torch.cat([torch.full((run["cfg"].population_size,), run["which"])
-                                               for run in runs]))
-    start = 0
-    for run in runs:
-        M = run["cfg"].population_size
-        run["state"].slot_target = f[start:start + M].numpy()
-        run["state"].slot_xentropy = ce[start:start + M].numpy()
-        start += M
+    runs = [_start(lm, target, cfg, w, fluency, saved)
+            for (target, cfg), w, saved in zip(jobs, which, resume)]
+    _score_initial(scorer, runs)
     allowed = allowed_tokens(lm)
-    active = [i for i, run in enumerate(runs) if run["cfg"].iters > 0]
-    while active:
-        t0 = time.perf_counter()
-        live = [runs[i] for i in active]
-        _propose_all(scorer, live, allowed)
-        kids = [mutate(run["state"], run["cfg"].explore_per_pop, run["gen"]) for run in live]
-        parents = [torch.from_numpy(run["state"].slot_ids).repeat_interleave(run["cfg"].explore_per_pop, 0)
-                   for run in live]
-        which_rows = torch.cat([torch.full((len(k),), run["which"]) for k, run in zip(kids, live)])
-        f, ce = scorer.score(torch.cat(kids), parents=torch.cat(parents), which=which_rows)
-        seconds = (time.perf_counter() - t0) / len(live)
-        start, still = 0, []
-        for i, run, children in zip(active, live, kids):
-            B = len(children)
-            report = _finish_iteration(run, children, f[start:start + B], ce[start:start + B], seconds)
-            start += B
-            stop = callback is not None and callback(i, report)
-            if not stop and run["state"].iteration < run["cfg"].iters:
-                still.append(i)
-        active = still
+    active = [i for i, run in enumerate(runs) if run["state"].iteration < run["cfg"].iters]
+    try:
+        while active:
+            reports = _iterate(scorer, [runs[i] for i in active], allowed)
+            still = []
+            for i, report in zip(active, reports):
+                stop = callback is not None and callback(i, report)
+                if not stop and runs[i]["state"].iteration < runs[i]["cfg"].iters:
+                    still.append(i)
+            active = still
+    except KeyboardInterrupt:
+        for i in active:
+            hist = runs[i]["hist"]
+            hist.meta["interrupted"] = True
+            if hist.state is not None:   # drop an iteration appended after its state was saved
+                hist.trim(hist.state.iteration)
     return [run["hist"] for run in runs]

@@ -6,13 +6,13 @@
 One iteration: propose (gradients, only for prompts new to their slot) -> mutate (r one-token
 children per member) -> evaluate (forward only) -> select (per slot, with replacement, from parents
 plus children) -> restart (every `restart_frequency` iterations, iteration 0 included).
-A callback receives an `IterationReport` after every iteration and may return True to stop.
-Ctrl-C returns the iterations done so far (history.meta["interrupted"] = True), resumable.
+This module holds those steps; the loop that runs them is `fluentdream.batched.epo_many`, of which
+`fd.epo` is one job. A callback receives an `IterationReport` after every iteration and may return
+True to stop. Ctrl-C returns the iterations done so far (history.meta["interrupted"] = True),
+resumable.
 """
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,9 +26,6 @@ from .history import EPOState, History
 from .models import DTYPES
 from .progress import ProgressBar, interactive
 from .targets import Target
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class IterationReport:
@@ -68,17 +65,31 @@ def initial_prompts(lm, cfg: EPOConfig, gen: torch.Generator) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def propose_many(scorer: Scorer, runs: list[tuple[EPOState, torch.Tensor, int, int]],
+                 allowed: torch.Tensor) -> None:
+    """Refresh the top-k candidate tokens (M, n, k) of every slot whose prompt is new to it
+    (steps 2, 7), for runs (state, lambdas (M,), k, target index) in one gradient pass."""
+    stale = [np.flatnonzero(~state.fresh) for state, *_ in runs]
+    if sum(len(s) for s in stale) == 0:
+        return
+    ids = torch.cat([torch.from_numpy(state.slot_ids[s]) for (state, *_), s in zip(runs, stale)])
+    lams = torch.cat([lambdas[s] for (_, lambdas, _, _), s in zip(runs, stale)])
+    which = torch.cat([torch.full((len(s),), w) for (*_, w), s in zip(runs, stale)])
+    grads = scorer.gradients(ids, lams, which)                            # (S, n, V)
+    grads[..., ~allowed] = -torch.inf
+    start = 0
+    for (state, _, k, _), s in zip(runs, stale):
+        if len(s):
+            g = grads[start:start + len(s)]
+            state.topk[s] = g.topk(k, dim=-1).indices.to(torch.int32).numpy()
+            state.fresh[s] = True
+            start += len(s)
+
+
 def propose(scorer: Scorer, state: EPOState, lambdas: torch.Tensor, allowed: torch.Tensor,
             k: int) -> None:
-    """Refresh top-k candidate tokens (M, n, k) for slots whose prompt is new to them (step 2, 7)."""
-    stale = np.flatnonzero(~state.fresh)
-    if len(stale) == 0:
-        return
-    ids = torch.from_numpy(state.slot_ids[stale])
-    grad = scorer.gradients(ids, lambdas[stale])                  # (S, n, V)
-    grad[..., ~allowed] = -torch.inf
-    state.topk[stale] = grad.topk(k, dim=-1).indices.to(torch.int32).numpy()
-    state.fresh[stale] = True
+    """propose_many for one run on the scorer's first target."""
+    propose_many(scorer, [(state, lambdas, k, 0)], allowed)
 
 
 def mutate(state: EPOState, r: int, gen: torch.Generator) -> torch.Tensor:
@@ -117,15 +128,6 @@ def restart(f: torch.Tensor, ce: torch.Tensor, M: int, cfg: EPOConfig,
     return best.repeat(M), lam_r
 
 
-def _new_state(lm, cfg: EPOConfig, scorer: Scorer, gen: torch.Generator) -> EPOState:
-    ids = initial_prompts(lm, cfg, gen)
-    f, ce = scorer.score(ids)
-    M, n = ids.shape
-    return EPOState(iteration=0, slot_ids=ids.numpy(), slot_target=f.numpy(),
-                    slot_xentropy=ce.numpy(), topk=np.zeros((M, n, cfg.topk), np.int32),
-                    fresh=np.zeros(M, bool), rng_state=gen.get_state().numpy())
-
-
 def check_run(lm, cfg: EPOConfig, target: Target) -> None:
     """Raise UserError for settings that cannot run on `lm`, before anything is computed."""
     from .checks import check_prompt_length
@@ -144,14 +146,15 @@ def check_run(lm, cfg: EPOConfig, target: Target) -> None:
         initial_prompts(lm, cfg, torch.Generator())   # raises if it does not fit seq_len
 
 
-def _replay_memo(scorer: Scorer, hist: History, M: int) -> None:
+def replay_memo(scorer: Scorer, hist: History, M: int, which: int = 0) -> None:
     """The scorer's memo is loop state too: refill it with the score() calls of the saved
     iterations, in order (the initial prompts, then each iteration's children)."""
     for t in range(len(hist)):
         ids = torch.from_numpy(hist.ids[t].astype(np.int64))    # (P, n): M parents, then children
-        if t == 0:
-            scorer.remember(ids[:M], hist.target[0][:M], hist.xentropy[0][:M])
-        scorer.remember(ids[M:], hist.target[t][M:], hist.xentropy[t][M:])
+        rows = [slice(0, M), slice(M, None)] if t == 0 else [slice(M, None)]
+        for r in rows:
+            scorer.remember(ids[r], hist.target[t][r], hist.xentropy[t][r],
+                            which=torch.full((len(ids[r]),), which))
 
 
 def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | None = None, *,
@@ -181,66 +184,19 @@ def epo(lm, target: Target, cfg: EPOConfig | None = None, callback: Callback | N
 
     Raises fd.UserError (a ValueError) for settings that cannot run on `lm`.
     """
+    from .batched import epo_many     # the engine; fd.epo is one run of it
+
     cfg = cfg or EPOConfig()
-    check_run(lm, cfg, target)
-    scorer = scorer or Scorer(lm, target, fluency, cfg.batch_size, cfg.retokenize)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    lambdas = torch.tensor(cfg.lambdas, dtype=torch.float32)
-    allowed = allowed_tokens(lm)
-    M, r = cfg.population_size, cfg.explore_per_pop
+    show = interactive() if progress is None else progress
+    bar = ProgressBar(cfg.iters, len(resume) if resume is not None else 0, target.name) if show else None
 
-    if resume is not None:
-        if resume.state is None:
-            raise UserError("this History has no saved loop state to resume from")
-        hist, state = resume, resume.state
-        gen.set_state(torch.from_numpy(np.asarray(state.rng_state, dtype=np.uint8)))
-        _replay_memo(scorer, hist, M)
-    else:
-        hist = History(lambdas=cfg.lambdas.copy(), meta=dict(
-            config=cfg.to_dict(), target=target.name, model=lm.name,
-            fluency_model=(fluency or lm).name))
-        state = _new_state(lm, cfg, scorer, gen)
-    best = hist.best_target()
-    bar = ProgressBar(cfg.iters, state.iteration, target.name) if (
-        interactive() if progress is None else progress) else None
-
+    def each(_, report: IterationReport) -> bool | None:
+        if bar is not None:
+            bar(report)
+        return callback(report) if callback is not None else None
     try:
-        for t in range(state.iteration, cfg.iters):
-            t0 = time.perf_counter()
-            propose(scorer, state, lambdas, allowed, cfg.topk)
-            children = mutate(state, r, gen)
-            parents = torch.from_numpy(state.slot_ids).repeat_interleave(r, dim=0)
-            f_kids, ce_kids = scorer.score(children, parents=parents)   # reuses parent prefixes
-            pool = torch.cat([torch.from_numpy(state.slot_ids), children])      # (P, n)
-            f = torch.cat([torch.from_numpy(state.slot_target), f_kids])        # (P,)
-            ce = torch.cat([torch.from_numpy(state.slot_xentropy), ce_kids])
-            kept = select(f, ce, lambdas)
-            lam_r = float("nan")
-            if cfg.restart_frequency and t % cfg.restart_frequency == 0:
-                kept, lam_r = restart(f, ce, M, cfg, gen)
-            # A new state object, so an interrupt before hist.state is set leaves the old one whole.
-            state = EPOState(
-                iteration=t + 1, slot_ids=pool[kept].numpy(), slot_target=f[kept].numpy(),
-                slot_xentropy=ce[kept].numpy(), topk=state.topk,
-                fresh=state.fresh & (kept == torch.arange(M)).numpy(),  # gradients survive in place
-                rng_state=gen.get_state().numpy())
-            seconds = time.perf_counter() - t0
-            hist.append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r, seconds,
-                        len(children))
-            hist.state = state
-            finite = f[torch.isfinite(f)]      # parents too: iteration 0's are new candidates
-            best = max(best, float(finite.max())) if len(finite) else best
-            log.debug("iter %d best %.3f %.3fs", t, best, seconds)
-            report = IterationReport(t, state.slot_target.copy(), state.slot_xentropy.copy(), best,
-                                     None if np.isnan(lam_r) else lam_r, seconds, len(children), hist)
-            if bar is not None:
-                bar(report)
-            if callback is not None and callback(report):
-                break
-    except KeyboardInterrupt:
-        hist.meta["interrupted"] = True
-        if hist.state is not None:   # drop an iteration appended after its state was saved
-            hist.trim(hist.state.iteration)
+        hist, = epo_many(lm, [(target, cfg)], fluency=fluency, callback=each, scorer=scorer,
+                         resume=[resume])
     finally:
         if bar is not None:
             bar.close()
