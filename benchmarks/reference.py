@@ -3,6 +3,7 @@
     git clone https://github.com/Confirm-Solutions/dreamy /tmp/dreamy      # never vendored here
     python benchmarks/reference.py --reference /tmp/dreamy --threads 2     # BENCHMARKS.md's table
     python benchmarks/reference.py --reference /tmp/dreamy --iters 2 --seeds 1 --target L1.N840
+    python benchmarks/reference.py --from-json benchmarks/reference_results.json   # tables again
 
 Both implementations run in this process on one HF model, in fp32, with one torch thread count and
 the paper's settings (Table 1: M 8, r 32, k 512, n 12, restart every 30, slot penalties log-spaced
@@ -24,7 +25,9 @@ both are measured alike, on all candidates of a run:
 - hypervolume: fluentdream.frontier_quality of the Pareto frontier of all candidates, above one
   reference point per target for both implementations: the worst CE and lowest activation among
   fluentdream's random initial prompts over the seeds (as in benchmarks/run.py);
-- seconds per iteration: wall time of the whole call divided by the iterations.
+- seconds per iteration: wall time of the whole call divided by the iterations, and the median
+  of the iterations' own times (without the set-up before the first);
+- candidates rejected: the fraction of a run's candidates that break those rules.
 
 Reported per target: mean ± SD over seeds for each implementation, and the paired difference
 (fluentdream - reference) per (target, seed): mean, 95% bootstrap interval, and the Wilcoxon
