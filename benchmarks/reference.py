@@ -311,23 +311,27 @@ def parser() -> argparse.ArgumentParser:
                     help="run nothing: print the tables of a results file this script wrote "
                     "(also a stopped run's, with the targets it finished)")
     ap.add_argument("--model", default="embedded",
-                    help="anything fd.load_model takes: embedded, a hub name, a local HF dir")
-    ap.add_argument("--device", default="cpu", help="device both implementations run on")
+                    help="anything fd.load_model takes: embedded, a hub name, a local HF dir "
+                    "(default: %(default)s)")
+    ap.add_argument("--device", default="cpu", help="device both implementations run on (default: %(default)s)")
     ap.add_argument("--target", action="append", dest="targets", metavar="SPEC",
                     help="a target shorthand (fd.parse_target); repeat for several; default: "
                     + ", ".join(repr(t) for t in DEFAULT_TARGETS))
-    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for every target")
-    ap.add_argument("--iters", type=int, default=100, help="EPO iterations of every run")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for every target (default: %(default)s)")
+    ap.add_argument("--iters", type=int, default=100, help="EPO iterations of every run (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                    help="torch intra-op threads for both implementations")
+                    help="torch intra-op threads for both implementations (default: this "
+                    "machine's, %(default)s)")
     ap.add_argument("--threshold", type=float,
                     help="in-distribution CE threshold; default: mean + 2 SD of the self-CE of "
                     "12-token slices of --calibration-dataset (fluentdream.calibration)")
     ap.add_argument("--calibration-dataset", default="embedded",
-                    help="corpus for the threshold (fd.corpus.DataSource name or path)")
-    ap.add_argument("--calibration-split", default="validation", help="its split")
+                    help="corpus for the threshold (fd.corpus.DataSource name or path; "
+                    "default: %(default)s)")
+    ap.add_argument("--calibration-split", default="validation", help="its split (default: %(default)s)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "reference_results.json"),
-                    help="where the per-run rows, summary and settings go (written atomically)")
+                    help="where the per-run rows, summary and settings go (written atomically; "
+                    "default: %(default)s)")
     ap.add_argument("--markdown", help="also write the markdown tables to this file")
     return ap
 
