@@ -56,10 +56,10 @@ test: install ## run the test suite (CPU, offline)
 $(RES)/.05_mining.done: experiments/05_dream_vs_dataset.py | $(VENV)/.installed
 	OMP_NUM_THREADS=$(THREADS) $(PY) experiments/05_dream_vs_dataset.py --preset $(PRESET) --only-mine
 	@touch $@
-$(RES)/.04_seed_variance.done $(RES)/.05_dream_vs_dataset.done $(RES)/.06_polysemantic_neuron.done: \
-	$(RES)/.05_mining.done
-$(RES)/.02_token_logits.done $(RES)/.03_six_neurons.done $(RES)/.04_seed_variance.done \
-	$(RES)/.07_residual_directions.done: $(RES)/.01_fluency_calibration.done
+# Every later experiment waits for 01 and 05's mining (they run side by side first), so that 04,
+# listed first, takes the first free slot and the others run beside it.
+$(filter-out $(RES)/.01_fluency_calibration.done,$(EXPERIMENTS:%=$(RES)/.%.done)): \
+	$(RES)/.05_mining.done $(RES)/.01_fluency_calibration.done
 $(RES)/.%.done: experiments/%.py | $(VENV)/.installed
 	OMP_NUM_THREADS=$(THREADS) $(PY) experiments/$*.py --preset $(PRESET)
 	@touch $@

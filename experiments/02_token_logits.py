@@ -28,16 +28,10 @@ from pathlib import Path
 
 import fluentdream as fd
 from fluentdream import runs
-from fluentdream.corpus import DataSource, documents
+from fluentdream.corpus import STOPWORDS, DataSource, documents
 from fluentdream.runs import read_json, write_json
 
 NAME = "02_token_logits"
-STOPWORDS = frozenset("""about above after again against also among because been before being
-below between both but could does doing down during each either else even every from further have
-having here into itself just last least less like many more most much must next none only other
-ours over same should since some such than that their them then there these they this those
-through under until upon very were what when where which while will with within without would
-your yours""".split())
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,13 @@ from tqdm.auto import tqdm
 
 import fluentdream as fd
 from fluentdream import calibration, mining, runs
+from fluentdream.corpus import STOPWORDS
 
 RULE = ("layer = round(0.28 * (n_layers - 1)) (the paper's L10 of 36). Per neuron, the 'family' of "
         "an example is its max token (the last token of its window), stripped and lower-cased. "
         "Candidates: neurons whose top in-context activation is at least the layer's median. "
-        "Example neuron: the candidate whose most common word family (a word of 4+ letters, "
-        "a content word like the paper's 'example') covers the "
+        "Example neuron: the candidate whose most common word family (a word of 4+ letters "
+        "that is not a stopword: a content word like the paper's 'example') covers the "
         "largest share of its top-64 examples; ties go to the higher top activation. "
         "Polysemantic neuron: among candidates with most common family share <= 0.6 and second "
         "family share >= 0.2, the one with the highest top activation (if none qualifies: the "
@@ -72,7 +73,7 @@ class Config:
     sample_neurons: int = 16
     """Neurons drawn (seed 0) among the candidates of RULE (top example at least the layer's
     median), one dream each (seed 0); 0 = none. Not in the paper: it tests §3.3's claim beyond
-    one hand-picked neuron. Embedded: 10, what fits `make figures`' 20 minutes."""
+    one hand-picked neuron. Embedded: 8, what fits `make figures`' 20 minutes."""
     population_size: int = 8
     """M (Table 1: 8)."""
     explore_per_pop: int = 32
@@ -85,7 +86,7 @@ class Config:
 
 
 PRESETS = {
-    "embedded": Config(mine_tokens=200_000, dtype=fd.fast_dtype("cpu"), seeds=(), sample_neurons=10),
+    "embedded": Config(mine_tokens=200_000, dtype=fd.fast_dtype("cpu"), seeds=(), sample_neurons=8),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16",
                     dataset="monology/pile-uncopyrighted", layer=10, mine_tokens=500_000_000,
                     seeds=(0,), iters=300, sample_neurons=0),
@@ -119,8 +120,9 @@ def neuron_stats(examples: pd.DataFrame, tokenizer) -> pd.DataFrame:
     rows = []
     for name, g in ex.groupby("target", sort=False):
         counts = Counter(g["family"]).most_common()
-        # a content word like the paper's "example": alphabetic, at least 4 letters
-        top_word = next((c for c in counts if re.fullmatch(r"[a-z]{4,}", c[0])), (None, 0))
+        # a content word like the paper's "example": alphabetic, at least 4 letters, no stopword
+        top_word = next((c for c in counts if re.fullmatch(r"[a-z]{4,}", c[0])
+                         and c[0] not in STOPWORDS), (None, 0))
         rows.append(dict(target=name, feature=int(g["feature"].iloc[0]),
                          top_activation=float(g["activation"].max()), n=len(g),
                          family1=counts[0][0], share1=counts[0][1] / len(g),

@@ -15,6 +15,13 @@ from typing import Iterator
 
 from .errors import UserError
 
+# English function words: word rules that look for content words (02, 05) skip them.
+STOPWORDS = frozenset("""about above after again against also among because been before being
+below between both but could does doing down during each either else even every from further have
+having here into itself just last least less like many more most much must next none only other
+ours over same should since some such than that their them then there these they this those
+through under until upon very were what when where which while will with within without would
+your yours""".split())
 EMBEDDED_CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus"
 FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".txt": "text",
                  ".csv": "csv", ".arrow": "arrow"}
