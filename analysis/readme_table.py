@@ -81,8 +81,18 @@ class Row:
     holds: Callable[[Numbers], str]
 
 
-def _fluency(n: Numbers) -> str:
+PAPER_LENGTHS = (2, 4, 8, 12, 16, 24, 32)   # the slice lengths of the paper's Fig 5a
+
+
+def _fluency_keys(n: Numbers) -> list[str]:
+    """fluency.ce.nN keys in order of N, only the paper's lengths when all of them were measured."""
     keys = sorted(n.keys("fluency.ce.n"), key=lambda k: int(k.rsplit("n", 1)[1]))
+    paper = [k for k in keys if int(k.rsplit("n", 1)[1]) in PAPER_LENGTHS]
+    return paper if len(paper) == len(PAPER_LENGTHS) else keys
+
+
+def _fluency(n: Numbers) -> str:
+    keys = _fluency_keys(n)
     sizes = ", ".join(k.rsplit(".n", 1)[1] for k in keys)
     text = f"n = {sizes}: " + ", ".join(n.ci(k) for k in keys) + f"; SD at 12: {n.v('fluency.sd.n12')}"
     if n.has("fluency.limit.perplexity_100", "fluency.limit.ce_5", "fluency.limit.in_distribution"):
@@ -93,8 +103,8 @@ def _fluency(n: Numbers) -> str:
 
 
 def _fluency_holds(n: Numbers) -> str:
-    """yes when mean CE falls with every longer slice, partly otherwise."""
-    keys = sorted(n.keys("fluency.ce.n"), key=lambda k: int(k.rsplit("n", 1)[1]))
+    """yes when mean CE falls from each of the paper's lengths to the next, partly otherwise."""
+    keys = _fluency_keys(n)
     vals = [n.value(k) for k in keys]
     return "yes" if all(a > b for a, b in zip(vals, vals[1:])) else "partly: not monotone"
 

@@ -267,9 +267,22 @@ def main(argv=None) -> None:
                                       peaks[dtype], ref, cfg.iters))
     extra = Path(args.extra).read_text() if args.extra and Path(args.extra).exists() else ""
     text = report(args, cfg, lm32, target, rows) + ("\n" + extra if extra else "")
+    text += kept_sections(Path(args.out))
     atomic_write(Path(args.out), lambda fh: fh.write(text.encode()))
     atomic_write(Path(args.json), lambda fh: fh.write(json.dumps(rows, indent=1).encode()))
     print(text)
+
+
+# Sections of the report file that other benchmark scripts write (benchmarks/reference.py): a
+# re-run of this one keeps them.
+OTHER_SECTIONS = ("## Against the reference implementation",)
+
+
+def kept_sections(path: Path) -> str:
+    """The part of an existing report from the first OTHER_SECTIONS heading on ("" if none)."""
+    old = path.read_text() if path.exists() else ""
+    starts = [i for h in OTHER_SECTIONS if (i := old.find("\n" + h)) >= 0]
+    return old[min(starts):] if starts else ""
 
 
 if __name__ == "__main__":

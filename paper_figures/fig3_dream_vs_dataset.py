@@ -16,6 +16,8 @@ import pandas as pd
 
 from paper_figures import style
 
+LABELLED = 6
+
 
 def panels(axes, tables: dict[str, pd.DataFrame], role: str) -> None:
     """Draw the scatter/steps panel and the per-bin panel of one neuron role."""
@@ -26,11 +28,22 @@ def panels(axes, tables: dict[str, pd.DataFrame], role: str) -> None:
     ax, bx = axes
     ax.scatter(ex["window_xentropy"], ex["window_activation"], s=14, color="0.55", alpha=0.7,
                label=f"top-{len(ex)} dataset examples", zorder=2)
-    for i, (run, g) in enumerate(front.groupby("run", sort=True)):
+    # Up to LABELLED runs get a colour and a legend entry each; with more (04's seeds), the best
+    # run is drawn in colour and the others thin and grey, under one entry.
+    runs = front.groupby("run", sort=True)
+    many = runs.ngroups > LABELLED
+    others = 0
+    for i, (run, g) in enumerate(runs):
         g = g.sort_values("xentropy")
+        if many and not g["best_run"].iloc[0]:
+            ax.step(g["xentropy"], g["target"], where="post", lw=0.7, color="0.7", zorder=1,
+                    label=f"dream frontiers, {runs.ngroups - 1} other seeds" if not others else None)
+            others += 1
+            continue
         ax.step(g["xentropy"], g["target"], where="post", lw=1.4, marker="o", ms=3,
-                color=plt.cm.viridis(0.15 + 0.7 * i / max(1, front["run"].nunique() - 1)),
-                label=f"dream frontier, seed {g['seed'].iloc[0]}", zorder=3)
+                color=plt.cm.viridis(0.15 + 0.7 * i / max(1, runs.ngroups - 1)) if not many else "C0",
+                label=f"dream frontier, seed {g['seed'].iloc[0]}" + (" (best run)" if many else ""),
+                zorder=3)
     for a in axes:
         a.axvline(s["threshold"], color="0.3", ls="--", lw=0.8,
                   label=f"in-distribution CE < {s['threshold']:.2f}")

@@ -34,8 +34,11 @@ def test_plain_baseline_follows_the_same_trajectory(tiny_lm):
 def test_benchmark_script_writes_its_report(tmp_path):
     run = _load_run()
     out, js = tmp_path / "BENCH.md", tmp_path / "results.json"
+    other = "\n## Against the reference implementation\n\n| kept |\n"
+    out.write_text("# old report\n" + other)
     run.main(["--quick", "--threads", "1", "--out", str(out), "--json", str(js)])
     text = out.read_text()
+    assert text.endswith(other) and "# old report" not in text     # another script's section stays
     assert "| plain | float32 |" in text and "| fluentdream | bfloat16 |" in text
     assert "What limits the rest" in text or "what limits the rest" in text
     rows = json.loads(js.read_text())
