@@ -294,7 +294,8 @@ def sampled_neurons(t: dict, index: pd.DataFrame) -> dict:
                               "count", prov, value=int((dream[both] > data[both]).sum()),
                               statistic="count", n=int(both.sum()), over="neurons"),
         "sampled.wins.share": entry(claim, "share of neurons on which the dream wins", "share", prov,
-                                    est=stats.estimate((dream[both] > data[both]).astype(float)),
+                                    est=stats.proportion(int((dream[both] > data[both]).sum()),
+                                                         int(both.sum())),
                                     over="neurons"),
     }
 

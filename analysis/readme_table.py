@@ -215,7 +215,8 @@ def _sampled(n: Numbers) -> str:
     return (f"{wins['n']} sampled neurons, in distribution: dream {n.ci('sampled.dream.median')} vs "
             f"dataset {n.ci('sampled.dataset.median')} (medians); dream − dataset "
             f"{n.ci('sampled.dream_minus_dataset')} ({n.p('sampled.dream_minus_dataset')}); "
-            f"the dream wins on {n.v('sampled.wins')} of {wins['n']}")
+            f"the dream wins on {n.v('sampled.wins')} of {wins['n']} (share "
+            f"{n.ci('sampled.wins.share')}, Clopper-Pearson)")
 
 
 def _tested(key: str, sign: int, reverse: str) -> Callable[[Numbers], str]:

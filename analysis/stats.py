@@ -109,6 +109,15 @@ def estimate(values, statistic: str = "mean", **kw) -> Estimate:
                     "bootstrap percentile" if ci is not None else None)
 
 
+def proportion(successes: int, n: int, confidence: float = CONFIDENCE) -> Estimate:
+    """successes / n with its exact (Clopper-Pearson) interval: a bootstrap of 8 wins in 8 would
+    give the empty interval [1, 1]."""
+    if n == 0:
+        return Estimate("share", None, None, 0, None)
+    ci = sps.binomtest(int(successes), int(n)).proportion_ci(confidence, method="exact")
+    return Estimate("share", successes / n, (float(ci.low), float(ci.high)), int(n), "Clopper-Pearson")
+
+
 def _difference_ci(x: np.ndarray, y: np.ndarray, seed: int = SEED) -> tuple[float, float] | None:
     """Bootstrap interval of median(x) - median(y), x and y resampled independently."""
     if len(x) < 2 or len(y) < 2:

@@ -110,3 +110,15 @@ def test_t_interval_matches_the_formula():
 def test_bad_inputs_raise_one_line_value_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_proportion_interval_is_clopper_pearson_from_beta_quantiles():
+    # Clopper-Pearson written from its definition: the beta quantiles of k successes in n.
+    from scipy.stats import beta
+    for k, n in ((8, 8), (0, 5), (13, 288), (3, 7)):
+        e = stats.proportion(k, n)
+        lo = 0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1)
+        hi = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
+        assert e.value == k / n and e.n == n and e.ci_method == "Clopper-Pearson"
+        assert e.ci == pytest.approx((lo, hi), abs=1e-9)
+    assert stats.proportion(8, 8).ci[0] == pytest.approx(0.631, abs=1e-3)   # not the empty [1, 1]
