@@ -26,7 +26,10 @@ def _dream(model_dir: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "fluentdream.cli", "dream", "--model", str(model_dir),
            "--target", "L1.N5", "--run-dir", str(run_dir), "--wandb", "disabled", *SETTINGS, *extra]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # as the reference below
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A shell that starts a job in the background (CI wrappers, nohup ... &) leaves SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt: give the child the default, as a terminal has.
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_checkpoint(proc: subprocess.Popen, path: Path, after_ns: int = 0) -> None:
