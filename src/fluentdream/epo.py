@@ -27,6 +27,7 @@ from .models import DTYPES
 from .progress import ProgressBar, interactive
 from .targets import Target
 
+
 @dataclass
 class IterationReport:
     """What the callback sees after each iteration."""
@@ -44,7 +45,8 @@ Callback = Callable[[IterationReport], bool | None]
 
 
 def initial_prompts(lm, cfg: EPOConfig, gen: torch.Generator) -> torch.Tensor:
-    """(M, n) starting prompts: cfg.initial_prompt for all, or random drawable tokens (evaluate.drawable_tokens)."""
+    """(M, n) starting prompts: cfg.initial_prompt for all, or random drawable tokens
+    (evaluate.drawable_tokens)."""
     M, n = cfg.population_size, cfg.seq_len
     if cfg.initial_prompt is not None:
         ids = lm.tokenizer.encode(cfg.initial_prompt, add_special_tokens=False)
