@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -221,3 +222,17 @@ def test_load_rejects_arrays_of_different_lengths(tmp_path):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(fd.UserError, match="disagree on the number of iterations"):
         fd.History.load(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_atomic_write_honours_the_umask(tmp_path, umask):
+    """Results are shared with the user's group: the mode is what a plain open() would give."""
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "out.bin", lambda fh: fh.write(b"x"))
+        with open(tmp_path / "plain.bin", "wb") as fh:
+            fh.write(b"x")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "out.bin").stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask == (tmp_path / "plain.bin").stat().st_mode & 0o777

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .history import umask
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ def dense_checkpoint(file: Path) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
+        os.chmod(tmp, 0o777 & ~umask())      # mkdtemp makes it 0700; a shared cache follows the umask
     except OSError as e:
         raise UserError(f"cannot write the GGUF cache in {str(root)!r} ({e.strerror}); set "
                         f"{CACHE_ENV} to a writable directory") from None
