@@ -3,6 +3,7 @@
     front = fd.pareto_frontier([hist1, hist2], lm.tokenizer)
     front.target, front.xentropy, front.text          # K points, in order of increasing CE
     fd.frontier_quality(front, ref_xentropy=6.0, ref_target=0.0)   # dominated area (hypervolume)
+    front.post                # (K,) post-activation values of a pre-activation run, else None
 
 The frontier is built from all recorded candidates: for each lambda of a dense sweep, the candidate
 minimizing -f + lambda * CE; the unique winners, sorted by CE, are the points. These are the
@@ -26,6 +27,10 @@ class Frontier:
     ids: np.ndarray         # (K, n) tokens
     text: list[str]         # K decoded prompts
     lambdas: np.ndarray     # (K,) smallest sweep lambda at which each point wins
+    # (K,) for a pre-activation target (`L1.N5:pre`, `sae:DIR:j:pre`): each point re-scored by
+    # the target's post-activation twin (runs.with_post), so reports stay comparable with the
+    # paper's post-activation numbers (DESIGN §5); None for every other target.
+    post: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.target)
@@ -40,18 +45,25 @@ class Frontier:
         return int(ok[np.argmax(self.target[ok])]) if len(ok) else None
 
     def records(self) -> list[dict]:
-        return [dict(target=float(f), xentropy=float(c), perplexity=float(np.exp(c)),
-                     text=t, ids=[int(i) for i in row], lam=float(lam))
-                for f, c, t, row, lam in zip(self.target, self.xentropy, self.text, self.ids,
-                                             self.lambdas)]
+        """frontier.json's points; a `post` key only where the frontier has post values."""
+        out = [dict(target=float(f), xentropy=float(c), perplexity=float(np.exp(c)),
+                    text=t, ids=[int(i) for i in row], lam=float(lam))
+               for f, c, t, row, lam in zip(self.target, self.xentropy, self.text, self.ids,
+                                            self.lambdas)]
+        for r, p in zip(out, self.post if self.post is not None else ()):
+            r["post"] = float(p)
+        return out
 
     def table(self, max_width: int = 60) -> str:
-        """A plain-text table: activation, CE, perplexity, prompt."""
-        lines = [f"{'activation':>10}  {'xentropy':>8}  {'perplexity':>10}  text"]
-        for f, c, t in zip(self.target, self.xentropy, self.text):
+        """A plain-text table: activation (and post-activation, if any), CE, perplexity, prompt."""
+        post = self.post is not None
+        lines = [f"{'activation':>10}  " + (f"{'post':>8}  " if post else "")
+                 + f"{'xentropy':>8}  {'perplexity':>10}  text"]
+        for i, (f, c, t) in enumerate(zip(self.target, self.xentropy, self.text)):
             shown = repr(t)[1:-1]
             shown = shown if len(shown) <= max_width else shown[:max_width - 1] + "…"
-            lines.append(f"{f:10.3f}  {c:8.3f}  {np.exp(c):10.1f}  {shown}")
+            lines.append(f"{f:10.3f}  " + (f"{self.post[i]:8.3f}  " if post else "")
+                         + f"{c:8.3f}  {np.exp(c):10.1f}  {shown}")
         return "\n".join(lines)
 
 

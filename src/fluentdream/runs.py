@@ -24,7 +24,7 @@ import platform
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -104,7 +104,28 @@ def summary(hist: History, front: Frontier, frontier_ref: tuple[float, float] = 
     for limit in CE_THRESHOLDS:
         below = f[ce < limit]
         out[f"best_target_ce_below_{limit:g}"] = float(below.max()) if len(below) else None
+    if front.post is not None:   # a pre-activation run: the best post value among its frontier points
+        out["best_post"] = float(front.post.max()) if len(front) else None
+        for limit in CE_THRESHOLDS:
+            below = front.post[front.xentropy < limit]
+            out[f"best_post_ce_below_{limit:g}"] = float(below.max()) if len(below) else None
     return out
+
+
+def with_post(lm, target, front: Frontier) -> Frontier:
+    """`front` with each point's post-activation value when `target` reads a pre-activation
+    (DESIGN §5: reports always show it); else `front` unchanged. The K points go through the
+    model once, scored by `target.post`: exact for them, while a prompt off the frontier that
+    has a higher post value is not looked for (frontier points are what reports show)."""
+    if target.post is None:
+        return front
+    if not len(front):
+        return replace(front, post=np.zeros(0))
+    import torch
+
+    from .evaluate import Scorer   # the model stack, only for the runs that need it
+    f, _ = Scorer(lm, target.post, retokenize=False).score(torch.as_tensor(front.ids).long())
+    return replace(front, post=f.double().numpy())
 
 
 def save_run(run_dir: Path, hist: History, front: Frontier, cfg: EPOConfig,
@@ -153,8 +174,8 @@ def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str 
             trackers[i].log(metrics[i](report.history, report.iteration), step=report.iteration)
             bar.update(1)
         hists = epo_many(lm, [(target, cfg) for _, target, cfg, _ in todo], callback=tick)
-    for (d, _, cfg, config), hist, tracker in zip(todo, hists, trackers):
-        front = pareto_frontier([hist], lm.tokenizer)
+    for (d, target, cfg, config), hist, tracker in zip(todo, hists, trackers):
+        front = with_post(lm, target, pareto_frontier([hist], lm.tokenizer))
         save_run(d, hist, front, cfg, config=config,
                  prov=provenance(cfg, device=str(lm.device), end_time=_now(),
                                  dtype=str(lm.dtype).removeprefix("torch."),
@@ -263,7 +284,7 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
         raise
     if hist.meta.get("interrupted"):
         return _save_interrupted(run_dir, hist, done, prov, tracker)
-    front = pareto_frontier([hist], lm.tokenizer)
+    front = with_post(lm, target, pareto_frontier([hist], lm.tokenizer))
     save_run(run_dir, hist, front, cfg, dict(prov, end_time=_now()), config, frontier_ref)
     tracker.log_frontier(front.records())
     tracker.log_file(run_dir / CHECKPOINT, "history")
