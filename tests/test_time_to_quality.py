@@ -1,0 +1,79 @@
+"""benchmarks/time_to_quality.py, the parts that are fluentdream's (no reference checkout needed):
+the first iteration reaching a goal equals brute force, the speed-up of hand-made times is their
+ratio of medians, and a fluentdream run's clock and fp32 hypervolume mean what they say."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import fluentdream as fd
+from conftest import REPO
+from fluentdream.evaluate import Scorer
+
+
+def _load():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_ttq", REPO / "benchmarks" / "time_to_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ttq = _load()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_first_reaching_is_the_brute_force_first(seed):
+    rng = np.random.default_rng(seed)
+    T = int(rng.integers(1, 40))
+    curve = np.cumsum(rng.exponential(size=T) * (rng.random(T) < 0.5))      # non-decreasing, flat runs
+    goal = float(rng.uniform(0, curve[-1] * 1.2 + 1e-9))
+    hits = [t for t in range(1, T + 1) if curve[t - 1] >= goal]
+    assert ttq.first_reaching(lambda t: curve[t - 1], T, goal) == (hits[0] if hits else None)
+
+
+def _rows(theirs, ours):
+    return ([dict(implementation="reference", seconds_to_goal=s) for s in theirs]
+            + [dict(implementation="fluentdream", seconds_to_goal=s) for s in ours])
+
+
+def test_speedup_is_the_ratio_of_median_times_and_counts_runs_that_never_reach():
+    s = ttq.speedup(_rows([10.0, 12.0, 30.0, None, 11.0], [2.0, 3.0, None, 2.5, 100.0]))
+    assert s["ratio"] == pytest.approx(12.0 / 3.0)          # medians: 12 and 3 (None = infinity)
+    assert s["reached"] == {"reference": 4, "fluentdream": 4} and s["runs"] == 5
+    assert s["ci"][0] <= s["ratio"] <= s["ci"][1]
+    summary = ttq.summarize([dict(r, target="a") for r in _rows([10.0] * 3, [2.0] * 3)]
+                            + [dict(r, target="b") for r in _rows([8.0] * 3, [4.0] * 3)])
+    assert summary["all"]["geometric_mean"] == pytest.approx(np.sqrt(5.0 * 2.0))
+    assert "5.00x" in ttq.markdown(summary, 300)
+
+
+def test_fluentdream_clock_and_fp32_hypervolume(tiny_lm):
+    target, cfg = fd.Neuron(1, 4), fd.EPOConfig(iters=4, population_size=4, explore_per_pop=4,
+                                                seq_len=5, topk=16, batch_size=64)
+    runs = ttq.run_fluentdream(tiny_lm, target, cfg, [0, 1])
+    for hist, clock in runs:
+        assert clock.shape == (4,) and np.all(np.diff(clock) > 0) and clock[0] > 0
+    hist = runs[0][0]
+    rules = Scorer(tiny_lm, target)
+    _, f, ce = hist.candidates()
+    corner = (float(ce.max()) + 0.1, float(f.min()) - 0.1)
+    # re-scored frontier of the first t iterations: never above the hypervolume of all their
+    # candidates scored afresh (a lower bound), equal here where the dtype is already fp32
+    for t in (1, 4):
+        ids, _, _ = hist.truncated(t).candidates()
+        f_all, ce_all = rules.score(torch.tensor(ids, dtype=torch.long))
+        everything = fd.frontier_quality(fd.pareto_frontier([(ids, f_all.numpy(), ce_all.numpy())]), *corner)
+        assert ttq.fp32_hypervolume(hist, t, rules, corner) == pytest.approx(everything, rel=1e-5)
+    assert ttq.fp32_hypervolume(hist, 1, None, corner) <= ttq.fp32_hypervolume(hist, 4, None, corner)
+
+
+def test_bad_arguments_are_one_line_errors(capsys):
+    assert ttq.main(["--seeds", "2"]) == 2
+    assert "give --reference" in capsys.readouterr().err
+    assert ttq.main(["--reference", "/nonexistent"]) == 2
+    assert "not a checkout" in capsys.readouterr().err
