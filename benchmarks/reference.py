@@ -347,14 +347,19 @@ def load_results(path: str) -> dict:
     return result
 
 
-def run(args) -> dict:
-    """Validate, load, measure every target; returns what --json holds."""
+def check_run_args(args) -> None:
+    """--reference given; --seeds, --iters and --threads at least 1 (else a one-line UserError)."""
     if not args.reference:
         raise fd.UserError("give --reference PATH (a checkout of Confirm-Solutions/dreamy) "
                            "or --from-json PATH")
     for name in ("seeds", "iters", "threads"):
         if getattr(args, name) < 1:
             raise fd.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+
+
+def run(args) -> dict:
+    """Validate, load, measure every target; returns what --json holds."""
+    check_run_args(args)
     for out in filter(None, (args.json, args.markdown)):     # fail now, not after the runs
         folder = Path(out).expanduser().resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):

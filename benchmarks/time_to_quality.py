@@ -201,12 +201,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> dict:
-    if not args.reference:
-        raise fd.UserError("give --reference PATH (a checkout of Confirm-Solutions/dreamy) or "
-                           "--from-json PATH")
-    for name in ("seeds", "iters", "threads"):
-        if getattr(args, name) < 1:
-            raise fd.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    """Validate, load both models, measure every target; returns what --json holds."""
+    ref.check_run_args(args)
     module = ref.load_reference(args.reference)
     torch.set_num_threads(args.threads)
     dtype = fd.fast_dtype("cpu") if args.dtype == "auto" else args.dtype
