@@ -82,8 +82,19 @@ $(OUT)/.%.done: paper_figures/%.py paper_figures/style.py $(RES)/tables/.done
 figures: $(FIGURES:%=$(OUT)/.%.done) ## the main job: experiments -> tables -> every table and figure
 	@echo "figures and tables written to $(OUT)/:"; ls $(OUT)
 
-bench: install ## speed vs the plain algorithm, 2 and 1 threads (~30 min); writes BENCHMARKS.md
+# Then each experiment's tables, figures and numbers to one W&B run in its group (offline unless
+# logged in, WANDB_MODE above; runs under $(RES)/wandb). W&B failing warns and goes on.
+$(RES)/.wandb_summary.done: analysis/wandb_summary.py $(FIGURES:%=$(OUT)/.%.done)
+	$(PY) -m analysis.wandb_summary --preset $(PRESET) --tables $(RES)/tables --figures $(OUT)
+	@touch $@
+figures: $(RES)/.wandb_summary.done
+
+# REFERENCE: a checkout of Confirm-Solutions/dreamy (read, never vendored) for the time-to-quality table
+REFERENCE ?=
+bench: install ## speed vs the plain algorithm (~30 min); with REFERENCE=PATH, time to quality vs the reference (~35 min)
 	$(PY) benchmarks/run.py --iters 300 --threads 2,1
+	$(if $(REFERENCE),$(PY) benchmarks/time_to_quality.py --reference $(REFERENCE) --threads $(shell nproc) \
+	  --report BENCHMARKS.md,@echo "time to quality skipped: give REFERENCE=PATH (git clone https://github.com/Confirm-Solutions/dreamy PATH)")
 
 embedded-model: install ## rebuild the embedded corpus, tokenizer and model (about 20-30 min)
 	$(PY) experiments/00_build_embedded_model.py

@@ -273,9 +273,10 @@ def main(argv=None) -> None:
     print(text)
 
 
-# Sections of the report file that other benchmark scripts write (benchmarks/reference.py): a
-# re-run of this one keeps them.
-OTHER_SECTIONS = ("## Against the reference implementation",)
+# Sections of the report file that other benchmark scripts write (benchmarks/reference.py and
+# time_to_quality.py): a re-run of this one keeps them.
+OTHER_SECTIONS = ("## Against the reference implementation",
+                  "## Time to quality against the reference implementation")
 
 
 def kept_sections(path: Path) -> str:

@@ -197,7 +197,31 @@ def parser() -> argparse.ArgumentParser:
                     help="fluentdream's dtype; auto = fd.fast_dtype (default: %(default)s)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "time_to_quality.json"),
                     help="where rows, summary and settings go (atomic; default: %(default)s)")
+    ap.add_argument("--report", metavar="MD", help="also write the table as the "
+                    f"'{SECTION}' section of this markdown file (e.g. BENCHMARKS.md), replacing it")
     return ap
+
+
+SECTION = "## Time to quality against the reference implementation"
+
+
+def splice_section(path: Path, result: dict) -> None:
+    """Replace (or append) SECTION in the markdown file at `path`: command, settings, table."""
+    meta = result["meta"]
+    body = (f"{SECTION}\n\n`{meta['command']}` ({meta['model']}, {meta['threads']} thread(s), "
+            f"fluentdream in {meta['fluentdream_dtype']} with each target's {len(meta['seeds'])} "
+            f"seeds batched, the reference in float32; fluentdream {meta['fluentdream_sha']}, "
+            f"reference {meta['reference_sha']}). Definitions: the docstring of "
+            f"benchmarks/time_to_quality.py.\n\n"
+            + markdown(result["summary"], meta["config"]["iters"]) + "\n")
+    old = path.read_text() if path.exists() else ""
+    start = old.find("\n" + SECTION)
+    if start < 0:
+        text = old.rstrip("\n") + "\n\n" + body
+    else:
+        end = old.find("\n## ", start + 1)
+        text = old[:start + 1] + body + (old[end:] if end >= 0 else "")
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def run(args) -> dict:
@@ -239,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown(result["summary"], result["meta"]["config"]["iters"]))
+    if args.report:
+        splice_section(Path(args.report), result)
     return 0
 
 

@@ -77,3 +77,18 @@ def test_bad_arguments_are_one_line_errors(capsys):
     assert "give --reference" in capsys.readouterr().err
     assert ttq.main(["--reference", "/nonexistent"]) == 2
     assert "not a checkout" in capsys.readouterr().err
+
+
+def test_the_report_section_is_replaced_in_place_and_the_rest_kept(tmp_path):
+    rows = [dict(r, target="a") for r in _rows([10.0] * 3, [2.0] * 3)]
+    result = dict(meta=dict(command="python benchmarks/time_to_quality.py", model="m", threads=2,
+                            fluentdream_dtype="bfloat16", seeds=[0, 1, 2], fluentdream_sha="x",
+                            reference_sha="y", config=dict(iters=300)),
+                  summary=ttq.summarize(rows))
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Speed\n\nbefore\n\n## Against the reference implementation\n\nkept\n")
+    ttq.splice_section(md, result)
+    ttq.splice_section(md, result)                          # again: replaced, not appended twice
+    text = md.read_text()
+    assert text.count(ttq.SECTION) == 1 and "5.00x" in text
+    assert text.startswith("# Speed\n\nbefore\n\n## Against the reference implementation\n\nkept\n")
