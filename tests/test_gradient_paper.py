@@ -72,12 +72,16 @@ def test_proposal_gradient_is_the_papers(make_lm, arch):
     want = torch.stack([paper_gradient(lm.model, arch, row, lam) for row, lam in zip(ids, lambdas)])
     torch.testing.assert_close(grad, want, rtol=1e-4, atol=2e-5)
 
-    # What EPO proposes from it: each slot's top-k tokens per position (DESIGN §4 step 2).
-    k = 16
+    assert_proposes_top_k(scorer, ids, lambdas, want)
+
+
+def assert_proposes_top_k(scorer, ids, lambdas, want: torch.Tensor, k: int = 16) -> None:
+    """What EPO proposes for prompts ids (M, n) with penalties (M,) is each slot's top-k tokens
+    per position of the gradient `want` (M, n, V) (DESIGN §4 step 2)."""
     M, n = ids.shape
     state = EPOState(0, ids.numpy(), np.zeros(M, np.float32), np.zeros(M, np.float32),
                      np.zeros((M, n, k), np.int32), np.zeros(M, bool), None)
-    allowed = allowed_tokens(lm)
+    allowed = allowed_tokens(scorer.lm)
     propose(scorer, state, lambdas, allowed, k)
     for i in range(M):
         assert_same_topk(state.topk[i], want[i], allowed, k)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .config import EPOConfig
+from .context import Context
 from .epo import (IterationReport, check_run, initial_prompts, mutate, propose_many,
                   replay_memo, restart, select)
 from .errors import UserError
@@ -44,19 +45,26 @@ def _check_jobs(lm, jobs) -> None:
     first = jobs[0][1]
     for target, cfg in jobs:
         check_run(lm, cfg, target)
-        if cfg.seq_len != first.seq_len or cfg.retokenize != first.retokenize:
-            raise UserError("all jobs of one epo_many call need the same seq_len and retokenize "
-                            f"(got {cfg.seq_len}/{cfg.retokenize} and {first.seq_len}/{first.retokenize}); "
-                            "split them into separate calls")
+        shared = ("seq_len", "retokenize", "prefix", "suffix")   # one Scorer serves every job
+        differ = [k for k in shared if getattr(cfg, k) != getattr(first, k)]
+        if differ:
+            raise UserError(f"all jobs of one epo_many call need the same {', '.join(shared)}; "
+                            f"these differ: {', '.join(differ)}; split them into separate calls")
 
 
 def _start(lm, target: Target, cfg: EPOConfig, which: int, fluency,
-           resume: History | None) -> dict:
+           resume: History | None, context: Context) -> dict:
     """One run's loop variables: a new run (initial prompts drawn, not yet scored) or `resume`."""
     gen = torch.Generator().manual_seed(cfg.seed)
+    ids_of = dict(prefix_ids=list(context.prefix), suffix_ids=list(context.suffix))
     if resume is not None:
         if resume.state is None:
             raise UserError("this History has no saved loop state to resume from")
+        saved = {k: resume.meta.get(k, []) for k in ids_of}
+        if saved != ids_of:
+            raise UserError(f"cannot resume: the History was made with prefix/suffix tokens "
+                            f"{saved}, this config gives {ids_of}; resume with the same "
+                            "prefix and suffix")
         gen.set_state(torch.from_numpy(np.asarray(resume.state.rng_state, dtype=np.uint8)))
         hist, state = resume, resume.state
     else:
@@ -68,7 +76,7 @@ def _start(lm, target: Target, cfg: EPOConfig, which: int, fluency,
                          rng_state=gen.get_state().numpy())
         hist = History(lambdas=cfg.lambdas.copy(), meta=dict(
             config=cfg.to_dict(), target=target.name, model=lm.name,
-            fluency_model=(fluency or lm).name))
+            fluency_model=(fluency or lm).name, **ids_of))
     return dict(target=target, cfg=cfg, gen=gen, state=state, hist=hist, which=which,
                 lambdas=torch.tensor(cfg.lambdas, dtype=torch.float32), best=hist.best_target(),
                 new=resume is None)
@@ -153,8 +161,13 @@ def epo_many(lm, jobs: Sequence[tuple[Target, EPOConfig]], *, fluency=None,
     targets: list[Target] = []
     which = [_target_index(targets, target) for target, _ in jobs]
     cfg0 = jobs[0][1]
-    scorer = scorer or Scorer(lm, targets, fluency, max(c.batch_size for _, c in jobs), cfg0.retokenize)
-    runs = [_start(lm, target, cfg, w, fluency, saved)
+    context = Context.of(lm, cfg0)
+    scorer = scorer or Scorer(lm, targets, fluency, max(c.batch_size for _, c in jobs),
+                              cfg0.retokenize, context=context)
+    if scorer.context != context:
+        raise UserError(f"the given scorer's context {scorer.context} differs from the config's "
+                        f"prefix and suffix {context}; build it with context=Context.of(lm, cfg)")
+    runs = [_start(lm, target, cfg, w, fluency, saved, context)
             for (target, cfg), w, saved in zip(jobs, which, resume)]
     _score_initial(scorer, runs)
     allowed = allowed_tokens(lm)

@@ -53,10 +53,15 @@ def longest_random_prompt(lm) -> int:
     return 1 + int(math.log(MIN_SURVIVAL) / math.log(q))
 
 
-def check_prompt_length(lm, seq_len: int, random_draw: bool) -> None:
-    """Raise UserError when `lm` cannot take seq_len-token prompts, or (random_draw) when random
-    prompts of that length almost never survive decode -> encode."""
+def check_prompt_length(lm, seq_len: int, random_draw: bool, fixed: int = 0) -> None:
+    """Raise UserError when `lm` cannot take seq_len-token prompts with `fixed` more tokens of
+    context (EPOConfig.prefix and suffix) around them, or (random_draw) when random prompts of
+    that length almost never survive decode -> encode."""
     limit = max_positions(lm)
+    if limit is not None and fixed and seq_len + fixed > limit:
+        raise UserError(f"seq_len {seq_len} plus the {fixed} tokens of --prefix and --suffix "
+                        f"exceeds the {limit} positions of model {lm.name!r}; choose --seq-len "
+                        f"<= {limit - fixed} or a shorter prefix/suffix")
     if limit is not None and seq_len > limit:
         raise UserError(f"seq_len {seq_len} exceeds the {limit} positions of model {lm.name!r}; "
                         f"choose --seq-len <= {limit}")

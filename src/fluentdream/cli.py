@@ -42,6 +42,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif default == "":                                   # --prefix, --suffix
+            p.add_argument(flag, default=None, metavar="TEXT", help=f"{text} [default: none]")
         else:
             kind = type(default) if default is not None else str
             p.add_argument(flag, type=kind, default=None, help=f"{text} [default: {default}]")
@@ -134,6 +136,9 @@ def cmd_dream(args: argparse.Namespace) -> int:
               f"resume with: {_command(args, resume=True)}", file=sys.stderr)
         return 130
     print(result.frontier.table())
+    if cfg.prefix or cfg.suffix:
+        print(f"\n(texts are the optimized tokens; the model read them as "
+              f"{cfg.prefix!r} + text + {cfg.suffix!r})")
     print(f"\n{len(result.frontier)} frontier points from {len(result.history)} iterations; "
           f"run saved to {run_dir}")
     _print_wandb(run_dir)

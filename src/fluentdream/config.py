@@ -49,6 +49,12 @@ class EPOConfig:
     """Seeds the initial prompts and every random choice of the run."""
     initial_prompt: str | None = None
     """Start every member from this text instead of random tokens (must encode to seq_len tokens)."""
+    prefix: str = ""
+    """Fixed text before the optimized tokens (a chat template's opening, any context), encoded
+    once with the model's tokenizer and never mutated; CE then scores x's first token too."""
+    suffix: str = ""
+    """Fixed text after the optimized tokens, never mutated; the target reads the whole
+    sequence's last position (fluentdream.context)."""
     retokenize: bool = True
     """Reject prompts whose decoded text does not encode back to the same tokens (target = -inf)."""
     device: str | None = None
@@ -82,6 +88,10 @@ class EPOConfig:
         if not 0 <= self.restart_xentropy_min <= self.restart_xentropy_max:
             raise UserError(f"need 0 <= restart_xentropy_min <= restart_xentropy_max, got "
                             f"{self.restart_xentropy_min} and {self.restart_xentropy_max}")
+        for name in ("prefix", "suffix"):
+            if not isinstance(getattr(self, name), str):
+                raise UserError(f"{name} must be text (a str; empty for none), "
+                                f"got {getattr(self, name)!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import EPOConfig
+from .context import Context
 from .errors import UserError
 from .evaluate import Scorer, allowed_tokens, drawable_tokens, retokenizes
 from .history import EPOState, History
@@ -133,6 +134,7 @@ def restart(f: torch.Tensor, ce: torch.Tensor, M: int, cfg: EPOConfig,
 def check_run(lm, cfg: EPOConfig, target: Target) -> None:
     """Raise UserError for settings that cannot run on `lm`, before anything is computed."""
     from .checks import check_prompt_length
+    context = Context.of(lm, cfg)        # raises for context text that encodes to no tokens
     if cfg.dtype is not None and lm.dtype != DTYPES[cfg.dtype]:
         raise UserError(f"cfg.dtype is {cfg.dtype} but the model is {lm.dtype}; load it with "
                         f"fd.load_model(..., dtype={cfg.dtype!r}) or set dtype=None")
@@ -141,9 +143,10 @@ def check_run(lm, cfg: EPOConfig, target: Target) -> None:
     if cfg.topk > int(allowed_tokens(lm).sum()):
         raise UserError(f"topk={cfg.topk} exceeds the {int(allowed_tokens(lm).sum())} usable tokens")
     target.validate(lm)
-    if hasattr(target, "check_seq_len"):
-        target.check_seq_len(cfg.seq_len)
-    check_prompt_length(lm, cfg.seq_len, random_draw=cfg.retokenize and cfg.initial_prompt is None)
+    if hasattr(target, "check_seq_len"):     # positions count in prefix + x + suffix
+        target.check_seq_len(context.length(cfg.seq_len))
+    check_prompt_length(lm, cfg.seq_len, random_draw=cfg.retokenize and cfg.initial_prompt is None,
+                        fixed=context.P + context.S)
     if cfg.initial_prompt is not None:
         initial_prompts(lm, cfg, torch.Generator())   # raises if it does not fit seq_len
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .context import Context
 from .errors import UserError
 from .packed import (Plan, attention_implementation, once_per_token, packed_attention, packed_nll,
                      pad_rows, unembed_rows)
@@ -210,12 +211,15 @@ class Scorer:
     `forward` take `which` (B,), the target index of every row (fluentdream.batched).
     reuse_prefix=False and memo_size=0 turn the savings off: every prompt then goes through the
     model's own forward pass, unpacked (benchmarks, exactness tests).
+    `context` holds fixed tokens around every prompt (fluentdream.context): the methods take and
+    return the optimized tokens x (B, n) only, and the models read prefix + x + suffix.
     """
 
     def __init__(self, lm, target: Target | Sequence[Target], fluency=None,
                  batch_size: int = 256, retokenize: bool = True, *, reuse_prefix: bool = True,
-                 memo_size: int = 1_000_000):
+                 memo_size: int = 1_000_000, context: Context = Context()):
         self.lm, self.batch_size, self.retokenize = lm, batch_size, retokenize
+        self.context = context
         self.targets = (target,) if isinstance(target, Target) else tuple(target)
         self.sites = tuple(sorted({s for t in self.targets for s in t.sites}))
         self.fluency = fluency if fluency is not None else lm
@@ -263,11 +267,12 @@ class Scorer:
         return f
 
     def _pass(self, model, x=None, emb=None, capture_sites=(), for_target=False):
-        """One forward of `model` on tokens x (B, L) or embeddings emb (B, L, d) -> (acts,
-        logits). Logits of the last position are dropped unless a target reads them: CE never
-        uses them."""
+        """One forward of `model` on whole sequences, tokens x (B, L) or embeddings emb (B, L, d)
+        -> (acts, logits). Logits (B, L, V) where a target reads them, else only those CE reads
+        (B, hi - lo, V), positions lo..hi-1 of Context.ce_span."""
         L = (x if x is not None else emb).shape[1]
-        keep = 0 if (for_target and self.reads_logits) else torch.arange(L - 1, device=model.device)
+        lo, hi = self.context.ce_span(L - self.context.P - self.context.S)
+        keep = 0 if (for_target and self.reads_logits) else torch.arange(lo, hi, device=model.device)
         with capture(self.lm, capture_sites) as acts:
             out = model.model(input_ids=x, inputs_embeds=emb, use_cache=False,
                               logits_to_keep=keep)
@@ -280,32 +285,42 @@ class Scorer:
         Give `ids` (B, n); to differentiate through the embeddings, also `one_hot` (B, n, V)
         (a relaxed one-hot works too) or `embeds`, the (B, n, d) input embeddings of the target
         and of the fluency model. With `one_hot`, CE reads it as the labels too (paper §2):
-        CE = -mean_p sum_v one_hot[p, v] log softmax(logits[p - 1])[v].
+        CE = -mean_p sum_v one_hot[p, v] log softmax(logits[p - 1])[v], over p >= 1 (p >= 0
+        after a prefix, whose last position predicts x's first token). The context's tokens
+        are constants around x (fluentdream.context).
         """
         f, ce, _ = self._forward(ids, one_hot, which, embeds)
         return f, ce
 
     def _forward(self, ids, one_hot, which, embeds):
-        """forward(), also returning the fluency model's logits (B, n - 1, V) that CE read."""
+        """forward(), also returning the fluency model's logits (B, n - first_scored, V) that CE
+        read: row p predicts x[first_scored + p]."""
         if ids is None:
             ids = one_hot.argmax(-1)
-        ids = ids.to(self.lm.device)
+        ids, ctx = ids.to(self.lm.device), self.context
         if one_hot is not None:
             embeds = tuple(one_hot.to(m.device, m.dtype) @ m.model.get_input_embeddings().weight
                            for m in (self.lm, self.fluency))
-        emb, flu_emb = embeds if embeds is not None else (None, None)
-        acts, logits = self._pass(self.lm, None if emb is not None else ids, emb,
+        emb = flu_emb = None
+        if embeds is not None:                     # x's (B, n, d) -> the whole sequence's
+            emb = ctx.wrap_embeds(embeds[0], self.lm.model.get_input_embeddings().weight)
+            flu_emb = emb if self.fluency is self.lm else ctx.wrap_embeds(
+                embeds[1], self.fluency.model.get_input_embeddings().weight)
+        full = ctx.wrap(ids)                                                   # (B, P + n + S)
+        acts, logits = self._pass(self.lm, None if emb is not None else full, emb,
                                   capture_sites=self.sites, for_target=True)
         f = self._values(acts, logits, self._which(which, len(ids)))
+        lo, hi = ctx.ce_span(ids.shape[1])
         if self.fluency is not self.lm:
-            x = None if flu_emb is not None else ids.to(self.fluency.device)
+            x = None if flu_emb is not None else full.to(self.fluency.device)
             _, logits = self._pass(self.fluency, x, flu_emb)
-        n = ids.shape[1]
-        logits = logits[:, :n - 1]
+        elif self.reads_logits:
+            logits = logits[:, lo:hi]                  # the target's pass kept every position
+        first = ctx.first_scored()
         if one_hot is None:
-            ce = _nll(logits, ids[:, 1:]).mean(1)
+            ce = _nll(logits, ids[:, first:]).mean(1)
         else:
-            labels = one_hot[:, 1:].to(logits.device).float()
+            labels = one_hot[:, first:].to(logits.device).float()
             ce = -(labels * logits.float().log_softmax(-1)).sum(-1).mean(1)
         return f, ce.to(f.device), logits
 
@@ -379,19 +394,22 @@ class Scorer:
 
     def _score_new(self, ids, parents, which) -> tuple[torch.Tensor, torch.Tensor]:
         """Distinct unseen rows -> (f, ce): reject, then packed passes over chunks of rows, each
-        with the distinct parents its rows reuse (fluentdream.packed)."""
+        with the distinct parents its rows reuse (fluentdream.packed). The context's prefix is
+        part of what a child shares with its parent, so it is computed for parents only."""
         f = torch.full((len(ids),), -torch.inf)
         ce = torch.full((len(ids),), torch.nan)
         keep = torch.from_numpy(~self.rejected(ids, which)).nonzero().squeeze(1)
         if len(keep) == 0:
             return f, ce
-        ids, which = ids[keep], which[keep]
+        ids, which, ctx = ids[keep], which[keep], self.context
         start = torch.zeros(len(ids), dtype=torch.long)    # first position each row computes
         owner = uniq = None
         if parents is not None and self.reuse_prefix:
             diff = ids != parents[keep]
-            start = torch.where(diff.any(1), diff.int().argmax(1), 0)  # identical rows: full pass
+            start = torch.where(diff.any(1), ctx.P + diff.int().argmax(1), 0)  # identical: full
             uniq, owner = torch.unique(parents[keep], dim=0, return_inverse=True)
+            uniq = ctx.wrap(uniq)
+        ids = ctx.wrap(ids)                                   # (B, P + n + S) from here on
         fk, cek = torch.empty(len(ids)), torch.empty(len(ids))
 
         def run(a, b):
@@ -414,9 +432,9 @@ class Scorer:
         return f, ce
 
     def _packed(self, ids, start, src, which) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n) rows, row b computing positions start[b].. and taking the rest from row src[b]
-        -> (f, ce) (B,) on CPU, from one packed pass (per model). Dummy rows pad the packed
-        length to a multiple of SHAPE_STEP tokens (fluentdream.packed.padded)."""
+        """(B, N) whole sequences, row b computing positions start[b].. and taking the rest from
+        row src[b] -> (f, ce) (B,) on CPU, from one packed pass (per model). Dummy rows pad the
+        packed length to a multiple of SHAPE_STEP tokens (fluentdream.packed.padded)."""
         B = len(ids)
         ids, start, src, which = pad_rows(ids, start, src, which)
         dev, n = self.lm.device, ids.shape[1]
@@ -430,7 +448,8 @@ class Scorer:
             plan, ids = Plan.build(start.to(fdev), src.to(fdev), n), ids.to(fdev)
             hidden, _ = self._trunk(self.fluency, ids, plan, ())
         self.counts["model_tokens"] += len(plan.pos)
-        ce = packed_nll(hidden, self.fluency.unembed, plan, ids).mean(1)
+        lo, hi = self.context.ce_span(n - self.context.P - self.context.S)
+        ce = packed_nll(hidden, self.fluency.unembed, plan, ids, lo + 1, hi + 1).mean(1)
         return f[:B].cpu(), ce[:B].cpu()
 
     def _trunk(self, lm, ids: torch.Tensor, plan: Plan, sites) -> tuple[torch.Tensor, dict]:
@@ -471,7 +490,8 @@ class Scorer:
         The one-hot X is both the models' input (embeddings X @ E) and CE's labels (paper §2,
         DESIGN §4 step 2), so dCE/dX has two parts: the path through the embeddings, and the label
         term -log p(v | tokens < p) / (n - 1) at positions p >= 1, read off the fluency logits
-        this pass computes anyway. Every slot gets the gradient of its own objective, with its own
+        this pass computes anyway (after a prefix: / n at every position p >= 0, the prefix being
+        part of "tokens < p"). Only the optimized tokens are differentiated. Every slot gets the gradient of its own objective, with its own
         lambda (DESIGN §4 step 7). The objective is linear in lambda, so each distinct prompt is
         differentiated once, for f and for CE, and slots combine the two: after a restart all M
         slots hold one prompt, and on average fewer than half of the slots hold distinct ones.
@@ -499,8 +519,10 @@ class Scorer:
                 g_f[a:b] = one_hot_grad(torch.autograd.grad(f.sum(), embs, retain_graph=True,
                                                             allow_unused=True))
                 g_ce[a:b] = one_hot_grad(torch.autograd.grad(ce.sum(), embs, allow_unused=True))
-            # The label term: CE = -1/(n-1) sum_{p>=1} sum_v X[p, v] log softmax(logits[p-1])[v].
-            g_ce[a:b, 1:] -= logits.detach().float().log_softmax(-1).cpu() / (n - 1)
+            # The label term: CE = -1/(n-1) sum_{p>=1} sum_v X[p, v] log softmax(logits[p-1])[v]
+            # (p >= 0 and 1/n after a prefix); logits row j predicts x[first + j].
+            first = self.context.first_scored()
+            g_ce[a:b, first:] -= logits.detach().float().log_softmax(-1).cpu() / (n - first)
         self._in_chunks(len(uniq), run)
         return g_f[inv] - lambdas.float()[:, None, None] * g_ce[inv]
 

@@ -241,15 +241,20 @@ def unembed_rows(unembed, hidden: torch.Tensor, index: torch.Tensor) -> torch.Te
     return unembed(hidden[torch.cat([index, pad])])[:len(index)]
 
 
-def packed_nll(hidden: torch.Tensor, unembed, plan: Plan, ids: torch.Tensor) -> torch.Tensor:
-    """Final hidden states (T, d) of the packed tokens -> (B, n - 1) float32 next-token losses
-    (entry j: the loss of token j + 1), unembedding a few hundred rows at a time so the float32
-    logits stay in cache instead of making a (T, V) round trip through memory.
+def packed_nll(hidden: torch.Tensor, unembed, plan: Plan, ids: torch.Tensor, first: int = 1,
+               stop: int | None = None) -> torch.Tensor:
+    """Final hidden states (T, d) of the packed tokens -> (B, stop - first) float32 next-token
+    losses of the tokens at positions first..stop-1 (default 1..n-1; entry j: the loss of token
+    first + j), unembedding a few hundred rows at a time so the float32 logits stay in cache
+    instead of making a (T, V) round trip through memory. Positions outside that range (a fixed
+    prefix and suffix, fluentdream.context) are not unembedded.
 
-    A row's losses of tokens 1..start-1 are its source's (same tokens, same context); the loss of
-    its token at `start` comes from the source's logits at start - 1."""
+    A row's losses of tokens before `start` are its source's (same tokens, same context); the
+    loss of its token at `start` comes from the source's logits at start - 1."""
     B, n = plan.B, plan.n
-    rows = (plan.pos < n - 1).nonzero().squeeze(1)           # position n - 1 predicts nothing
+    stop = n if stop is None else stop
+    assert 1 <= first < stop <= n, (first, stop, n)
+    rows = ((plan.pos >= first - 1) & (plan.pos < stop - 1)).nonzero().squeeze(1)  # the predictors
     nxt = ids[plan.row[rows], plan.pos[rows] + 1]
     own = torch.zeros(len(plan.pos), dtype=torch.float32, device=hidden.device)
     chunk = max(256, (1 << 20) // unembed.out_features)
@@ -257,12 +262,12 @@ def packed_nll(hidden: torch.Tensor, unembed, plan: Plan, ids: torch.Tensor) -> 
         r = rows[a:a + chunk]
         own[r] = F.cross_entropy(unembed_rows(unembed, hidden, r).float(), nxt[a:a + chunk],
                                  reduction="none")
-    nll = own[plan.source.view(B, n)[:, :-1]]
-    b = (plan.start > 0).nonzero().squeeze(1)
+    nll = own[plan.source.view(B, n)[:, first - 1:stop - 1]]
+    b = ((plan.start >= first) & (plan.start < stop)).nonzero().squeeze(1)
     if len(b):                              # the swapped token, read off the source's logits
         p = plan.start[b]
         at, inv = torch.unique(plan.index(plan.src[b], p - 1), return_inverse=True)
         logits = unembed_rows(unembed, hidden, at).float()               # (A, V), A <= U (n - 1)
         lse = torch.logsumexp(logits, dim=-1)
-        nll[b, p - 1] = lse[inv] - logits[inv, ids[b, p]]
+        nll[b, p - first] = lse[inv] - logits[inv, ids[b, p]]
     return nll
