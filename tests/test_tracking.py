@@ -1,5 +1,6 @@
 """W&B tracking: mode resolution, incremental metrics, an offline run read back with W&B's own
-tool (`wandb leet inspect`), and a W&B that cannot be reached (DESIGN §7)."""
+tool (`wandb leet inspect`) and the table files its records point to, the frontier table (with
+post-activation values for a pre-activation target), and a W&B that cannot be reached (DESIGN §7)."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import fluentdream as fd
-from fluentdream.runs import is_complete, read_json, run_dream
+from fluentdream.runs import dream_many, is_complete, read_json, run_dream
 from fluentdream.tracking import IterationMetrics, NullTracker, resolve_mode, start_tracker
 
 CFG = fd.EPOConfig(iters=7, population_size=3, explore_per_pop=6, topk=16, restart_frequency=3,
@@ -63,13 +64,53 @@ def test_incremental_metrics_equal_rebuilt_frontier(hist, tiny_lm):
         metrics(hist, 0)                                   # out of order
 
 
-def _wandb_records(run_dir: Path) -> list[dict]:
-    """Every record of the run's .wandb log, decoded by W&B's own inspector."""
+def inspect_log(log: Path) -> list[dict]:
+    """Every record of a .wandb log, decoded by W&B's own inspector."""
     wandb_bin = shutil.which("wandb") or str(Path(fd.__file__).parents[2] / ".venv/bin/wandb")
-    log, = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     out = subprocess.run([wandb_bin, "leet", "inspect", "--json", str(log)], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of the one offline W&B run under run_dir/wandb."""
+    log, = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    return inspect_log(log)
+
+
+def final_summary(records: list[dict]) -> dict:
+    """The run summary after every update, as a synced run would show it."""
+    out: dict = {}
+    for r in records:
+        if r["type"] == "summary":
+            out.update(r["summary"].get("update", {}))
+    return out
+
+
+def logged_table(log: Path, ref: dict) -> list[dict]:
+    """The rows of a wandb.Table logged by the run of the .wandb `log`, from the file its
+    summary entry points to (the file `wandb sync` uploads), as one dict per row."""
+    table = json.loads((log.parent / "files" / ref["path"]).read_text())
+    assert ref["_type"] == "table-file" and ref["nrows"] == len(table["data"])
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def check_frontier_table(run_dir: Path, records: list[dict]) -> list[dict]:
+    """The run summary's `frontier` table holds frontier.json's points, in order, each with
+    the first iteration whose pool held its prompt (found here by looking at every candidate)."""
+    hist, front = fd.History.load(run_dir / "history.npz"), read_json(run_dir / "frontier.json")
+    log, = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = logged_table(log, final_summary(records)["frontier"])
+    post = ["post"] if "post" in front[0] else []
+    assert list(rows[0]) == ["text", "target", *post, "xentropy", "perplexity", "iteration"]
+    assert len(rows) == len(front) > 0
+    T, P, _ = hist.ids.shape
+    for row, point in zip(rows, front):
+        for key in ("text", "target", *post, "xentropy", "perplexity"):
+            assert row[key] == point[key]
+        first = min(t for t in range(T) for p in range(P) if hist.ids[t, p].tolist() == point["ids"])
+        assert row["iteration"] == first
+    return rows
 
 
 def test_offline_run_reads_back_equal_to_history(tiny_lm, tmp_path):
@@ -102,10 +143,19 @@ def test_offline_run_reads_back_equal_to_history(tiny_lm, tmp_path):
     config = run["config"]["update"]
     assert (config["frontier_ref_xentropy"], config["frontier_ref_target"]) == REF
     assert config["topk"] == CFG.topk and config["target"] == "L1.N5"
-    final = [r["summary"]["update"] for r in records if r["type"] == "summary"]
-    assert any(u.get("frontier", {}).get("nrows") == summary["frontier_points"] for u in final)
+    assert final_summary(records)["frontier"]["nrows"] == summary["frontier_points"]
+    assert "post" not in check_frontier_table(run_dir, records)[0]    # a post-activation target
     artifacts = [r["artifact"] for r in records if r["type"] == "artifact"]
     assert any(a["type"] == "history" for a in artifacts)
+
+
+def test_pre_activation_frontier_table_shows_post_values(tiny_lm, tmp_path):
+    """dream_many's runs get the frontier table too; a pre-activation target's has `post`."""
+    target = fd.parse_target("L1.N5:pre", tiny_lm)
+    run_dir, = dream_many(tiny_lm, [(target, CFG)], tmp_path, wandb="offline",
+                          project="fluentdream-tests")
+    rows = check_frontier_table(run_dir, _wandb_records(run_dir))
+    assert all(math.isfinite(r["post"]) for r in rows)
 
 
 def test_unreachable_wandb_keeps_the_local_run(tiny_model_dir, tmp_path):

@@ -180,7 +180,7 @@ def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str 
                  prov=provenance(cfg, device=str(lm.device), end_time=_now(),
                                  dtype=str(lm.dtype).removeprefix("torch."),
                                  wandb_run_id=tracker.run_id, batched=len(todo)))
-        tracker.log_frontier(front.records())
+        tracker.log_frontier(front.records(), hist)
         tracker.finish()
     return dirs
 
@@ -286,7 +286,7 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
         return _save_interrupted(run_dir, hist, done, prov, tracker)
     front = with_post(lm, target, pareto_frontier([hist], lm.tokenizer))
     save_run(run_dir, hist, front, cfg, dict(prov, end_time=_now()), config, frontier_ref)
-    tracker.log_frontier(front.records())
+    tracker.log_frontier(front.records(), hist)
     tracker.log_file(run_dir / CHECKPOINT, "history")
     tracker.finish()
     return RunResult(run_dir, hist, front, True)

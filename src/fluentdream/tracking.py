@@ -3,7 +3,7 @@
     tracker = start_tracker("auto", run_dir, config, project="fluentdream")  # or NullTracker()
     metrics = IterationMetrics(ref_xentropy=6.0, ref_target=0.0)
     tracker.log(metrics(hist, t), step=t)          # after every iteration t = 0, 1, 2, ...
-    tracker.log_frontier(front.records()); tracker.log_file(run_dir / "history.npz", "history")
+    tracker.log_frontier(front.records(), hist); tracker.log_file(run_dir / "history.npz", "history")
     tracker.finish()
 
 Metric namespace (one W&B history record per EPO iteration, step = iteration index):
@@ -15,6 +15,13 @@ Metric namespace (one W&B history record per EPO iteration, step = iteration ind
   epo/frontier_points                        number of points on that frontier
   epo/restart_lambda                         lambda_r, only at iterations with a restart
   perf/seconds_per_iteration, perf/candidates_per_second
+At the end, the run summary's `frontier` is the Pareto frontier as a table: text, target, post
+(the post-activation value, for a pre-activation target only), xentropy, perplexity, and the
+iteration whose pool first held the prompt.
+
+An experiment's summary run (analysis/wandb_summary.py) gets `log_summary`: its tables as
+wandb.Table under tables/, its figures as wandb.Image under figures/ (HTML pages as wandb.Html
+under html/), and its numbers in the run summary.
 
 `wandb` is imported only when a W&B tracker starts. Every W&B call is guarded: if W&B fails
 (unreachable, quota, a bug), a warning is logged, W&B is dropped for the rest of the run, and the
@@ -33,6 +40,7 @@ import numpy as np
 
 from .errors import UserError
 from .frontier import frontier_indices, frontier_quality
+from .history import History
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +53,9 @@ class Tracker(Protocol):
     run_id: str | None
 
     def log(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_frontier(self, records: list[dict]) -> None: ...
+    def log_frontier(self, records: list[dict], history: History) -> None: ...
     def log_file(self, path: Path, kind: str) -> None: ...
+    def log_summary(self, tables: dict, figures: list[Path], summary: dict) -> bool | None: ...
     def finish(self, exit_code: int = 0) -> None: ...
 
 
@@ -58,10 +67,13 @@ class NullTracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         pass
 
-    def log_frontier(self, records: list[dict]) -> None:
+    def log_frontier(self, records: list[dict], history: History) -> None:
         pass
 
     def log_file(self, path: Path, kind: str) -> None:
+        pass
+
+    def log_summary(self, tables: dict, figures: list[Path], summary: dict) -> None:
         pass
 
     def finish(self, exit_code: int = 0) -> None:
@@ -96,11 +108,35 @@ class WandbTracker:
         self.run.log(metrics, step=step)
 
     @_guarded
-    def log_frontier(self, records: list[dict]) -> None:
+    def log_frontier(self, records: list[dict], history: History) -> None:
+        """frontier.json's records (Frontier.records()) as a table, with the iteration each
+        point was found in, read from the run's History."""
         import wandb
-        cols = ["target", "xentropy", "perplexity", "text"]
+        cols = ["text", "target", "post", "xentropy", "perplexity"]
+        cols = [c for c in cols if c != "post" or (records and "post" in records[0])]
+        found = first_iterations(history, [r["ids"] for r in records])
         self.run.summary["frontier"] = wandb.Table(
-            columns=cols, data=[[r[c] for c in cols] for r in records])
+            columns=cols + ["iteration"],
+            data=[[r[c] for c in cols] + [int(t)] for r, t in zip(records, found)])
+
+    @_guarded
+    def log_summary(self, tables: dict, figures: list[Path], summary: dict) -> bool | None:
+        """One experiment's results as step 0: each DataFrame in `tables` as tables/<name>, each
+        image file in `figures` as figures/<stem> and each .html page as html/<stem> (dots in the
+        stem as underscores); `summary` (JSON values) into the run summary. True when logged;
+        None when W&B failed (warned)."""
+        import wandb
+        media = {f"tables/{name}": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))
+                 for name, df in tables.items()}   # NaN -> null: W&B writes NaN as bare JSON
+        for path in map(Path, figures):
+            stem = path.stem.replace(".", "_")   # W&B flattens nested keys with dots
+            if path.suffix == ".html":
+                media[f"html/{stem}"] = wandb.Html(path.read_text())
+            else:
+                media[f"figures/{stem}"] = wandb.Image(str(path))
+        self.run.log(media, step=0)
+        self.run.summary.update(summary)
+        return True
 
     @_guarded
     def log_file(self, path: Path, kind: str) -> None:
@@ -154,7 +190,7 @@ def start_tracker(mode: str, run_dir: Path, config: dict, *, project: str = "flu
     try:
         import wandb
     except ImportError:
-        log.warning("wandb is not installed (pip install 'fluentdream[tracking]'); not tracking")
+        log.warning("wandb is not installed (pip install wandb); not tracking")
         return NullTracker()
     for attempt in ([mode, "offline"] if mode == "online" else [mode]):
         try:
@@ -165,6 +201,18 @@ def start_tracker(mode: str, run_dir: Path, config: dict, *, project: str = "flu
         except Exception as e:  # noqa: BLE001 - W&B must never take the local run down
             log.warning("W&B %s start failed (%s: %s)", attempt, type(e).__name__, e)
     return NullTracker()
+
+
+def first_iterations(history: History, prompts) -> np.ndarray:
+    """(K, n) prompts -> (K,) for each, the first iteration whose pool held it (its parents or
+    children), by comparing it with every recorded candidate."""
+    pool = history.ids                                        # (T, P, n)
+    out = np.zeros(len(prompts), dtype=int)
+    for k, row in enumerate(prompts):
+        seen = (pool == np.asarray(row, dtype=pool.dtype)).all(-1).any(-1)    # (T,)
+        assert seen.any(), "a frontier prompt that no iteration scored"
+        out[k] = int(seen.argmax())
+    return out
 
 
 class IterationMetrics:
