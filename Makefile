@@ -26,7 +26,10 @@ THREADS := $(if $(filter 1,$(JOBS)),$(shell nproc),1)
 
 # 04 (the most runs) first, so it starts as soon as its inputs exist and the rest runs beside it.
 EXPERIMENTS := 01_fluency_calibration 04_seed_variance 02_token_logits 03_six_neurons \
-               05_dream_vs_dataset 06_polysemantic_neuron 07_residual_directions 08_companion_phi2
+               05_dream_vs_dataset 06_polysemantic_neuron 07_residual_directions 08_companion_phi2 \
+               10_sae_latents
+# 10 counts trigger families on 05's sampled-neuron runs too, so it waits for 05 to finish.
+$(RES)/.10_sae_latents.done: $(RES)/.05_dream_vs_dataset.done
 FIGURES := $(basename $(notdir $(wildcard paper_figures/fig*.py paper_figures/table*.py))) frontier_plots
 
 .DEFAULT_GOAL := help

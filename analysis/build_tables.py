@@ -18,7 +18,7 @@ from fluentdream.history import atomic_write
 
 from . import numbers
 
-MODULES = ("fluency", "frontiers", "seeds", "dataset", "residual", "units")
+MODULES = ("fluency", "frontiers", "seeds", "dataset", "residual", "sae_latents", "units")
 
 
 def _write_csv(path: Path, df) -> None:

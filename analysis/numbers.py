@@ -39,7 +39,7 @@ import pandas as pd
 
 from fluentdream.runs import git_info
 
-from . import dataset, stats
+from . import dataset, sae_latents, stats
 
 SCHEMA, SCHEMA_VERSION = "fluentdream.numbers", 1
 OFF = 0.1   # a post-GELU activation at most this is "off": GELU's floor is -0.17, stuck runs end at -0.00
@@ -369,7 +369,7 @@ def residual(t: dict, index: pd.DataFrame) -> dict:
 
 
 CLAIMS = (fluency, logits, six_neurons, seeds, growth, restarts, dream_vs_dataset, sampled_neurons,
-          attribution, residual)
+          attribution, residual, sae_latents.claims)
 
 
 def build(tables: dict[str, pd.DataFrame]) -> dict[str, dict]:

@@ -299,6 +299,32 @@ def _layers_holds(n: Numbers) -> str:
     return "yes" if 0 < low < len(vals) - 1 else "no: lowest at an end layer"
 
 
+def _sae(n: Numbers) -> str:
+    k = n.n["sae.dream_wins"]["n"]
+    return (f"{k} live latents, in distribution: dream {n.ci('sae.dream.median')} vs dataset "
+            f"{n.ci('sae.dataset.median')} (medians); dream − dataset "
+            f"{n.ci('sae.dream_minus_dataset')} ({n.p('sae.dream_minus_dataset')}); the dream wins "
+            f"on {n.v('sae.dream_wins')} of {k} (share {n.ci('sae.dream_wins.share')}, Clopper-Pearson)")
+
+
+def _sae_holds(n: Numbers) -> str:
+    """yes when the dream wins on at least 80% of the latents (issue 15's goal), partly on most."""
+    share = n.value("sae.dream_wins.share")
+    return "yes" if share >= 0.8 else ("partly: " if share > 0.5 else "no: ") + f"{share:.0%} < 80%"
+
+
+def _pre_post(n: Numbers) -> str:
+    return (f"best post value in distribution, median over latents: via the pre-activation "
+            f"{n.ci('sae.pre.median')}, via the latent {n.ci('sae.dream.median')}; pre − post "
+            f"{n.ci('sae.pre_minus_post')} ({n.p('sae.pre_minus_post')})")
+
+
+def _families(n: Numbers) -> str:
+    return (f"trigger families (last token) among the top in-distribution dreams, median: latents "
+            f"{n.ci('sae.families.latent.median')}, neurons {n.ci('sae.families.neuron.median')} "
+            f"({n.p('sae.families.latent_minus_neuron')})")
+
+
 ROWS = (
     Row("fluency", "CE of n-token corpus slices falls with n (§3, Fig 5a)", "01_fluency_calibration",
         "n = 2, 4, 8, 12, 16, 24, 32: 5.89, 4.95, 4.16, 3.75, 3.50, 3.17, 2.97; SD at 12: 1.1",
@@ -344,6 +370,16 @@ ROWS = (
     Row("layers", "Alignment lowest mid-network (§3.5, Fig 6)", "07_residual_directions",
         "7.60, 7.39, 6.92, 6.75, 6.77, 7.47, 7.91", "`fig6_residual_layers.png`",
         _layers, _layers_holds),
+    Row("sae_latents", "SAE latents dream like neurons: the best in-distribution dream beats the "
+        "latent's best dataset window on ≥ 80% of live latents (proposed, §4)", "10_sae_latents",
+        "— (proposed, §4)", "`fig7_sae_latents.png`", _sae, _sae_holds),
+    Row("sae_pre_post", "Optimizing a latent's pre-activation reaches higher post-activation values "
+        "at equal iterations (the EPO authors' SAE follow-up)", "10_sae_latents",
+        "— (\"easier\", no number)", "`fig7_sae_latents.png`", _pre_post,
+        _tested("sae.pre_minus_post", 1, "optimizing the latent itself is higher")),
+    Row("sae_families", "Latents are less polysemantic than neurons: fewer trigger families among "
+        "the top dreams (§3.4, §4)", "10_sae_latents", "— (proposed, §4)", "`fig7_sae_latents.png`",
+        _families, _tested("sae.families.latent_minus_neuron", -1, "latents show more families")),
     Row("companion", "Phi-2 L8.N1 walkthrough (companion page)", "08_companion_phi2", "—", "—",
         lambda n: "not run here", lambda n: "—"),
 )

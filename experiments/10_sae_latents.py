@@ -1,4 +1,4 @@
-"""10 · Dreams of SAE latents: vs their dataset examples, pre- vs post-activation, trigger families.
+"""10 · Dreams of SAE latents: vs dataset examples, pre- vs post-activation, trigger families.
 
     python experiments/10_sae_latents.py                  # -> results/embedded/10_sae_latents
     python experiments/10_sae_latents.py --preset smoke   # seconds
@@ -6,9 +6,9 @@
 The paper closes (§4) by proposing sparse-autoencoder features in place of polysemantic neurons;
 the EPO authors' follow-up dreams SAE latents and optimizes each latent's pre-activation. On the
 SAE shipped with the package (embedded-L2: TopK, 2048 latents, residual entering block 2):
-1. mine the top-k dataset examples of every latent in one pass (as `fluentdream mine --sae`),
-   each re-scored alone as the 12-token window ending at its max token;
-2. draw `latents` live latents by LIVE_RULE;
+1. scan the corpus once for the top-k examples of every latent (as `fluentdream mine --sae`);
+2. draw `latents` live latents by LIVE_RULE, and re-score their examples alone as the 12-token
+   window ending at the max token (the others are never compared with a dream);
 3. dream each latent twice at equal iterations, in lockstep: on the latent itself (post) and on
    its pre-activation (`sae:...:j:pre`);
    a. best in-distribution dream (post run) vs the latent's best in-distribution dataset window:
@@ -41,9 +41,10 @@ NAME = "10_sae_latents"
 LIVE_RULE = ("live = the latent fires (activation > 0 after its activation function) somewhere in "
              "the scanned tokens; `latents` of them drawn with pandas .sample(random_state=0)")
 FAMILY_RULE = ("a dream's trigger family is its last token, stripped and lower-cased (the family "
-               "of 05's RULE); a run's families = the distinct families among its distinct "
-               "candidates with CE <= the in-distribution limit whose value reaches at least "
-               "`family_share` of the run's best such value (no count when that best is <= 0)")
+               "of 05's RULE); a run's top dreams are its distinct candidates with CE <= the "
+               "in-distribution limit whose value reaches at least `family_share` of the run's "
+               "best such value (none when that best is <= 0); its families are those holding at "
+               "least `family_min_share` of its top dreams (a family found once is noise)")
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,7 @@ class Config:
     dataset: str = "embedded"
     """Corpus mined for examples (mining.DataSource)."""
     mine_tokens: int | None = 200_000
-    """Dataset tokens scanned; 200k of the embedded corpus, as 05 (about 40 s of scan and
-    re-scoring for the 2048 latents on one thread)."""
+    """Dataset tokens scanned; 200k of the embedded corpus, as 05 (about 25 s on one thread)."""
     top_k: int = 64
     """Examples kept per latent (paper §3.3: the top 64)."""
     latents: int = 8
@@ -77,7 +77,9 @@ class Config:
     topk: int = 512
     """k (Table 1: 512)."""
     family_share: float = 0.5
-    """FAMILY_RULE's bar, as a share of the run's best in-distribution value."""
+    """FAMILY_RULE's bar for a top dream, as a share of the run's best in-distribution value."""
+    family_min_share: float = 0.05
+    """FAMILY_RULE's share of a run's top dreams that a family must hold to count."""
     calibration_slices: int = 1024
     """12-token validation slices for the in-distribution CE limit when neither 05 nor 01 has
     written one."""
@@ -96,8 +98,8 @@ PRESETS = {
 def threshold(preset_dir: Path, lm, cfg: Config) -> dict:
     """05's in-distribution CE limit (mean + 2 SD of 12-token slices, paper §3): its
     threshold.json, else 01's thresholds.json, else computed here on the validation split."""
-    for path, key in ((preset_dir / "05_dream_vs_dataset" / "threshold.json", "threshold"),
-                      (preset_dir / "01_fluency_calibration" / "thresholds.json", "in_distribution")):
+    for path, key in ((preset_dir / "05_dream_vs_dataset/threshold.json", "threshold"),
+                      (preset_dir / "01_fluency_calibration/thresholds.json", "in_distribution")):
         if path.exists():
             return dict(threshold=runs.read_json(path)[key], source=str(path))
     split = "validation" if cfg.dataset == "embedded" else "train"
@@ -114,6 +116,12 @@ def sample_live(top: pd.Series, n: int) -> list[str]:
                   key=lambda t: int(t.rsplit(":", 1)[1]))
 
 
+def sample_neurons(top: pd.Series, n: int) -> list[str]:
+    """05's rule for its sampled neurons, used when 05 has not run: n neurons drawn (seed 0)
+    among those whose top example is at least the layer's median top activation."""
+    return sorted(top[top >= top.median()].sample(n=min(n, len(top)), random_state=0).index)
+
+
 def neuron_runs(preset_dir: Path) -> list[Path]:
     """05's seed-0 runs on its sampled neurons (their family counts), if 05 has made them."""
     exp = preset_dir / "05_dream_vs_dataset"
@@ -124,24 +132,40 @@ def neuron_runs(preset_dir: Path) -> list[Path]:
                   and d.name.split("__")[1] in names)
 
 
-def sample_neurons(examples: pd.DataFrame, n: int) -> list[str]:
-    """05's rule for its sampled neurons, used when 05 has not run: n neurons drawn (seed 0)
-    among those whose top example is at least the layer's median top activation."""
-    top = examples[examples["target"].str.startswith("L")].groupby("target")["activation"].max()
-    return sorted(top[top >= top.median()].sample(n=min(n, len(top)), random_state=0).index)
-
-
-def mine(lm, sae, cfg: Config, mine_dir: Path, neuron_layer: int | None) -> pd.DataFrame:
-    """Top-k examples of every latent (and every neuron of `neuron_layer`), in one pass."""
-    if not (mine_dir / "summary.json").exists():
-        features = [mining.sae_latents(sae)] + ([mining.neurons(neuron_layer)]
-                                                if neuron_layer is not None else [])
-        with tqdm(total=cfg.mine_tokens, desc=f"mine {sae.label}", unit="tok") as bar:
-            res = mining.mine(lm, mining.DataSource(cfg.dataset), features,
-                              mining.MineConfig(top_k=cfg.top_k, tokens=cfg.mine_tokens),
-                              progress=bar.update)
-        mining.save(res, mine_dir)
-    return pd.read_parquet(mine_dir / "examples.parquet", columns=["target", "activation"])
+def mine(lm, sae, cfg: Config, mine_dir: Path, neuron_layer: int | None) -> tuple[list, list]:
+    """Scan once for the top-k examples of every latent (and every neuron of `neuron_layer`),
+    draw the latents (and neurons) to dream, and re-score only their examples alone: the
+    other 2040 latents' 130k windows would cost ~85 s and are never compared with a dream.
+    -> (latents, neurons); mining/ holds examples.parquet, top.parquet and summary.json."""
+    if (mine_dir / "summary.json").exists():
+        chosen = runs.read_json(mine_dir / "summary.json")["chosen"]
+        return chosen["latents"], chosen["neurons"]
+    features = [mining.sae_latents(sae)] + ([mining.neurons(neuron_layer)]
+                                            if neuron_layer is not None else [])
+    mcfg = mining.MineConfig(top_k=cfg.top_k, tokens=cfg.mine_tokens)
+    source = mining.DataSource(cfg.dataset)
+    t0 = time.perf_counter()
+    with tqdm(total=cfg.mine_tokens, desc=f"scan {sae.label}", unit="tok") as bar:
+        tops, stats = mining.scan(lm, source, features, mcfg, progress=bar.update)
+    top = pd.concat([pd.Series(t.values[:, 0].numpy(), index=f.names(lm))    # (F,) best in context
+                     for f, t in zip(features, tops)])
+    latents = sample_live(top[top.index.str.startswith("sae:")], cfg.latents)
+    neurons = (sample_neurons(top[top.index.str.startswith("L")], cfg.latents)
+               if neuron_layer is not None else [])
+    keep = set(latents + neurons)
+    masked = [mining.TopK(torch.where(torch.tensor([n in keep for n in f.names(lm)])[:, None],
+                                      t.values, -torch.inf), t.doc, t.pos, t.windows)
+              for f, t in zip(features, tops)]          # -inf rows are not re-scored
+    t1 = time.perf_counter()
+    examples = mining.rescore(lm, features, masked, mcfg)
+    summary = mining.summary(lm, source, features, mcfg, stats, "local", 1, t1 - t0,
+                             time.perf_counter() - t1)
+    mining.write_parquet(top.rename("top_activation").rename_axis("target").reset_index(),
+                         mine_dir / "top.parquet")
+    mining.save(mining.MineResult(examples, dict(summary, chosen=dict(
+        latents=latents, neurons=neurons, rule=LIVE_RULE,
+        live=int((top[top.index.str.startswith("sae:")] > 0).sum())))), mine_dir)
+    return latents, neurons
 
 
 def best_post(lm, post_target, run_dir: Path, limit: float, chunk: int = 256) -> dict:
@@ -170,7 +194,7 @@ def best_post(lm, post_target, run_dir: Path, limit: float, chunk: int = 256) ->
                 in_limit=len(pre), rescored=scored)
 
 
-def families(tokenizer, run_dir: Path, iters: int, limit: float, share: float) -> dict:
+def families(tokenizer, run_dir: Path, iters: int, limit: float, cfg: Config) -> dict:
     """FAMILY_RULE on one run, cut to its first `iters` iterations."""
     hist = fd.History.load(run_dir / "history.npz")
     hist.trim(iters)
@@ -180,13 +204,14 @@ def families(tokenizer, run_dir: Path, iters: int, limit: float, share: float) -
     f = f[ok][first]
     best = float(f.max()) if len(f) else np.nan
     out = dict(run=run_dir.name, target=runs.read_json(run_dir / "config.json")["target"],
-               iters=len(hist), best_in_dist=best, bar=share * best, candidates=len(f))
+               iters=len(hist), best_in_dist=best, bar=cfg.family_share * best, candidates=len(f))
     if not best > 0:
         return dict(out, families=np.nan, top_families="")
-    high = ids[f >= share * best]
+    high = ids[f >= cfg.family_share * best]
     vocab = {t: tokenizer.decode([t]).strip().lower() for t in np.unique(high[:, -1])}
     counts = pd.Series([vocab[t] for t in high[:, -1]]).value_counts()
-    return dict(out, families=len(counts), high_candidates=len(high),
+    return dict(out, families=int((counts >= cfg.family_min_share * len(high)).sum()),
+                distinct_last_tokens=len(counts), high_candidates=len(high),
                 top_families=" | ".join(f"{w}:{c}" for w, c in counts.head(5).items()))
 
 
@@ -199,7 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--sae", help="override the preset's SAE (a directory or a shipped name)")
     args = p.parse_args(argv)
     cfg = PRESETS[args.preset]
-    cfg = Config(**{**asdict(cfg), **{k: v for k, v in dict(model=args.model, sae=args.sae).items() if v}})
+    overrides = {k: v for k, v in dict(model=args.model, sae=args.sae).items() if v}
+    cfg = Config(**{**asdict(cfg), **overrides})
     if not cfg.sae:
         raise ValueError(f"preset {args.preset!r} names no SAE; give --sae DIR (a SAELens or "
                          "sparsify directory for the model)")
@@ -215,26 +241,22 @@ def main(argv=None) -> int:
     limit = threshold(preset_dir, lm, cfg)
     runs.write_json(out / "threshold.json", limit)
 
-    # 1. Every latent's top-k examples, one pass (§3.3's mining, for SAE features); the neurons
-    #    of 05's layer too when 05 has not dreamed its sampled neurons.
+    # 1-2. Every latent's top-k examples in one scan (§3.3's mining, for SAE features; the
+    #      neurons of 05's layer too when 05 has not dreamed its sampled neurons); live latents.
     neurons = neuron_runs(preset_dir)
     layer = None if neurons else round(0.28 * (lm.n_layers - 1))
-    examples = mine(lm, sae, cfg, out / "mining", layer)
-
-    # 2. Live latents (and, without 05, neurons by 05's rule, dreamed here).
-    top = examples[examples["target"].str.startswith("sae:")].groupby("target")["activation"].max()
-    latents = sample_live(top, cfg.latents)
-    own_neurons = sample_neurons(examples, cfg.latents) if layer is not None else []
+    latents, own_neurons = mine(lm, sae, cfg, out / "mining", layer)
     runs.write_json(out / "latents.json", dict(
-        latents=latents, live=int((top > 0).sum()), of=sae.d_sae, rule=LIVE_RULE,
-        family_rule=FAMILY_RULE, threshold=limit["threshold"], neurons_dreamed_here=own_neurons,
+        latents=latents, rule=LIVE_RULE, family_rule=FAMILY_RULE, threshold=limit["threshold"],
+        neurons_dreamed_here=own_neurons,
         neuron_runs=[str(d.relative_to(preset_dir)) for d in neurons]))
 
     # 3. Dream each latent after and before its activation function, all in lockstep.
     base = fd.EPOConfig(iters=cfg.iters, population_size=cfg.population_size,
                         explore_per_pop=cfg.explore_per_pop, topk=cfg.topk)
-    jobs = [(fd.parse_target(t + pre, lm), base.replace(seed=s))
-            for t in latents for pre in ("", ":pre") for s in cfg.seeds]
+    # built from the loaded SAE: target names hold its label (as mining's do), not its path
+    jobs = [(fd.SAELatent(sae, int(t.rsplit(":", 1)[1]), pre=pre), base.replace(seed=s))
+            for t in latents for pre in (False, True) for s in cfg.seeds]
     jobs += [(fd.parse_target(t, lm), base.replace(seed=0)) for t in own_neurons]
     dirs = runs.dream_many(lm, jobs, out / "runs", desc=f"{NAME} {len(jobs)} runs")
     t_dream = time.perf_counter()
@@ -246,10 +268,10 @@ def main(argv=None) -> int:
     mining.write_parquet(pd.DataFrame(rows), out / "pre_post.parquet")
 
     # 3c. Trigger families of the latents' post runs and of the neurons' runs, equal iterations.
-    fam = [dict(families(lm.tokenizer, d, cfg.iters, limit["threshold"], cfg.family_share),
-                kind=kind) for (tgt, _), d, kind in zip(jobs, dirs, kinds) if tgt.post is None]
-    fam += [dict(families(lm.tokenizer, d, cfg.iters, limit["threshold"], cfg.family_share),
-                 kind="neuron") for d in neurons]
+    fam = [dict(families(lm.tokenizer, d, cfg.iters, limit["threshold"], cfg), kind=kind)
+           for (tgt, _), d, kind in zip(jobs, dirs, kinds) if tgt.post is None]
+    fam += [dict(families(lm.tokenizer, d, cfg.iters, limit["threshold"], cfg), kind="neuron")
+            for d in neurons]
     mining.write_parquet(pd.DataFrame(fam), out / "families.parquet")
     runs.write_json(out / "timing.json", dict(seconds_total=time.perf_counter() - t_start,
                                               seconds_to_dreams_end=t_dream - t_start))
