@@ -158,7 +158,8 @@ def unassigned(tables: dict[str, pd.DataFrame], figures: list[Path]) -> list[str
     patterns = [pat for _, pats in OUTPUTS.values() for pat in pats]
     return ([f"{name}.csv" for name, df in tables.items()
              if name not in listed and "experiment" not in df.columns]
-            + [p.name for p in figures if not any(fnmatch.fnmatch(p.name, pat) for pat in patterns)])
+            + [p.name for p in figures
+               if not any(fnmatch.fnmatch(p.name, pat) for pat in patterns)])
 
 
 def log_all(summaries: list[Summary], mode: str, wandb_dir: Path, project: str) -> list[str]:
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--figures", type=Path, default=Path("paper_figures/out"),
                    help="figures folder [default: paper_figures/out]")
     p.add_argument("--wandb", choices=MODES, default="auto",
-                   help="auto: online when logged in, else offline (WANDB_MODE wins) [default: auto]")
+                   help="auto: online when logged in, else offline (WANDB_MODE wins) "
+                        "[default: auto]")
     p.add_argument("--project", default="fluentdream", help="W&B project [default: fluentdream]")
     p.add_argument("--dir", type=Path,
                    help="W&B writes under DIR/wandb [default: $WANDB_DIR, else RESULTS/PRESET]")

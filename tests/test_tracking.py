@@ -1,6 +1,7 @@
 """W&B tracking: mode resolution, incremental metrics, an offline run read back with W&B's own
 tool (`wandb leet inspect`) and the table files its records point to, the frontier table (with
-post-activation values for a pre-activation target), and a W&B that cannot be reached (DESIGN §7)."""
+post-activation values for a pre-activation target), and a W&B that cannot be reached
+(DESIGN §7)."""
 from __future__ import annotations
 
 import functools
@@ -108,7 +109,8 @@ def check_frontier_table(run_dir: Path, records: list[dict]) -> list[dict]:
     for row, point in zip(rows, front):
         for key in ("text", "target", *post, "xentropy", "perplexity"):
             assert row[key] == point[key]
-        first = min(t for t in range(T) for p in range(P) if hist.ids[t, p].tolist() == point["ids"])
+        first = min(t for t in range(T) for p in range(P)
+                    if hist.ids[t, p].tolist() == point["ids"])
         assert row["iteration"] == first
     return rows
 

@@ -3,7 +3,8 @@
     tracker = start_tracker("auto", run_dir, config, project="fluentdream")  # or NullTracker()
     metrics = IterationMetrics(ref_xentropy=6.0, ref_target=0.0)
     tracker.log(metrics(hist, t), step=t)          # after every iteration t = 0, 1, 2, ...
-    tracker.log_frontier(front.records(), hist); tracker.log_file(run_dir / "history.npz", "history")
+    tracker.log_frontier(front.records(), hist)    # the frontier as a table (iteration found)
+    tracker.log_file(run_dir / "history.npz", "history")
     tracker.finish()
 
 Metric namespace (one W&B history record per EPO iteration, step = iteration index):
