@@ -77,9 +77,11 @@ def test_kill_interrupt_resume_equals_uninterrupted(tiny_model_dir, tmp_path, ca
     assert "24 iterations; run saved to" in out
 
     resumed = fd.History.load(ckpt)
-    lm = fd.load_model(str(tiny_model_dir))
+    dtype = read_json(run_dir / "config.json")["dtype"]       # what --dtype auto resolved to
+    assert dtype == fd.fast_dtype("cpu")
+    lm = fd.load_model(str(tiny_model_dir), dtype=dtype)
     cfg = fd.EPOConfig(iters=24, population_size=4, explore_per_pop=8, topk=32,
-                       restart_frequency=5, seed=3)
+                       restart_frequency=5, seed=3, dtype=dtype)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # same reduction order as the subprocesses
     try:

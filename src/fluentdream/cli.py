@@ -27,6 +27,7 @@ from .cli_mine import add_mine_parser
 from .config import EPOConfig, fields_help
 from .errors import ISSUE_TRACKER, UserError
 
+log = logging.getLogger(__name__)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NO_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -48,14 +49,24 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             kind = type(default) if default is not None else str
             p.add_argument(flag, type=kind, default=None, help=f"{text} [default: {default}]")
     p.add_argument("--device", default=None, help=helps["device"])
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help=helps["dtype"])
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"],
+                   help=f"{helps['dtype']} [default: auto; with --resume, the saved run's]")
 
 
 def config_from_args(args: argparse.Namespace) -> EPOConfig:
+    """The EPOConfig of the flags given; dtype "auto" unless --dtype is given."""
     names = set(fields_help()) - {"extra"}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return EPOConfig(**given)
+    return EPOConfig(**dict(dict(dtype="auto"), **given))
+
+
+def _resolve_dtype(cfg: EPOConfig) -> EPOConfig:
+    """dtype "auto" -> the dtype fd.fast_dtype picks for the device, logged; the run's config
+    then records what ran."""
+    out = cfg.resolved()
+    if cfg.dtype == "auto":
+        log.info("--dtype auto: %s on %s", out.dtype, cfg.device or "the default device")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +117,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
         raise UserError(f"{run_dir} already holds {done} run; pass --resume to continue an "
                         "unfinished one, or choose another --run-dir/--out")
     check_device(cfg.device)
+    cfg = _resolve_dtype(cfg)
     writable_dir(run_dir.parent)
     lm = load_model(args.model, device=cfg.device, dtype=cfg.dtype)
     fluency = None
@@ -146,7 +158,8 @@ def cmd_dream(args: argparse.Namespace) -> int:
 
 
 def _resume_settings(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path) -> EPOConfig:
-    """--resume needs a run to resume; without --iters it runs to the saved run's length."""
+    """--resume needs a run to resume; without --iters it runs to the saved run's length, and
+    without --dtype in the saved run's dtype."""
     from .runfiles import CHECKPOINT, read_json
 
     saved = run_dir / "config.json"
@@ -157,8 +170,12 @@ def _resume_settings(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path) ->
     if not (run_dir / CHECKPOINT).exists():
         print(f"note: {run_dir} stopped before its first checkpoint; starting it from "
               "iteration 0", file=sys.stderr)
-    if args.iters is None and saved.exists():
-        cfg = cfg.replace(iters=read_json(saved).get("iters", cfg.iters))
+    if saved.exists():
+        config = read_json(saved)
+        if args.iters is None:
+            cfg = cfg.replace(iters=config.get("iters", cfg.iters))
+        if args.dtype is None:           # the dtype the run was made in, not today's "auto"
+            cfg = cfg.replace(dtype=config.get("dtype"))
     return cfg
 
 
@@ -285,6 +302,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     jobs = make_jobs(targets, parse_seeds(args.seeds))
     cfg = config_from_args(args)
     check_device(cfg.device)
+    cfg = _resolve_dtype(cfg)
     out = writable_dir(Path(args.out))
     results = run_jobs(args.model, jobs, out, cfg, executor=args.executor,
                        ray_address=args.ray_address, workers=args.workers,

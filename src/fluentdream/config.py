@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import UserError
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,9 @@ class EPOConfig:
     device: str | None = None
     """Device the model is loaded on ("cpu", "cuda", ...); None = wherever it already is."""
     dtype: str | None = None
-    """Model dtype: float32, float16 or bfloat16; None = the model's own."""
+    """Model dtype: float32, float16, bfloat16, or auto (bf16 where the device computes it natively,
+    else fp32: fd.fast_dtype; the command line's default, recorded as what it resolved to);
+    None = the checkpoint's own. A model given to fd.epo runs in its own dtype under auto."""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
     """Free-form notes stored with the run (not used by the algorithm)."""
 
@@ -93,7 +95,8 @@ class EPOConfig:
                 raise UserError(f"{name} must be text (a str; empty for none), "
                                 f"got {getattr(self, name)!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
-            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, or None (the "
+                            f"checkpoint's own), got {self.dtype!r}")
 
     @property
     def lambdas(self) -> np.ndarray:
@@ -106,6 +109,15 @@ class EPOConfig:
     def children(self) -> int:
         """M * r: candidates scored per iteration."""
         return self.population_size * self.explore_per_pop
+
+    def resolved(self) -> "EPOConfig":
+        """This config with dtype "auto" replaced by the dtype it means on `device` (or the
+        default device), fd.fast_dtype: what a loader uses and a run directory records."""
+        if self.dtype != "auto":
+            return self
+        from .hardware import fast_dtype
+        from .models import default_device
+        return self.replace(dtype=fast_dtype(self.device or default_device()))
 
     def replace(self, **changes) -> "EPOConfig":
         return dataclasses.replace(self, **changes)

@@ -135,9 +135,9 @@ def check_run(lm, cfg: EPOConfig, target: Target) -> None:
     """Raise UserError for settings that cannot run on `lm`, before anything is computed."""
     from .checks import check_prompt_length
     context = Context.of(lm, cfg)        # raises for context text that encodes to no tokens
-    if cfg.dtype is not None and lm.dtype != DTYPES[cfg.dtype]:
+    if cfg.dtype not in (None, "auto") and lm.dtype != DTYPES[cfg.dtype]:
         raise UserError(f"cfg.dtype is {cfg.dtype} but the model is {lm.dtype}; load it with "
-                        f"fd.load_model(..., dtype={cfg.dtype!r}) or set dtype=None")
+                        f"fd.load_model(..., dtype={cfg.dtype!r}) or set dtype='auto'")
     if cfg.device is not None and lm.device.type != torch.device(cfg.device).type:
         raise UserError(f"cfg.device is {cfg.device} but the model is on {lm.device}")
     if cfg.topk > int(allowed_tokens(lm).sum()):
