@@ -12,6 +12,9 @@ tracked, experiments/0N_*.py), named `<preset>-<experiment>-summary`, holding
   tables/<name>    a wandb.Table per table of the experiment (NaN as null)
   figures/<stem>   a wandb.Image per .png figure; html/<stem> a wandb.Html per .html page
                    (dots in the stem as underscores: W&B flattens nested keys with dots)
+  tables/frontier_<run>  each dream's Pareto frontier (the run's frontier.json: prompt, target,
+                   post value of a pre-activation target, CE, perplexity, lambda), so every dream's
+                   frontier is on the dashboard even when its own run was not tracked
   tables/numbers   its numbers.json entries, one row each (key, label, value, CI, test, p, n)
   summary          numbers/<key> = {value, ci_low, ci_high, test, p, n} for the same entries,
                    the key's dots as slashes ("numbers/seeds/max/median")
@@ -120,13 +123,26 @@ def _rows_of(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def dream_frontiers(experiment_dir: Path) -> dict[str, pd.DataFrame]:
+    """frontier_<run> -> that dream's frontier.json as a table, for every run saved under
+    `experiment_dir` (dots in the run name as underscores: W&B flattens keys with dots)."""
+    out = {}
+    for path in sorted(experiment_dir.glob("**/frontier.json")):
+        points = json.loads(path.read_text())
+        df = pd.DataFrame(points).drop(columns=["ids"], errors="ignore")
+        first = [c for c in ("text", "target", "post", "xentropy", "perplexity", "lam") if c in df]
+        out[f"frontier_{path.parent.name.replace('.', '_')}"] = df[first]
+    return out
+
+
 def _experiments_of(entry: dict) -> list[str]:
     return entry.get("provenance", {}).get("experiment", "").split("+")
 
 
-def plan(preset: str, tables: dict[str, pd.DataFrame], figures: list[Path], numbers: dict
-         ) -> list[Summary]:
-    """One Summary per experiment with anything to show, in experiment order."""
+def plan(preset: str, tables: dict[str, pd.DataFrame], figures: list[Path], numbers: dict,
+         preset_dir: Path | None = None) -> list[Summary]:
+    """One Summary per experiment with anything to show, in experiment order; with
+    `preset_dir`, each experiment's dream frontiers saved under it too."""
     entries = numbers.get("numbers", {})
     names = set(OUTPUTS) | {x for e in entries.values() for x in _experiments_of(e) if x}
     for df in tables.values():
@@ -138,6 +154,8 @@ def plan(preset: str, tables: dict[str, pd.DataFrame], figures: list[Path], numb
         own = {name: _rows_of(df, exp) for name, df in tables.items()
                if name in listed or (name != NUMBERS_TABLE and "experiment" in df.columns)}
         own = {name: df for name, df in own.items() if len(df)}
+        if preset_dir is not None:
+            own |= dream_frontiers(preset_dir / exp)
         figs = [p for p in figures if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
         nums = {k: e for k, e in entries.items() if exp in _experiments_of(e)}
         if not (own or figs or nums):
@@ -194,7 +212,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     preset_dir = args.results / args.preset
     tables, figures, numbers = read_inputs(args.tables or preset_dir / "tables", args.figures,
                                            preset_dir / "numbers.json")
-    summaries = plan(args.preset, tables, figures, numbers)
+    summaries = plan(args.preset, tables, figures, numbers, preset_dir)
     left = unassigned(tables, figures)
     if left:
         print(f"in no experiment's W&B run (analysis/wandb_summary.OUTPUTS): {', '.join(left)}")

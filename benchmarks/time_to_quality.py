@@ -3,8 +3,9 @@ frontier after its full run (issue 13's headline number).
 
     git clone https://github.com/Confirm-Solutions/dreamy /tmp/dreamy      # never vendored here
     python benchmarks/time_to_quality.py --reference /tmp/dreamy --threads 2        # BENCHMARKS.md
-    python benchmarks/time_to_quality.py --reference /tmp/dreamy --iters 3 --seeds 2 --target L1.N840
-    python benchmarks/time_to_quality.py --from-json benchmarks/time_to_quality.json   # tables again
+    python benchmarks/time_to_quality.py --reference /tmp/dreamy --iters 3 --seeds 2 \
+        --target L1.N840                                                            # a smoke run
+    python benchmarks/time_to_quality.py --from-json benchmarks/time_to_quality.json  # table again
 
 A user asks how long until the frontier is as good as they need, not how fast one iteration is. So
 per target:
@@ -69,7 +70,8 @@ def fp32_hypervolume(hist: fd.History, t: int, rescore: Scorer | None,
 
 
 def first_reaching(hv, T: int, goal: float) -> int | None:
-    """Smallest t in 1..T with hv(t) >= goal, by bisection (hv non-decreasing); None if hv(T) < goal."""
+    """Smallest t in 1..T with hv(t) >= goal, by bisection (hv non-decreasing); None if
+    hv(T) < goal."""
     if hv(T) < goal:
         return None
     lo, hi = 1, T
@@ -80,7 +82,8 @@ def first_reaching(hv, T: int, goal: float) -> int | None:
 
 
 def run_fluentdream(lm, target: fd.Target, cfg: fd.EPOConfig, seeds: list[int]) -> list[tuple]:
-    """Every seed batched in one call -> per seed (History, clock (T,): seconds at each iteration)."""
+    """Every seed batched in one call -> per seed (History, clock (T,): seconds at each
+    iteration)."""
     t0 = time.perf_counter()
     hists = fd.batched.epo_many(lm, [(target, cfg.replace(seed=s)) for s in seeds])
     wall = time.perf_counter() - t0
@@ -95,7 +98,8 @@ def run_reference(module, lm, target: fd.Target, cfg: fd.EPOConfig, seeds: list[
     out = []
     for s in seeds:
         hist, sec = ref.run_reference(module, lm, target, cfg.replace(seed=s))
-        out.append((ref.to_history(hist, cfg.lambdas, rules), sec * np.arange(1, cfg.iters + 1) / cfg.iters))
+        clock = sec * np.arange(1, cfg.iters + 1) / cfg.iters
+        out.append((ref.to_history(hist, cfg.lambdas, rules), clock))
     return out
 
 
@@ -113,7 +117,8 @@ def run_target(module, lm32, lm_fast, target_spec: str, cfg: fd.EPOConfig, seeds
     f0, ce0 = rules.score(initial)
     ok = torch.isfinite(f0)
     corner = (float(ce0[ok].max()), float(f0[ok].min()))
-    goal = float(np.median([fp32_hypervolume(h, h.n_iters, None, corner) for h, _ in runs["reference"]]))
+    goal = float(np.median([fp32_hypervolume(h, h.n_iters, None, corner)
+                            for h, _ in runs["reference"]]))
     rows = []
     for impl, pairs in runs.items():
         rescore = rules if impl == "fluentdream" else None          # the reference's are fp32
@@ -147,8 +152,10 @@ def speedup(rows: list[dict], seed: int = 0) -> dict:
         ratio = np.median(theirs) / np.median(ours)
     ci = np.nanquantile(boot, [0.025, 0.975], method="inverted_cdf")     # no interpolating infs
     return dict(ratio=float(ratio), ci=[float(x) for x in ci],
-                reference_median_s=float(np.median(theirs)), fluentdream_median_s=float(np.median(ours)),
-                reached={impl: int(np.isfinite(_times(rows, impl)).sum()) for impl in ("reference", "fluentdream")},
+                reference_median_s=float(np.median(theirs)),
+                fluentdream_median_s=float(np.median(ours)),
+                reached={impl: int(np.isfinite(_times(rows, impl)).sum())
+                         for impl in ("reference", "fluentdream")},
                 runs=len(ours))
 
 
@@ -157,7 +164,8 @@ def summarize(rows: list[dict]) -> dict:
     out = {name: speedup([r for r in rows if r["target"] == name])
            for name in dict.fromkeys(r["target"] for r in rows)}
     ratios = [s["ratio"] for s in out.values() if np.isfinite(s["ratio"]) and s["ratio"] > 0]
-    out["all"] = dict(geometric_mean=float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan"),
+    out["all"] = dict(geometric_mean=(float(np.exp(np.mean(np.log(ratios)))) if ratios
+                                      else float("nan")),
                       targets=len(ratios))
     return out
 
@@ -171,9 +179,11 @@ def markdown(summary: dict, iters: int) -> str:
             continue
         lines.append(f"| {name} | {s['reference_median_s']:.1f} | {s['fluentdream_median_s']:.1f} "
                      f"| {s['ratio']:.2f}x [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] "
-                     f"| {s['reached']['reference']}, {s['reached']['fluentdream']} of {s['runs']} |")
+                     f"| {s['reached']['reference']}, {s['reached']['fluentdream']} "
+                     f"of {s['runs']} |")
     a = summary["all"]
-    lines.append(f"| all targets (geometric mean of {a['targets']}) | | | {a['geometric_mean']:.2f}x | |")
+    lines.append(f"| all targets (geometric mean of {a['targets']}) | | "
+                 f"| {a['geometric_mean']:.2f}x | |")
     return "\n".join(lines)
 
 
@@ -184,11 +194,13 @@ def parser() -> argparse.ArgumentParser:
                     "dreamy/epo.py); needed unless --from-json")
     ap.add_argument("--from-json", metavar="PATH", help="run nothing: print the table of a "
                     "results file this script wrote")
-    ap.add_argument("--model", default="embedded", help="anything fd.load_model takes (default: %(default)s)")
+    ap.add_argument("--model", default="embedded",
+                    help="anything fd.load_model takes (default: %(default)s)")
     ap.add_argument("--target", action="append", dest="targets", metavar="SPEC",
                     help="a target shorthand; repeat for several; default: "
                     + ", ".join(repr(t) for t in DEFAULT_TARGETS))
-    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per target (default: %(default)s)")
+    ap.add_argument("--seeds", type=int, default=5,
+                    help="seeds 0..N-1 per target (default: %(default)s)")
     ap.add_argument("--iters", type=int, default=300,
                     help="iterations of every run, both implementations (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
@@ -237,7 +249,8 @@ def run(args) -> dict:
     meta = dict(command="python benchmarks/time_to_quality.py " + shlex.join(args.argv),
                 model=repr(lm32), threads=args.threads, fluentdream_dtype=dtype,
                 config=cfg.to_dict(), seeds=seeds, torch=torch.__version__,
-                reference_sha=ref._checkout_sha(args.reference), fluentdream_sha=ref._checkout_sha(ROOT))
+                reference_sha=ref._checkout_sha(args.reference),
+                fluentdream_sha=ref._checkout_sha(ROOT))
     rows: list[dict] = []
     for i, spec in enumerate(args.targets or DEFAULT_TARGETS):  # who goes first alternates
         rows += run_target(module, lm32, lm_fast, spec, cfg, seeds, reference_first=i % 2 == 0)

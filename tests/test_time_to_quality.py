@@ -17,7 +17,8 @@ from fluentdream.evaluate import Scorer
 
 def _load():
     sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_ttq", REPO / "benchmarks" / "time_to_quality.py")
+    path = REPO / "benchmarks" / "time_to_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_ttq", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -30,7 +31,7 @@ ttq = _load()
 def test_first_reaching_is_the_brute_force_first(seed):
     rng = np.random.default_rng(seed)
     T = int(rng.integers(1, 40))
-    curve = np.cumsum(rng.exponential(size=T) * (rng.random(T) < 0.5))      # non-decreasing, flat runs
+    curve = np.cumsum(rng.exponential(size=T) * (rng.random(T) < 0.5))   # non-decreasing, flats
     goal = float(rng.uniform(0, curve[-1] * 1.2 + 1e-9))
     hits = [t for t in range(1, T + 1) if curve[t - 1] >= goal]
     assert ttq.first_reaching(lambda t: curve[t - 1], T, goal) == (hits[0] if hits else None)
@@ -67,9 +68,11 @@ def test_fluentdream_clock_and_fp32_hypervolume(tiny_lm):
     for t in (1, 4):
         ids, _, _ = hist.truncated(t).candidates()
         f_all, ce_all = rules.score(torch.tensor(ids, dtype=torch.long))
-        everything = fd.frontier_quality(fd.pareto_frontier([(ids, f_all.numpy(), ce_all.numpy())]), *corner)
+        front = fd.pareto_frontier([(ids, f_all.numpy(), ce_all.numpy())])
+        everything = fd.frontier_quality(front, *corner)
         assert ttq.fp32_hypervolume(hist, t, rules, corner) == pytest.approx(everything, rel=1e-5)
-    assert ttq.fp32_hypervolume(hist, 1, None, corner) <= ttq.fp32_hypervolume(hist, 4, None, corner)
+    early, late = (ttq.fp32_hypervolume(hist, t, None, corner) for t in (1, 4))
+    assert early <= late
 
 
 def test_bad_arguments_are_one_line_errors(capsys):

@@ -40,6 +40,8 @@ NUMBERS = {
                                 statistic="mean", n=4, ci=[3.0, 4.0], test=None, runs=4,
                                 provenance=dict(experiment="07_residual_directions")),
 }
+FRONTIER = [dict(ids=[1, 2], lam=0.0, perplexity=20.0, target=3.5, text=" a b", xentropy=3.0),
+            dict(ids=[3, 4], lam=1.5, perplexity=5.0, target=1.0, text=" c d", xentropy=1.6)]
 FIGURES = {"fig2_seed_variance.png": "red", "fig_distributions.png": "blue",
            "fig4_polysemantic.png": "green", "frontier_L1.N5.png": "white", "stray.png": "black"}
 
@@ -63,6 +65,9 @@ def results(tmp_path) -> Path:
     _write_csv(tables / "numbers.csv", [dict(key="seeds.max.median", value=2.75)])
     doc = dict(schema="fluentdream.numbers", preset="toy", git_sha="c0ffee", numbers=NUMBERS)
     (tmp_path / "results" / "toy" / "numbers.json").write_text(json.dumps(doc))
+    run = tmp_path / "results" / "toy" / "04_seed_variance" / "toy__L1.N5__seed0"
+    run.mkdir(parents=True)
+    (run / "frontier.json").write_text(json.dumps(FRONTIER))
     figures = tmp_path / "figures"
     figures.mkdir()
     for name, colour in FIGURES.items():
@@ -94,7 +99,8 @@ def test_offline_runs_hold_tables_figures_and_numbers(results, tmp_path, monkeyp
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     done = wandb_summary.main(_args(results))
     expected = {"03_six_neurons": (set(), {"figures/frontier_L1_N5"}),
-                "04_seed_variance": ({"seed_variance", "runs", "numbers"},
+                "04_seed_variance": ({"seed_variance", "runs", "numbers",
+                                      "frontier_toy__L1_N5__seed0"},
                                      {"figures/fig2_seed_variance", "figures/fig_distributions"}),
                 "05_dream_vs_dataset": ({"dataset_runs", "numbers"}, {"figures/fig_distributions"}),
                 "06_polysemantic_neuron": ({"dataset_runs"}, {"figures/fig4_polysemantic",
@@ -122,6 +128,9 @@ def test_offline_runs_hold_tables_figures_and_numbers(results, tmp_path, monkeyp
     log, run, item, summary = runs["toy-04_seed_variance-summary"]
     assert logged_table(log, media(item, "tables/seed_variance")) == SEEDS    # 1.25 and null kept
     assert [r["run"] for r in logged_table(log, media(item, "tables/runs"))] == ["a", "b"]
+    front = logged_table(log, media(item, "tables/frontier_toy__L1_N5__seed0"))
+    assert front == [{k: r[k] for k in ("text", "target", "xentropy", "perplexity", "lam")}
+                     for r in FRONTIER]                           # the dream's frontier.json
     config = run["config"]["update"]
     assert config["dream_wandb_run_ids"] == ["id04a", "id04b"]
     assert config["numbers_git_sha"] == "c0ffee"
