@@ -28,20 +28,25 @@ CONTEXTS = {"prefix and suffix": ((5, 9, 13, 300), (7, 2)), "suffix only": ((), 
 SMALL = dict(population_size=4, explore_per_pop=8, topk=32, seq_len=6)
 
 
-def reference(model, arch, prefix, x, suffix, lam, position=-1):
+def reference(model, arch, prefix, x, suffix, lam, position=-1, fluency=None):
     """x (n,) -> (f, ce, d(f - lam * ce)/dX (n, V)) from the definitions: f = neuron NEURON of
     layer LAYER at `position` of prefix + x + suffix; ce = -mean over x's tokens that have
-    something before them of log p(x_i | everything before it), with X x's one-hot."""
-    E = model.get_input_embeddings().weight
+    something before them of log p(x_i | everything before it) under `fluency` (default: the
+    same model), with X x's one-hot."""
+    fluency = fluency or model
     X = F.one_hot(x, model.config.vocab_size).float().requires_grad_(True)              # (n, V)
-    emb = torch.cat([E[list(prefix)], X @ E, E[list(suffix)]])[None]                # (1, N, d)
+
+    def wrapped(m):                                                                 # (1, N, d)
+        E = m.get_input_embeddings().weight
+        return torch.cat([E[list(prefix)], X @ E, E[list(suffix)]])[None]
     seen = []
     handle = model.get_submodule(MLP_OUT[arch].format(L=LAYER)).register_forward_pre_hook(
         lambda mod, args: seen.append(args[0]))
     try:
         with torch.enable_grad():
-            logp = model(inputs_embeds=emb).logits[0].log_softmax(-1)                   # (N, V)
+            model(inputs_embeds=wrapped(model))
             f = seen[0][0, position, NEURON]
+            logp = fluency(inputs_embeds=wrapped(fluency)).logits[0].log_softmax(-1)    # (N, V)
             P = len(prefix)
             # x_i sits at position P + i and is predicted by the logits at P + i - 1
             terms = [(X[i] * logp[P + i - 1]).sum() for i in range(len(x)) if P + i >= 1]
@@ -75,6 +80,21 @@ def test_scores_and_gradients_are_the_definitions(make_lm, arch, case):
     torch.testing.assert_close(scorer.gradients(ids, lambdas), g_want, rtol=1e-4, atol=2e-5)
 
     assert_proposes_top_k(scorer, ids, lambdas, g_want)
+
+
+def test_a_separate_fluency_model_scores_x_in_context(make_lm):
+    lm, flu = make_lm("gpt_neox"), make_lm("llama")
+    prefix, suffix = CONTEXTS["prefix and suffix"]
+    ids, lambdas = random_ids(seed=4, B=2), torch.tensor([0.5, 6.0])
+    scorer = fd.Scorer(lm, fd.Neuron(LAYER, NEURON), fluency=flu, retokenize=False,
+                       context=Context(prefix, suffix))
+    want = [reference(lm.model, "gpt_neox", prefix, row, suffix, lam, fluency=flu.model)
+            for row, lam in zip(ids, lambdas)]
+    f, ce = scorer.score(ids)
+    torch.testing.assert_close(f, torch.tensor([w[0] for w in want]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ce, torch.tensor([w[1] for w in want]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scorer.gradients(ids, lambdas), torch.stack([w[2] for w in want]),
+                               rtol=1e-4, atol=2e-5)
 
 
 def test_target_positions_count_in_the_whole_sequence(make_lm):
