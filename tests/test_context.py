@@ -21,6 +21,7 @@ from fluentdream.batched import epo_many
 from fluentdream.context import Context
 from fluentdream.packed import padded
 from test_gradient_paper import MLP_OUT, assert_proposes_top_k
+from test_performance_exactness import assert_same_scores, children_of, targets_for
 
 LAYER, NEURON = 1, 5
 CONTEXTS = {"prefix and suffix": ((5, 9, 13, 300), (7, 2)), "suffix only": ((), (7, 2, 40)),
@@ -147,6 +148,17 @@ def test_packed_children_reuse_the_prefix_and_equal_full_scoring(make_lm, arch):
     # Each distinct parent computes all of prefix + x + suffix once; a child only from its swap.
     N = ctx.length(8)
     assert packed.counts["model_tokens"] == padded(3 * N + int((N - len(prefix) - pos).sum()))
+
+
+@pytest.mark.parametrize("arch", ["phi", "qwen2"])
+def test_every_kind_of_target_in_context_packed_equals_a_plain_forward(make_lm, arch):
+    """Positions "max", 4 and 5 and the attention key 2 index the whole sequence."""
+    lm, (prefix, suffix) = make_lm(arch), CONTEXTS["prefix and suffix"]
+    parents = random_ids(seed=6, B=2, n=7)
+    kids, rows = children_of(parents, 8, VOCAB)
+    for target in targets_for(lm):
+        scorer = fd.Scorer(lm, target, retokenize=False, memo_size=0, context=Context(prefix, suffix))
+        assert_same_scores(scorer.score(kids, parents=rows), scorer.forward(kids), atol=1e-4)
 
 
 def small(**changes) -> fd.EPOConfig:
