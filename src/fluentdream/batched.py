@@ -92,7 +92,7 @@ def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float) -> I
     kept = select(f, ce, run["lambdas"])
     lam_r = float("nan")
     if cfg.restart_frequency and t % cfg.restart_frequency == 0:
-        kept, lam_r = restart(f, ce, M, cfg, run["gen"])
+        kept, lam_r = restart(f, ce, M, cfg, run["gen"], pool)
     # A new state object, so an interrupt before hist.state is set leaves the old one whole.
     state = EPOState(iteration=t + 1, slot_ids=pool[kept].numpy(), slot_target=f[kept].numpy(),
                      slot_xentropy=ce[kept].numpy(), topk=old.topk,

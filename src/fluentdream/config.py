@@ -19,6 +19,7 @@ import numpy as np
 from .errors import UserError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+RESTART_MODES = ("collapse", "frontier", "distinct")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class EPOConfig:
     """Lower end of the uniform draw of the restart penalty lambda_r (Table 1: 0.667)."""
     restart_xentropy_max: float = 6.0
     """Upper end of the uniform draw of the restart penalty lambda_r (Table 1: 6.0)."""
+    restart_mode: str = "collapse"
+    """What a restart puts in the slots (fluentdream.epo.restart): collapse = every slot takes
+    the one pool member maximizing f - lambda_r * CE (paper §2); frontier = slot i takes the winner
+    at its own penalty of M stratified draws over the same range (a spread of frontier points);
+    distinct = the M best distinct prompts under lambda_r, the most fluent to the highest penalty.
+    The last two keep diversity, the "more exploration" of paper §4."""
     seq_len: int = 12
     """n: prompt length in tokens (paper §2: 12)."""
     batch_size: int = 256
@@ -90,6 +97,9 @@ class EPOConfig:
         if not 0 <= self.restart_xentropy_min <= self.restart_xentropy_max:
             raise UserError(f"need 0 <= restart_xentropy_min <= restart_xentropy_max, got "
                             f"{self.restart_xentropy_min} and {self.restart_xentropy_max}")
+        if self.restart_mode not in RESTART_MODES:
+            raise UserError(f"restart_mode must be one of {', '.join(RESTART_MODES)}, "
+                            f"got {self.restart_mode!r}")
         for name in ("prefix", "suffix"):
             if not isinstance(getattr(self, name), str):
                 raise UserError(f"{name} must be text (a str; empty for none), "

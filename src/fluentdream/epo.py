@@ -121,14 +121,60 @@ def select(f: torch.Tensor, ce: torch.Tensor, lambdas: torch.Tensor) -> torch.Te
     return objective(f, ce, lambdas).argmax(dim=1)
 
 
-def restart(f: torch.Tensor, ce: torch.Tensor, M: int, cfg: EPOConfig,
-            gen: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Every slot takes the pool member maximizing f - lambda_r * CE, lambda_r ~ U[min, max]
-    (step 6). The reference code draws lambda_r and then uses 2.0; we use the draw (LOG.md)."""
+def restart(f: torch.Tensor, ce: torch.Tensor, M: int, cfg: EPOConfig, gen: torch.Generator,
+            ids=None) -> tuple[torch.Tensor, float]:
+    """(P,), (P,) -> (M,) pool index for each slot, and lambda_r ~ U[min, max] (step 6).
+
+    cfg.restart_mode says what the slots take:
+      collapse  every slot the pool member maximizing f - lambda_r * CE (the paper's restart;
+                the reference code draws lambda_r and then uses 2.0; we use the draw, LOG.md).
+      frontier  slot i the winner at mu_i, M stratified draws of the same U[min, max]: lambda_r
+                plus multiples of (max - min) / M, wrapped into the range and sorted, so slot i
+                (penalties ascend with i) takes a point of the pool's frontier as spread as the
+                restart range and the pool allow (paper §4: "more exploration"). M = 1 is collapse.
+      distinct  the M best prompts under lambda_r that differ from each other (`ids`: the pool's
+                (P, n) tokens, or its P rows), the lowest CE to the highest penalty; repeated
+                from the best when fewer than M valid prompts exist.
+    Every mode draws lambda_r once, so the run's random stream does not depend on the mode.
+    """
     lo, hi = cfg.restart_xentropy_min, cfg.restart_xentropy_max
     lam_r = lo + (hi - lo) * torch.rand((), generator=gen, dtype=torch.float64).item()
-    best = objective(f, ce, torch.tensor([lam_r]))[0].argmax()
-    return best.repeat(M), lam_r
+    if cfg.restart_mode == "frontier":
+        return objective(f, ce, stratified_penalties(lam_r, lo, hi, M)).argmax(dim=1), lam_r
+    value = objective(f, ce, torch.tensor([lam_r]))[0]                       # (P,)
+    if cfg.restart_mode == "distinct":
+        assert ids is not None, "restart_mode distinct compares the pool's prompts"
+        return distinct_best(value, ce, ids, M), lam_r
+    return value.argmax().repeat(M), lam_r
+
+
+def stratified_penalties(lam_r: float, lo: float, hi: float, M: int) -> torch.Tensor:
+    """(M,) ascending: lam_r + j (hi - lo) / M for j < M, wrapped into [lo, hi). Each is
+    uniform on [lo, hi] when lam_r is, and every 1/M-th of the range holds exactly one."""
+    if hi == lo:
+        return torch.full((M,), float(lo))
+    u = (lam_r - lo) / (hi - lo)
+    frac = np.sort(np.mod(u + np.arange(M) / M, 1.0))
+    return torch.tensor(lo + frac * (hi - lo), dtype=torch.float32)
+
+
+def distinct_best(value: torch.Tensor, ce: torch.Tensor, ids, M: int) -> torch.Tensor:
+    """(P,) objective, (P,) CE, P prompts -> (M,) indices of the M best distinct prompts with a
+    finite objective (ties to the lower index), sorted by CE descending so that slot M-1, the
+    highest penalty, takes the most fluent. Too few valid prompts: picks repeat, best first."""
+    picks, seen = [], set()
+    for i in torch.argsort(value, descending=True, stable=True).tolist():
+        if len(picks) == M or not torch.isfinite(value[i]):
+            break
+        key = tuple(int(t) for t in ids[i])
+        if key not in seen:
+            seen.add(key)
+            picks.append(i)
+    if not picks:                             # nothing valid: what collapse keeps (argmax)
+        return value.argmax().repeat(M)
+    picks = [picks[j % len(picks)] for j in range(M)]
+    order = sorted(range(M), key=lambda j: (-float(ce[picks[j]]), j))
+    return torch.tensor([picks[j] for j in order])
 
 
 def check_run(lm, cfg: EPOConfig, target: Target) -> None:
