@@ -76,3 +76,17 @@ def test_single_run_prints_and_saves_post_values(make_lm, tmp_path, sae_dir):
     assert all(r["post"] <= max(r["target"], 0) + 1e-5 for r in front)
     header = result.frontier.table().splitlines()[0].split()
     assert header[:3] == ["activation", "post", "xentropy"]
+
+
+def test_post_values_are_read_inside_the_runs_prefix_and_suffix(make_lm, tmp_path):
+    """The model read prefix + x + suffix, so the post value of x is read there too."""
+    lm = make_lm("gpt_neox")
+    cfg = CFG.replace(prefix=" the cat", suffix=" is")
+    result = runs.run_dream(lm, fd.parse_target("L1.N5:pre", lm), cfg, tmp_path / "run")
+    front, _ = read_run(tmp_path / "run")
+    ids = torch.tensor([r["ids"] for r in front])
+    enc = lambda text: torch.tensor(lm.tokenizer.encode(text, add_special_tokens=False))
+    full = torch.cat([enc(" the cat").expand(len(ids), -1), ids, enc(" is").expand(len(ids), -1)], 1)
+    got = torch.tensor([r["post"] for r in front], dtype=torch.float32)
+    torch.testing.assert_close(got, neuron_post(lm, full, 1, 5), rtol=1e-4, atol=1e-4)
+    assert list(result.frontier.post) == pytest.approx(got.tolist())

@@ -63,6 +63,11 @@ def test_frontier_refuses_runs_that_do_not_compare(two_runs, tiny_lm, tmp_path, 
     assert "different seq_len 12 vs 6" in err and len(err.splitlines()) == 1
     assert main(["frontier", str(tmp_path)]) == 2
     assert "not a complete run directory" in capsys.readouterr().err
+    framed = run_dream(tiny_lm, fd.parse_target("L1.N5", tiny_lm),
+                       CFG.replace(iters=1, prefix=" the"), tmp_path / "framed")
+    assert main(["frontier", str(two_runs[0].run_dir), str(framed.run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "different prefix None vs ' the'" in err and len(err.splitlines()) == 1
 
 
 def test_dream_command_line_errors(tiny_model_dir, tmp_path, capsys):

@@ -112,11 +112,12 @@ def summary(hist: History, front: Frontier, frontier_ref: tuple[float, float] = 
     return out
 
 
-def with_post(lm, target, front: Frontier) -> Frontier:
+def with_post(lm, target, front: Frontier, cfg: EPOConfig | None = None) -> Frontier:
     """`front` with each point's post-activation value when `target` reads a pre-activation
     (DESIGN §5: reports always show it); else `front` unchanged. The K points go through the
-    model once, scored by `target.post`: exact for them, while a prompt off the frontier that
-    has a higher post value is not looked for (frontier points are what reports show)."""
+    model once, scored by `target.post` inside cfg's prefix and suffix: exact for them, while a
+    prompt off the frontier that has a higher post value is not looked for (frontier points are
+    what reports show)."""
     if target.post is None:
         return front
     if not len(front):
@@ -124,7 +125,9 @@ def with_post(lm, target, front: Frontier) -> Frontier:
     import torch
 
     from .evaluate import Scorer   # the model stack, only for the runs that need it
-    f, _ = Scorer(lm, target.post, retokenize=False).score(torch.as_tensor(front.ids).long())
+    from .context import Context
+    scorer = Scorer(lm, target.post, retokenize=False, context=Context.of(lm, cfg or EPOConfig()))
+    f, _ = scorer.score(torch.as_tensor(front.ids).long())
     return replace(front, post=f.double().numpy())
 
 
@@ -175,7 +178,7 @@ def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str 
             bar.update(1)
         hists = epo_many(lm, [(target, cfg) for _, target, cfg, _ in todo], callback=tick)
     for (d, target, cfg, config), hist, tracker in zip(todo, hists, trackers):
-        front = with_post(lm, target, pareto_frontier([hist], lm.tokenizer))
+        front = with_post(lm, target, pareto_frontier([hist], lm.tokenizer), cfg)
         save_run(d, hist, front, cfg, config=config,
                  prov=provenance(cfg, device=str(lm.device), end_time=_now(),
                                  dtype=str(lm.dtype).removeprefix("torch."),
@@ -284,7 +287,7 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
         raise
     if hist.meta.get("interrupted"):
         return _save_interrupted(run_dir, hist, done, prov, tracker)
-    front = with_post(lm, target, pareto_frontier([hist], lm.tokenizer))
+    front = with_post(lm, target, pareto_frontier([hist], lm.tokenizer), cfg)
     save_run(run_dir, hist, front, cfg, dict(prov, end_time=_now()), config, frontier_ref)
     tracker.log_frontier(front.records(), hist)
     tracker.log_file(run_dir / CHECKPOINT, "history")
@@ -346,20 +349,21 @@ def merged_frontier(run_dirs: list[Path]) -> tuple[list[dict], list[str]]:
     """One frontier over several finished runs: its records (frontier.json format) and the run
     each point came from. Only each run's own frontier points can be on the merged frontier
     (a point beaten at every penalty within its run stays beaten), so no model is loaded."""
-    keys = ("model", "fluency_model", "target", "seq_len")
+    keys = ("model", "fluency_model", "target", "seq_len", "prefix", "suffix")
     records, runs, first = [], [], None
     for d in map(Path, run_dirs):
         if not is_complete(d):
             raise UserError(f"{d} is not a complete run directory (no summary.json); "
                             "finish it with `fluentdream dream ... --resume`")
         config = read_json(d / "config.json")
-        seen = {k: config.get(k) for k in keys}
+        seen = {k: config.get(k) or None for k in keys}   # "" context = none (older runs)
         first = first or (d, seen)
         if seen != first[1]:
             diff = ", ".join(f"{k} {first[1][k]!r} vs {seen[k]!r}" for k in keys
                              if seen[k] != first[1][k])
             raise UserError(f"cannot merge {first[0]} and {d}: different {diff}; "
-                            "a frontier compares prompts for one target on one model")
+                            "a frontier compares prompts for one target on one model in one "
+                            "context")
         part = read_json(d / "frontier.json")
         records += part
         runs += [d.name] * len(part)
