@@ -91,3 +91,16 @@ def test_post_values_are_read_inside_the_runs_prefix_and_suffix(make_lm, tmp_pat
     got = torch.tensor([r["post"] for r in front], dtype=torch.float32)
     torch.testing.assert_close(got, neuron_post(lm, full, 1, 5), rtol=1e-4, atol=1e-4)
     assert list(result.frontier.post) == pytest.approx(got.tolist())
+
+
+def test_frontier_command_prints_the_post_column(make_lm, tmp_path, capsys):
+    from fluentdream.cli import main
+    lm = make_lm("gpt_neox")
+    runs.run_dream(lm, fd.parse_target("L1.N5:pre", lm), CFG, tmp_path / "run")
+    front, _ = read_run(tmp_path / "run")
+    capsys.readouterr()
+    assert main(["frontier", str(tmp_path / "run")]) == 0
+    head, *rows = capsys.readouterr().out.strip().splitlines()[:1 + len(front)]
+    assert head.split()[:3] == ["activation", "post", "xentropy"]
+    assert [float(r.split()[1]) for r in rows] == pytest.approx([r["post"] for r in front],
+                                                                abs=1e-3)

@@ -238,14 +238,18 @@ def _print_wandb(run_dir: Path) -> None:
 
 
 def _records_table(records: list[dict], runs: list[str] | None = None, max_width: int = 60) -> str:
-    """Frontier records (frontier.json) as a plain-text table, optionally with their run."""
-    head = f"{'activation':>10}  {'xentropy':>8}  {'perplexity':>10}  " + ("run  " if runs else "")
+    """Frontier records (frontier.json) as a plain-text table, optionally with their run; a
+    post column when the records have post-activation values (pre-activation targets)."""
+    post = any("post" in r for r in records)
+    head = (f"{'activation':>10}  " + (f"{'post':>8}  " if post else "")
+            + f"{'xentropy':>8}  {'perplexity':>10}  " + ("run  " if runs else ""))
     lines = [head + "text"]
     for i, r in enumerate(records):
         shown = repr(r["text"])[1:-1]
         shown = shown if len(shown) <= max_width else shown[:max_width - 1] + "…"
         run = f"{runs[i]}  " if runs else ""
-        lines.append(f"{r['target']:10.3f}  {r['xentropy']:8.3f}  {r['perplexity']:10.1f}  "
+        value = f"{r['post']:8.3f}  " if post else ""
+        lines.append(f"{r['target']:10.3f}  {value}{r['xentropy']:8.3f}  {r['perplexity']:10.1f}  "
                      f"{run}{shown}")
     return "\n".join(lines)
 
