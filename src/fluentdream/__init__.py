@@ -7,6 +7,7 @@
 """
 from . import attribution, batched
 from .config import EPOConfig
+from .context import Context
 from .errors import UserError
 from .epo import IterationReport, epo, gcg
 from .evaluate import Scorer, xentropy
@@ -23,5 +24,5 @@ __all__ = ["EPOConfig", "IterationReport", "epo", "gcg", "Scorer", "xentropy", "
            "fast_dtype", "frontier_quality", "pareto_frontier", "EPOState", "History", "LoadedModel",
            "load_model", "wrap_model", "AttentionEntry", "CustomTarget", "Logit", "Neuron",
            "ResidualDirection", "SAELatent", "Target", "UserError", "parse_target", "attribution",
-           "batched", "SAE", "load_sae"]
+           "batched", "SAE", "load_sae", "Context"]
 
