@@ -159,15 +159,16 @@ def stratified_penalties(lam_r: float, lo: float, hi: float, M: int) -> torch.Te
 
 
 def distinct_best(value: torch.Tensor, ce: torch.Tensor, ids, M: int) -> torch.Tensor:
-    """(P,) objective, (P,) CE, P prompts -> (M,) indices of the M best distinct prompts with a
-    finite objective (ties to the lower index), sorted by CE descending so that slot M-1, the
-    highest penalty, takes the most fluent. Too few valid prompts: picks repeat, best first."""
+    """(P,) objective (epo.objective), (P,) CE, P prompts -> (M,) indices of the M best distinct
+    prompts with a finite objective (ties to the lower index), sorted by CE descending so that
+    slot M-1, the highest penalty, takes the most fluent. Too few valid prompts: picks repeat,
+    best first."""
     picks, seen = [], set()
     for i in torch.argsort(value, descending=True, stable=True).tolist():
-        if len(picks) == M or not torch.isfinite(value[i]):
+        if len(picks) == M:
             break
         key = tuple(int(t) for t in ids[i])
-        if key not in seen:
+        if torch.isfinite(value[i]) and key not in seen:
             seen.add(key)
             picks.append(i)
     if not picks:                             # nothing valid: what collapse keeps (argmax)
