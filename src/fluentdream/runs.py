@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from .history import History
 from .runfiles import (CHECKPOINT, config_diff, is_complete, load_checkpoint,  # noqa: F401
                        read_json, same_complete_run, save_history, write_json)
 from .tracking import CE_THRESHOLDS, FRONTIER_REF, IterationMetrics, NullTracker, Tracker
+
+if TYPE_CHECKING:
+    from .epo import IterationReport
 
 PACKAGES = ("numpy", "torch", "transformers", "tokenizers", "datasets", "wandb", "ray")
 
@@ -149,10 +152,13 @@ def save_run(run_dir: Path, hist: History, front: Frontier, cfg: EPOConfig,
 
 
 def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str = "disabled",
-               project: str = "fluentdream", group: str | None = None) -> list[Path]:
+               project: str = "fluentdream", group: str | None = None,
+               stop: Callable[[Path, IterationReport], bool] | None = None) -> list[Path]:
     """Run every (target, cfg) job whose run directory under `parent` is unfinished, in lockstep
     (fluentdream.batched: one forward pass scores every run's children), and save each run.
     Each run keeps its own W&B run (mode `wandb`, in `group`), with every iteration's metrics.
+    stop(run_dir, report) returning True ends that run there (a time budget, say); it is saved
+    as finished with the iterations it made.
 
     Returns all the jobs' run directories, finished ones included (sweeps resume, STYLE §7).
     """
@@ -173,9 +179,10 @@ def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str 
         trackers.append(start_tracker(wandb, d, config, project=project, group=group))
     metrics = [IterationMetrics() for _ in todo]
     with tqdm(total=sum(cfg.iters for _, _, cfg, _ in todo), desc=desc, unit="it") as bar:
-        def tick(i, report) -> None:   # returns None: tqdm.update's True would stop run i
+        def tick(i, report) -> bool:   # not tqdm.update's return value: True would stop run i
             trackers[i].log(metrics[i](report.history, report.iteration), step=report.iteration)
             bar.update(1)
+            return bool(stop is not None and stop(todo[i][0], report))
         hists = epo_many(lm, [(target, cfg) for _, target, cfg, _ in todo], callback=tick)
     for (d, target, cfg, config), hist, tracker in zip(todo, hists, trackers):
         front = with_post(lm, target, pareto_frontier([hist], lm.tokenizer), cfg)
