@@ -112,3 +112,34 @@ def test_sweep_never_passes_old_runs_off_as_new(tiny_model_dir, tmp_path, capsys
     assert sweep(out, "--iters", "3") == 2
     assert "iters (saved 4, requested 3)" in capsys.readouterr().err
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def test_local_sweep_batches_jobs_and_a_failing_batch_runs_them_alone(tiny_model_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    """--batch 3 over 4 jobs: one batched loop of 3 (each run its own directory) and one alone;
+    a batch that raises is rerun job by job, so the sweep still completes."""
+    def sweep(out, *extra):
+        return main(["sweep", "--model", str(tiny_model_dir), "--targets", "L1.N5,logit: the",
+                     "--seeds", "0-1", "--out", str(out), "--wandb", "disabled",
+                     "--no-progress", "--iters", "2", "--population-size", "2",
+                     "--explore-per-pop", "4", "--topk", "16", *extra])
+    assert sweep(tmp_path / "a", "--batch", "3") == 0
+    assert "4 of 4 jobs complete" in capsys.readouterr().out
+    provs = [read_json(d / "provenance.json") for d in sorted((tmp_path / "a").iterdir())]
+    assert sorted(p.get("batched", 1) for p in provs) == [1, 3, 3, 3]
+    assert all(set(FILES) <= {f.name for f in d.iterdir()} for d in (tmp_path / "a").iterdir())
+    for d in (tmp_path / "a").iterdir():      # each run holds its own target and seed only
+        config, hist = read_json(d / "config.json"), History.load(d / "history.npz")
+        assert d == run_dir_for(tmp_path / "a", str(tiny_model_dir), config["target"],
+                                config["seed"]) and len(hist) == 2
+
+    import fluentdream.session as session
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a job broke the batch")
+    monkeypatch.setattr(session, "run_many", broken)
+    assert sweep(tmp_path / "b", "--batch", "4") == 0
+    assert "4 of 4 jobs complete" in capsys.readouterr().out
+    assert main(["sweep", "--model", str(tiny_model_dir), "--targets", "L1.N5", "--out",
+                 str(tmp_path / "c"), "--batch", "0"]) == 2
+    assert "batch must be >= 1" in capsys.readouterr().err

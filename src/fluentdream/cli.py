@@ -269,7 +269,10 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--seeds", default="0", help="seeds: 0-3 or 0,5,7 [default: 0]")
     p.add_argument("--out", required=True, help="directory holding one run directory per job")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="local: one job after another in this process; ray: a Ray cluster")
+                   help="local: in this process, --batch jobs at a time; ray: a Ray cluster")
+    p.add_argument("--batch", type=int, default=8, metavar="N",
+                   help="local executor: N jobs in lockstep, one forward pass scoring all their "
+                   "children, each with its own run directory (1: one after another) [default: 8]")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (e.g. auto or "
                    "ray://host:10001); default: start a local Ray instance")
     p.add_argument("--workers", type=int, default=1, help="Ray actors, each holding one model copy")
@@ -312,7 +315,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        ray_address=args.ray_address, workers=args.workers,
                        gpus_per_worker=args.gpus_per_worker, wandb=args.wandb,
                        project=args.wandb_project, group=args.wandb_group,
-                       checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+                       checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                       batch=args.batch)
     for r in results:
         what = r.error if r.error else f"best target {r.summary['best_target']:.3f}"
         print(f"{r.status:8}  {r.run_dir}  {what}")

@@ -7,7 +7,10 @@
 
 Each job writes its own run directory under `out` (runs.py). A complete one (summary.json) made
 with the same settings is skipped, one made with fewer iterations is extended, an unfinished one
-is resumed from its checkpoint, so re-running a sweep finishes it. Before any job runs, every run
+is resumed from its checkpoint, so re-running a sweep finishes it. The local executor runs up to
+`batch` jobs in lockstep (session.run_many: one forward pass scores all their children; each
+keeps its own run directory, W&B run, checkpoints and exact resume); if a batch fails, its jobs
+are run again one by one, so a bad job fails only itself. Before any job runs, every run
 directory's saved config.json is compared with the sweep's settings and every target is checked
 against the model: a mismatch or a bad target raises fd.UserError and nothing runs. A job that
 raises during its run is recorded in RUN_DIR/error.json and the others go on. All W&B runs of a sweep share
@@ -88,6 +91,7 @@ class Settings:
     project: str = "fluentdream"
     group: str | None = None
     checkpoint_every: int | None = None
+    batch: int = 8            # local executor: jobs run in lockstep
 
     def config(self, job: Job) -> EPOConfig:
         return self.base.replace(seed=job.seed, **job.overrides)
@@ -97,6 +101,39 @@ class Settings:
         cfg = self.config(job)
         every = (cfg.restart_frequency or 30) if self.checkpoint_every is None else self.checkpoint_every
         return run_config(cfg, self.model, target_name, None, FRONTIER_REF, every)
+
+
+def _batch_key(cfg: EPOConfig) -> tuple:
+    """Settings every run of one batched loop must share (one Scorer serves them)."""
+    return (cfg.seq_len, cfg.retokenize, cfg.prefix, cfg.suffix)
+
+
+def run_batch(lm, jobs: list[Job], s: Settings) -> list[JobResult]:
+    """Jobs in one batched loop; if the batch raises, each job again alone (run_job), so one
+    bad job fails only itself. Ctrl-C returns every job as far as it got ("interrupted")."""
+    from .session import RunSpec, run_many
+    from .targets import parse_target
+    from .tracking import start_tracker
+
+    if len(jobs) == 1:
+        return [run_job(lm, jobs[0], s)]
+    tracker = functools.partial(start_tracker, s.wandb, project=s.project, group=s.group)
+    try:
+        specs = []
+        for job in jobs:
+            (job.run_dir(s.out, s.model) / "error.json").unlink(missing_ok=True)
+            specs.append(RunSpec(parse_target(job.target, lm), s.config(job),
+                                 job.run_dir(s.out, s.model), resume=True,
+                                 checkpoint_every=s.checkpoint_every, make_tracker=tracker,
+                                 extra=dict(sweep_group=s.group, batched=len(jobs))))
+        results = run_many(lm, specs)
+    except Exception as e:  # noqa: BLE001 - one failed job must not stop the others
+        log.warning("a batch of %d jobs failed (%s: %s); running them one by one", len(jobs),
+                    type(e).__name__, e)
+        return [run_job(lm, job, s) for job in jobs]
+    return [JobResult(job, r.run_dir, "done", summary=read_json(r.run_dir / "summary.json"))
+            if r.complete else JobResult(job, r.run_dir, "interrupted")
+            for job, r in zip(jobs, results)]
 
 
 def run_job(lm, job: Job, s: Settings) -> JobResult:
@@ -129,6 +166,9 @@ class Worker:
 
     def run(self, job: Job, s: Settings) -> JobResult:
         return run_job(self.lm, job, s)
+
+    def run_batch(self, jobs: list[Job], s: Settings) -> list[JobResult]:
+        return run_batch(self.lm, jobs, s)
 
     def check(self, jobs: list[Job], s: Settings) -> list[str]:
         """What is wrong with each job's target or settings on this model (empty: all fine)."""
@@ -171,18 +211,21 @@ def run_jobs(model: str, jobs: list[Job], out: Path, base: EPOConfig | None = No
              executor: str = "local", ray_address: str | None = None, workers: int = 1,
              gpus_per_worker: float = 0.0, wandb: str = "disabled", project: str = "fluentdream",
              group: str | None = None, checkpoint_every: int | None = None,
-             progress: bool = False) -> list[JobResult]:
+             progress: bool = False, batch: int = 8) -> list[JobResult]:
     """Run every job; returns one JobResult per job, in order. `group` (the W&B group) defaults
-    to the name of `out`, so a re-run of the sweep lands in the same group."""
+    to the name of `out`, so a re-run of the sweep lands in the same group. `batch`: jobs the
+    local executor runs in lockstep (1: one after another)."""
     if executor not in EXECUTORS:
         raise UserError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if workers < 1:
         raise UserError(f"workers must be >= 1, got {workers}")
+    if batch < 1:
+        raise UserError(f"batch must be >= 1, got {batch}")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise UserError(f"checkpoint_every must be a positive integer, got {checkpoint_every}")
     out = Path(out)
     s = Settings(model, out, base or EPOConfig(), wandb, project,
-                 group or slug(out.resolve().name), checkpoint_every)
+                 group or slug(out.resolve().name), checkpoint_every, batch)
     done = finished_runs(jobs, s)
     results = {i: JobResult(jobs[i], jobs[i].run_dir(out, model), "skipped", summary=summary)
                for i, summary in done.items()}
@@ -236,12 +279,18 @@ def _check_all(problems: list[str], n: int) -> None:
 def _run_local(jobs, todo, s: Settings, results, bar: SweepProgress) -> None:
     worker = Worker(s.model, s.base.device, s.base.dtype)
     _check_all(worker.check([jobs[i] for i in todo], s), len(todo))
+    groups: dict[tuple, list[int]] = {}
     for i in todo:
-        bar.started()
-        results[i] = worker.run(jobs[i], s)
-        bar.finished(results[i])
-        if results[i].status == "interrupted":
-            raise KeyboardInterrupt
+        groups.setdefault(_batch_key(s.config(jobs[i])), []).append(i)
+    for members in groups.values():
+        for start in range(0, len(members), s.batch):
+            chunk = members[start:start + s.batch]
+            bar.started(len(chunk))
+            for i, r in zip(chunk, worker.run_batch([jobs[i] for i in chunk], s)):
+                results[i] = r
+                bar.finished(r)
+            if any(results[i].status == "interrupted" for i in chunk):
+                raise KeyboardInterrupt
 
 
 def _run_ray(jobs, todo, s: Settings, results, bar: SweepProgress, address: str | None,

@@ -19,12 +19,12 @@ at any instant resumes from its last checkpoint to the same History as an uninte
 """
 from __future__ import annotations
 
-import copy
+import functools
 import platform
 import re
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -34,12 +34,13 @@ import numpy as np
 
 from .config import EPOConfig
 from .errors import UserError
-from .frontier import Frontier, frontier_indices, frontier_quality, pareto_frontier
+from .frontier import Frontier, frontier_indices, frontier_quality
 from .history import History
 # The run files' helpers live in runfiles.py; experiments and analysis import them from here.
 from .runfiles import (CHECKPOINT, config_diff, is_complete, load_checkpoint,  # noqa: F401
                        read_json, same_complete_run, save_history, write_json)
-from .tracking import CE_THRESHOLDS, FRONTIER_REF, IterationMetrics, NullTracker, Tracker
+from .session import MakeTracker, RunResult, RunSpec, run_many  # noqa: F401 (RunSpec: API)
+from .tracking import CE_THRESHOLDS, FRONTIER_REF, Tracker
 
 if TYPE_CHECKING:
     from .epo import IterationReport
@@ -155,43 +156,28 @@ def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str 
                project: str = "fluentdream", group: str | None = None,
                stop: Callable[[Path, IterationReport], bool] | None = None) -> list[Path]:
     """Run every (target, cfg) job whose run directory under `parent` is unfinished, in lockstep
-    (fluentdream.batched: one forward pass scores every run's children), and save each run.
-    Each run keeps its own W&B run (mode `wandb`, in `group`), with every iteration's metrics.
-    stop(run_dir, report) returning True ends that run there (a time budget, say); it is saved
-    as finished with the iterations it made.
+    (session.run_many: one forward pass scores every run's children), and save each run. Each
+    run keeps its own run directory, W&B run (mode `wandb`, in `group`), checkpoints and exact
+    resume: an unfinished run is continued from its checkpoint. stop(run_dir, report) returning
+    True ends that run there (a time budget, say); it is saved as finished with the iterations
+    it made.
 
     Returns all the jobs' run directories, finished ones included (sweeps resume, STYLE §7).
     """
-    from tqdm.auto import tqdm
-
-    from .batched import epo_many
     from .tracking import start_tracker
 
+    def tracker(d: Path, config: dict) -> Tracker:
+        return start_tracker(wandb, d, config, project=project, group=group)
+
     dirs = [run_dir_for(parent, lm.name, target.name, cfg.seed) for target, cfg in jobs]
-    todo = [(d, target, cfg, run_config(cfg, lm.name, target.name))
-            for d, (target, cfg) in zip(dirs, jobs)]
-    todo = [job for job in todo if not same_complete_run(job[0], job[3])]
-    if not todo:
-        return dirs
-    trackers = []
-    for d, _, _, config in todo:
-        d.mkdir(parents=True, exist_ok=True)
-        trackers.append(start_tracker(wandb, d, config, project=project, group=group))
-    metrics = [IterationMetrics() for _ in todo]
-    with tqdm(total=sum(cfg.iters for _, _, cfg, _ in todo), desc=desc, unit="it") as bar:
-        def tick(i, report) -> bool:   # not tqdm.update's return value: True would stop run i
-            trackers[i].log(metrics[i](report.history, report.iteration), step=report.iteration)
-            bar.update(1)
-            return bool(stop is not None and stop(todo[i][0], report))
-        hists = epo_many(lm, [(target, cfg) for _, target, cfg, _ in todo], callback=tick)
-    for (d, target, cfg, config), hist, tracker in zip(todo, hists, trackers):
-        front = with_post(lm, target, pareto_frontier([hist], lm.tokenizer), cfg)
-        save_run(d, hist, front, cfg, config=config,
-                 prov=provenance(cfg, device=str(lm.device), end_time=_now(),
-                                 dtype=str(lm.dtype).removeprefix("torch."),
-                                 wandb_run_id=tracker.run_id, batched=len(todo)))
-        tracker.log_frontier(front.records(), hist)
-        tracker.finish()
+    todo = [(d, target, cfg) for d, (target, cfg) in zip(dirs, jobs)
+            if not same_complete_run(d, run_config(cfg, lm.name, target.name))]
+    specs = [RunSpec(target, cfg, d, resume=True, make_tracker=tracker,
+                     extra=dict(batched=len(todo)),
+                     stop=None if stop is None else functools.partial(stop, d))
+             for d, target, cfg in todo]
+    if specs:
+        run_many(lm, specs, progress=True, desc=desc)
     return dirs
 
 
@@ -231,17 +217,6 @@ def open_run(run_dir: Path, config: dict, resume: bool) -> History | None:
     return saved
 
 
-@dataclass
-class RunResult:
-    run_dir: Path
-    history: History
-    frontier: Frontier | None   # None when interrupted
-    complete: bool              # False after Ctrl-C: history.npz holds what was done; resume it
-
-
-MakeTracker = Callable[[Path, dict], Tracker]
-
-
 def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume: bool = False,
               checkpoint_every: int | None = None, make_tracker: MakeTracker | None = None,
               frontier_ref: tuple[float, float] = FRONTIER_REF, progress: bool = False,
@@ -251,105 +226,12 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
     to more `cfg.iters`), mirrors every iteration to the tracker (a resumed run replays the saved
     iterations into a new tracker run first), and saves on Ctrl-C. Raises UserError, before
     writing anything, for bad settings or a run_dir holding a finished or a different run; a run
-    that fails before its first checkpoint leaves no config.json or provenance.json behind."""
-    from .epo import check_run, epo
-
-    check_run(lm, target=target, cfg=cfg)    # bad settings fail before anything is written
-    run_dir = Path(run_dir)
-    every = (cfg.restart_frequency or 30) if checkpoint_every is None else checkpoint_every
-    if not isinstance(every, int) or every < 1:
-        raise UserError(f"checkpoint_every must be a positive integer, got {every!r}")
-    config = run_config(cfg, lm.name, target.name, fluency.name if fluency else None,
-                        frontier_ref, every)
-    saved = open_run(run_dir, config, resume)
-    created = not run_dir.exists()
-    try:
-        tracker = _open_session(run_dir, config, saved, make_tracker)
-        prov = _start_provenance(run_dir, cfg, lm, tracker, saved, provenance_extra)
-    except BaseException:
-        _remove_setup(run_dir, created, saved)
-        raise
-    metrics = IterationMetrics(*frontier_ref)
-    done = {"n": 0, "state": None}       # last finished iteration's state, for Ctrl-C
-    if saved is not None:
-        saved.meta.pop("interrupted", None)
-        saved.meta.setdefault("resumed_at", []).append(len(saved))
-        saved.meta.setdefault("config", {})["iters"] = cfg.iters     # an extension's new length
-        done.update(n=len(saved), state=copy.deepcopy(saved.state))
-        for t in range(len(saved)):
-            tracker.log(metrics(saved, t), step=t)
-
-    def callback(report) -> None:
-        hist, t = report.history, report.iteration
-        done.update(n=t + 1, state=copy.deepcopy(hist.state))   # epo mutates its state in place
-        tracker.log(metrics(hist, t), step=t)
-        if (t + 1) % every == 0 and t + 1 < cfg.iters:
-            save_history(hist, run_dir / CHECKPOINT)
-
-    try:
-        hist = epo(lm, target, cfg, callback, fluency=fluency, resume=saved, progress=progress)
-    except BaseException:
-        tracker.finish(exit_code=1)
-        _remove_setup(run_dir, created, saved)
-        raise
-    if hist.meta.get("interrupted"):
-        return _save_interrupted(run_dir, hist, done, prov, tracker)
-    front = with_post(lm, target, pareto_frontier([hist], lm.tokenizer), cfg)
-    save_run(run_dir, hist, front, cfg, dict(prov, end_time=_now()), config, frontier_ref)
-    tracker.log_frontier(front.records(), hist)
-    tracker.log_file(run_dir / CHECKPOINT, "history")
-    tracker.finish()
-    return RunResult(run_dir, hist, front, True)
-
-
-def _open_session(run_dir: Path, config: dict, saved: History | None,
-                  make_tracker: MakeTracker | None) -> Tracker:
-    """Write config.json and start the tracker. A finished run being extended is unfinished
-    again until it ends, so its summary.json (the completion mark) goes first."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if saved is not None:
-        for name in ("summary.json", "frontier.json"):
-            (run_dir / name).unlink(missing_ok=True)
-    write_json(run_dir / "config.json", config)
-    return make_tracker(run_dir, config) if make_tracker else NullTracker()
-
-
-def _remove_setup(run_dir: Path, created: bool, saved: History | None) -> None:
-    """After a failure before the first checkpoint, remove config.json and provenance.json (and
-    the directory if this run made it and it is empty), so a retry starts clean."""
-    if saved is not None or (run_dir / CHECKPOINT).exists() or not run_dir.is_dir():
-        return
-    for name in ("config.json", "provenance.json"):
-        (run_dir / name).unlink(missing_ok=True)
-    if created and not any(run_dir.iterdir()):
-        run_dir.rmdir()
-
-
-def _start_provenance(run_dir: Path, cfg: EPOConfig, lm, tracker, saved: History | None,
-                      extra: dict) -> dict:
-    earlier = []
-    if saved is not None and (run_dir / "provenance.json").exists():
-        old = read_json(run_dir / "provenance.json")
-        earlier = old.pop("previous_sessions", []) + [old]
-    prov = provenance(cfg, device=str(lm.device), start_time=_now(), end_time=None,
-                      wandb_run_id=tracker.run_id, wandb_mode=getattr(tracker, "mode", None),
-                      resumed_from_iteration=len(saved) if saved is not None else None,
-                      previous_sessions=earlier, **extra)
-    write_json(run_dir / "provenance.json", prov)
-    return prov
-
-
-def _save_interrupted(run_dir: Path, hist: History, done: dict, prov: dict,
-                      tracker: Tracker) -> RunResult:
-    """Ctrl-C may land mid-iteration, so save the History up to the last finished iteration
-    with that iteration's state (not the loop's half-updated one)."""
-    partial = hist.truncated(done["n"])
-    partial.state = done["state"]
-    if partial.state is not None:
-        save_history(partial, run_dir / CHECKPOINT)
-    write_json(run_dir / "provenance.json", dict(prov, end_time=_now(), interrupted=True))
-    tracker.finish(exit_code=130)
-    return RunResult(run_dir, partial, None, False)
+    that fails before its first checkpoint leaves no config.json or provenance.json behind.
+    One run of session.run_many, which batches several."""
+    spec = RunSpec(target, cfg, Path(run_dir), resume, checkpoint_every, make_tracker,
+                   frontier_ref, provenance_extra)
+    result, = run_many(lm, [spec], fluency=fluency, progress=progress, desc=target.name)
+    return result
 
 
 def merged_frontier(run_dirs: list[Path]) -> tuple[list[dict], list[str]]:
