@@ -31,6 +31,7 @@ EXPERIMENTS := 01_fluency_calibration 04_seed_variance 02_token_logits 03_six_ne
 # 10 counts trigger families on 05's sampled-neuron runs too, so it waits for 05 to finish.
 $(RES)/.10_sae_latents.done: $(RES)/.05_dream_vs_dataset.done
 FIGURES := $(basename $(notdir $(wildcard paper_figures/fig*.py paper_figures/table*.py))) frontier_plots
+FIGURES := $(filter-out fig8_operators,$(FIGURES))   # `make operators` draws it (below)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test figures experiments tables bench embedded-model clean
@@ -91,6 +92,24 @@ $(RES)/.wandb_summary.done: analysis/wandb_summary.py $(FIGURES:%=$(OUT)/.%.done
 	$(PY) -m analysis.wandb_summary --preset $(PRESET) --tables $(RES)/tables --figures $(OUT)
 	@touch $@
 figures: $(RES)/.wandb_summary.done
+
+# --- beyond the paper: experiment 09 (issue 14) -----------------------------------------------
+# Its ~17 minutes do not fit the 20 of `make figures`, so it has its own target: two 1-thread
+# shards side by side (on 2 cores they beat one 2-thread process, LOG.md), then the tables of
+# every experiment that has results, the README rows and Fig 8.
+.PHONY: operators
+$(RES)/.09_operators_and_restarts.done: experiments/09_operators_and_restarts.py \
+		$(RES)/.01_fluency_calibration.done | $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY) experiments/09_operators_and_restarts.py --preset $(PRESET) --shard 0/2 & \
+	  first=$$!; OMP_NUM_THREADS=1 $(PY) experiments/09_operators_and_restarts.py --preset $(PRESET) \
+	  --shard 1/2; wait $$first
+	@touch $@
+
+operators: $(RES)/.09_operators_and_restarts.done ## experiment 09 (~17 min): operators and exploring restarts -> tables, README rows, Fig 8
+	$(PY) -m analysis.build_tables --preset $(PRESET)
+	$(PY) -m analysis.readme_table --preset $(PRESET) \
+	  $(if $(filter $(README_PRESET),$(PRESET)),$(shell grep -q 'results-table:begin' $(README) && echo --splice $(README)))
+	$(PY) -m paper_figures.fig8_operators --tables $(RES)/tables --out $(OUT)
 
 # REFERENCE: a checkout of Confirm-Solutions/dreamy (read, never vendored) for the time-to-quality table
 REFERENCE ?=

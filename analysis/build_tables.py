@@ -18,7 +18,8 @@ from fluentdream.history import atomic_write
 
 from . import numbers
 
-MODULES = ("fluency", "frontiers", "seeds", "dataset", "residual", "sae_latents", "units")
+MODULES = ("fluency", "frontiers", "seeds", "dataset", "residual", "sae_latents", "operators",
+           "units")
 
 
 def _write_csv(path: Path, df) -> None:

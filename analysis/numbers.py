@@ -10,8 +10,9 @@ Schema (`schema` = "fluentdream.numbers", `schema_version` = 1) of results/<pres
     claim       the README row it belongs to (analysis/readme_table.py: ROWS)
     label       what the number is, in words
     value       the number (null when it does not exist: no candidate under a CE limit)
-    unit        activation | nats | z | count | share
-    statistic   mean | median | max | min | sd | count | difference | difference of medians |
+    unit        activation | nats | z | count | share | area (activation x nats: a hypervolume) |
+                seconds
+    statistic   mean | median | max | min | sd | iqr | count | difference | difference of medians |
                 value (one observed point); a mean of paired differences is "mean"
     n, over     how many units it summarizes, and which (seeds, directions, restarts, slices, runs)
     ci, ci_method   [low, high] 95% interval and how it was made (stats.py); null for one point
@@ -39,7 +40,7 @@ import pandas as pd
 
 from fluentdream.runs import git_info
 
-from . import dataset, sae_latents, stats
+from . import dataset, operators, sae_latents, stats
 
 SCHEMA, SCHEMA_VERSION = "fluentdream.numbers", 1
 OFF = 0.1   # a post-GELU activation at most this is "off": GELU's floor is -0.17, stuck runs end at -0.00
@@ -369,7 +370,7 @@ def residual(t: dict, index: pd.DataFrame) -> dict:
 
 
 CLAIMS = (fluency, logits, six_neurons, seeds, growth, restarts, dream_vs_dataset, sampled_neurons,
-          attribution, residual, sae_latents.claims)
+          attribution, residual, sae_latents.claims, operators.claims)
 
 
 def build(tables: dict[str, pd.DataFrame]) -> dict[str, dict]:

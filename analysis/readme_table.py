@@ -331,6 +331,71 @@ def _families(n: Numbers) -> str:
             f"({n.p('sae.families.latent_minus_neuron')})")
 
 
+def _ops_neurons(n: Numbers) -> list[str]:
+    """Neurons of experiment 09, from its reference's keys (ops.swap.<neuron>.hypervolume.mean)."""
+    suffix = ".hypervolume.mean"
+    return [k[len("ops.swap."):-len(suffix)] for k in n.keys("ops.swap.", suffix)]
+
+
+def _ops(condition: str) -> Callable[[Numbers], str]:
+    """Per neuron: mean hypervolume swap -> condition with CIs and the paired test; the best
+    in-distribution activation; seconds and iterations per run (equal wall time)."""
+    def ours(n: Numbers) -> str:
+        parts = []
+        for neuron in _ops_neurons(n):
+            a, b = f"ops.swap.{neuron}", f"ops.{condition}.{neuron}"
+            if not n.has(f"{b}.hypervolume.mean"):
+                continue
+            test = f"ops.{condition}_vs_swap.{neuron}"
+            parts.append(
+                f"{neuron}: hypervolume {n.ci(f'{a}.hypervolume.mean')} → "
+                f"{n.ci(f'{b}.hypervolume.mean')} ({n.p(f'{test}.hypervolume.level')}); in "
+                f"distribution {n.ci(f'{a}.best_in_dist.mean')} → {n.ci(f'{b}.best_in_dist.mean')} "
+                f"({n.p(f'{test}.best_in_dist.level')}); {n.v(f'{a}.seconds.mean', 1)} vs "
+                f"{n.v(f'{b}.seconds.mean', 1)} s, {n.v(f'{a}.iterations.mean', 0)} vs "
+                f"{n.v(f'{b}.iterations.mean', 0)} iterations per run")
+        return "; ".join(parts) + " (swap → " + condition + ", means over seeds)"
+    return ours
+
+
+def _ops_holds(condition: str) -> Callable[[Numbers], str]:
+    """yes when the hypervolume is higher (Wilcoxon p < 0.05) on every neuron, partly on some;
+    no otherwise, naming the neurons where it is significantly lower."""
+    def holds(n: Numbers) -> str:
+        keys = [f"ops.{condition}_vs_swap.{x}.hypervolume.level" for x in _ops_neurons(n)]
+        keys = [k for k in keys if n.has(k)]
+        up = sum(n.significant(k, 1) for k in keys)
+        down = [k.split(".")[2] + "." + k.split(".")[3] for k in keys if n.significant(k, -1)]
+        verdict = "yes" if keys and up == len(keys) else "partly" if up else "no"
+        lower = f"; lower on {', '.join(down)}" if down else ""
+        return f"{verdict}: higher on {up} of {len(keys)} neurons{lower}"
+    return holds
+
+
+def _spread(n: Numbers) -> str:
+    parts = []
+    for neuron in _ops_neurons(n):
+        sds = [f"{c} {n.v(f'ops.{c}.{neuron}.hypervolume.sd')}"
+               for c in ("swap", "operators", "explore", "operators+explore")
+               if n.has(f"ops.{c}.{neuron}.hypervolume.sd")]
+        parts.append(f"{neuron}: " + ", ".join(sds))
+    return "SD of the hypervolume over seeds: " + "; ".join(parts)
+
+
+def _spread_holds(n: Numbers) -> str:
+    """yes when some condition's spread is smaller than swap's (Mann-Whitney on absolute
+    deviations, p < 0.05) on every neuron; partly on some; no otherwise."""
+    keys = n.keys("ops.", ".hypervolume.spread")
+    smaller = sorted({k.split("_vs_swap.")[0][4:] for k in keys if n.significant(k, -1)})
+    neurons = _ops_neurons(n)
+    every = [c for c in smaller
+             if all(n.significant(f"ops.{c}_vs_swap.{x}.hypervolume.spread", -1) for x in neurons)]
+    if every:
+        return f"yes: {', '.join(every)} on all {len(neurons)} neurons"
+    return (f"partly: {', '.join(smaller)} on some neurons" if smaller
+            else f"no: no significantly smaller spread on any of {len(neurons)} neurons")
+
+
 ROWS = (
     Row("fluency", "CE of n-token corpus slices falls with n (§3, Fig 5a)", "01_fluency_calibration",
         "n = 2, 4, 8, 12, 16, 24, 32: 5.89, 4.95, 4.16, 3.75, 3.50, 3.17, 2.97; SD at 12: 1.1",
@@ -386,6 +451,18 @@ ROWS = (
     Row("sae_families", "Latents are less polysemantic than neurons: fewer trigger families among "
         "the top dreams (§3.4, §4)", "10_sae_latents", "— (proposed, §4)", "`fig7_sae_latents.png`",
         _families, _tested("sae.families.latent_minus_neuron", -1, "latents show more families")),
+    Row("operators", "Insertion, deletion and two-token swaps raise the mean frontier hypervolume "
+        "at equal wall time (proposed, §4)", "09_operators_and_restarts", "— (proposed, §4)",
+        "`fig8_operators.png`", _ops("operators"), _ops_holds("operators")),
+    Row("explore", "Restarts that keep diversity (\"more exploration\") raise the mean frontier "
+        "hypervolume at equal wall time (proposed, §4)", "09_operators_and_restarts",
+        "— (proposed, §4)", "`fig8_operators.png`", _ops("explore"), _ops_holds("explore")),
+    Row("operators_explore", "Both together raise the mean frontier hypervolume at equal wall time "
+        "(proposed, §4)", "09_operators_and_restarts", "— (proposed, §4)", "`fig8_operators.png`",
+        _ops("operators+explore"), _ops_holds("operators+explore")),
+    Row("ops_spread", "They shrink the spread across seeds (§3.2 Fig 2a's spread; §4)",
+        "09_operators_and_restarts", "60 seeds: max 2.4–10.2 (the spread to shrink)",
+        "`fig8_operators.png`", _spread, _spread_holds),
     Row("companion", "Phi-2 L8.N1 walkthrough (companion page)", "08_companion_phi2", "—", "—",
         lambda n: "not run here", lambda n: "—"),
 )

@@ -71,6 +71,8 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                                 "residual_slack_runs"),
                                ("fig5_residual_alignment.png", "fig6_residual_layers.png",
                                 "fig_distributions.png")),
+    "09_operators_and_restarts": (("operators_runs", "operators_summary", "operators_tests"),
+                                  ("fig8_operators.png",)),
     "10_sae_latents": (("sae_latents", "sae_families"), ("fig7_sae_latents.png",)),
 }
 MEDIA = (".png", ".html")

@@ -1,0 +1,63 @@
+"""Figure 8: mutation operators and exploring restarts at equal wall time (experiment 09; the
+paper's §4 proposals, Fig 2a's question of spread across seeds).
+
+    python -m paper_figures.fig8_operators --tables results/embedded/tables --out paper_figures/out
+
+One column per neuron. Top: each run's frontier hypervolume (reference point in the y label),
+one point per seed over a box per condition (quartiles, whiskers to 1.5 IQR); the x labels give
+each condition's mean seconds and iterations per run, so equal wall time can be checked. Bottom:
+the best activation in distribution (CE below 01's limit), the same way; a run with no candidate
+there has no point. Reads operators_runs (analysis/operators.py).
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from paper_figures import style
+
+NAME = "fig8_operators"
+ORDER = ("swap", "operators", "explore", "operators+explore")
+
+
+def panel(ax, runs: pd.DataFrame, col: str, order: list[str]) -> None:
+    """Box per condition and one point per seed, in the shared style."""
+    with plt.rc_context(style.RC):       # seaborn draws into the shared style's axes
+        sns.boxplot(data=runs, x="condition", y=col, order=order, ax=ax, color="#eeeeee",
+                    width=0.55, linewidth=0.8, fliersize=0)
+        sns.stripplot(data=runs, x="condition", y=col, order=order, ax=ax, hue="condition",
+                      hue_order=order, palette=style.COLOURS[:len(order)], size=4, jitter=0.15,
+                      legend=False)
+    ax.set_xlabel("")
+
+
+def make(tables: dict[str, pd.DataFrame]):
+    runs = style.require(tables, "operators_runs", "09_operators_and_restarts")
+    neurons = list(dict.fromkeys(runs["neuron"]))
+    order = [c for c in ORDER if c in set(runs["condition"])]
+    fig, axes = style.figure(2, len(neurons), width=4.2 * len(neurons), height=7.5)
+    ref = runs.iloc[0]
+    for j, neuron in enumerate(neurons):
+        g = runs[runs["neuron"] == neuron]
+        cost = g.groupby("condition")[["seconds", "iterations"]].mean()
+        labels = [f"{c}\n{cost.loc[c, 'seconds']:.0f} s, {cost.loc[c, 'iterations']:.0f} it"
+                  for c in order]
+        for i, col in enumerate(("hypervolume", "best_in_dist")):
+            ax = axes[i][j]
+            panel(ax, g, col, order)
+            ax.set_xticks(range(len(order)), labels if i == 1 else [c for c in order])
+            ax.set_ylabel("" if j else (
+                f"hypervolume (ref: CE {ref['ref_xentropy']:.2f}, act. {ref['ref_activation']:g})"
+                if i == 0 else f"best activation with CE < {ref['ref_xentropy']:.2f}"))
+        axes[0][j].set_title(f"{neuron}: {g['seed'].nunique()} seeds per condition")
+    return fig
+
+
+def main(argv=None) -> None:
+    args = style.parse_args(argv, __doc__.splitlines()[0])
+    style.save(make(style.read_tables(args.tables)), args.out / f"{NAME}.png")
+
+
+if __name__ == "__main__":
+    main()
