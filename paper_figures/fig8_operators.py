@@ -24,8 +24,10 @@ ORDER = ("swap", "operators", "explore", "operators+explore")
 def panel(ax, runs: pd.DataFrame, col: str, order: list[str]) -> None:
     """Box per condition and one point per seed, in the shared style."""
     with plt.rc_context(style.RC):       # seaborn draws into the shared style's axes
-        sns.boxplot(data=runs, x="condition", y=col, order=order, ax=ax, color="#eeeeee",
-                    width=0.55, linewidth=0.8, fliersize=0)
+        values = [runs.loc[runs["condition"] == c, col].dropna() for c in order]
+        ax.boxplot(values, positions=range(len(order)), widths=0.55, showfliers=False,
+                   patch_artist=True, boxprops=dict(facecolor="#eeeeee", linewidth=0.8),
+                   medianprops=dict(color="#444444"))
         sns.stripplot(data=runs, x="condition", y=col, order=order, ax=ax, hue="condition",
                       hue_order=order, palette=style.COLOURS[:len(order)], size=4, jitter=0.15,
                       legend=False)
