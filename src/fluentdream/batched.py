@@ -22,11 +22,13 @@ import torch
 
 from .config import EPOConfig
 from .context import Context
-from .epo import (IterationReport, check_run, initial_prompts, mutate, propose_many,
-                  replay_memo, restart, select)
+from .epo import (IterationReport, check_run, initial_prompts, propose_many, replay_memo,
+                  restart, select)
 from .errors import UserError
 from .evaluate import Scorer, allowed_tokens
 from .history import EPOState, History
+from .operators import mutate
+from .ragged import widen
 from .targets import Target
 
 
@@ -69,11 +71,14 @@ def _start(lm, target: Target, cfg: EPOConfig, which: int, fluency,
         hist, state = resume, resume.state
     else:
         ids = initial_prompts(lm, cfg, gen)
-        M, n = ids.shape
+        M, W = ids.shape
+        slots = W + 1 if "insert" in cfg.operators else 0      # no insertion state otherwise
         state = EPOState(iteration=0, slot_ids=ids.numpy(), slot_target=np.zeros(M, np.float32),
                          slot_xentropy=np.zeros(M, np.float32),
-                         topk=np.zeros((M, n, cfg.topk), np.int32), fresh=np.zeros(M, bool),
-                         rng_state=gen.get_state().numpy())
+                         topk=np.zeros((M, W, cfg.topk), np.int32), fresh=np.zeros(M, bool),
+                         rng_state=gen.get_state().numpy(),
+                         next_ids=np.zeros((M, slots, cfg.topk), np.int32),
+                         next_probs=np.zeros((M, slots, cfg.topk), np.float32))
         hist = History(lambdas=cfg.lambdas.copy(), meta=dict(
             config=cfg.to_dict(), target=target.name, model=lm.name,
             fluency_model=(fluency or lm).name, **ids_of))
@@ -86,7 +91,7 @@ def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float) -> I
     """Steps 4-8 of DESIGN §4 for one run: evaluate the pool, select, restart, record."""
     old, cfg, t = run["state"], run["cfg"], run["state"].iteration
     M = cfg.population_size
-    pool = torch.cat([torch.from_numpy(old.slot_ids), children])              # (P, n)
+    pool = torch.cat([torch.from_numpy(old.slot_ids), children])              # (P, W)
     f = torch.cat([torch.from_numpy(old.slot_target), f_kids])                # (P,)
     ce = torch.cat([torch.from_numpy(old.slot_xentropy), ce_kids])
     kept = select(f, ce, run["lambdas"])
@@ -97,7 +102,8 @@ def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float) -> I
     state = EPOState(iteration=t + 1, slot_ids=pool[kept].numpy(), slot_target=f[kept].numpy(),
                      slot_xentropy=ce[kept].numpy(), topk=old.topk,
                      fresh=old.fresh & (kept == torch.arange(M)).numpy(),  # gradients survive in place
-                     rng_state=run["gen"].get_state().numpy())
+                     rng_state=run["gen"].get_state().numpy(), next_ids=old.next_ids,
+                     next_probs=old.next_probs)
     run["hist"].append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r, seconds, len(children))
     run["hist"].state = run["state"] = state
     finite = f[torch.isfinite(f)]      # parents too: iteration 0's are new candidates
@@ -111,7 +117,9 @@ def _score_initial(scorer: Scorer, runs: list[dict]) -> None:
     resumed run with its saved scores (epo.replay_memo), so it continues exactly."""
     new = [run for run in runs if run["new"]]
     if new:
-        f, ce = scorer.score(torch.cat([torch.from_numpy(run["state"].slot_ids) for run in new]),
+        W = max(run["state"].slot_ids.shape[1] for run in new)       # runs' max_len may differ
+        f, ce = scorer.score(torch.cat([widen(torch.from_numpy(run["state"].slot_ids), W)
+                                        for run in new]),
                              which=torch.cat([torch.full((run["cfg"].population_size,), run["which"])
                                               for run in new]))
         start = 0
@@ -131,11 +139,14 @@ def _iterate(scorer: Scorer, live: list[dict], allowed: torch.Tensor) -> list[It
     t0 = time.perf_counter()
     propose_many(scorer, [(run["state"], run["lambdas"], run["cfg"].topk, run["which"])
                           for run in live], allowed)
-    kids = [mutate(run["state"], run["cfg"].explore_per_pop, run["gen"]) for run in live]
+    kids = [mutate(run["state"], run["cfg"].explore_per_pop, run["gen"], run["cfg"])
+            for run in live]
     parents = [torch.from_numpy(run["state"].slot_ids).repeat_interleave(run["cfg"].explore_per_pop, 0)
                for run in live]
     which = torch.cat([torch.full((len(k),), run["which"]) for k, run in zip(kids, live)])
-    f, ce = scorer.score(torch.cat(kids), parents=torch.cat(parents), which=which)  # reuses prefixes
+    W = max(k.shape[1] for k in kids)                                 # runs' max_len may differ
+    f, ce = scorer.score(torch.cat([widen(k, W) for k in kids]),
+                         parents=torch.cat([widen(p, W) for p in parents]), which=which)
     seconds = (time.perf_counter() - t0) / len(live)
     reports, start = [], 0
     for run, children in zip(live, kids):

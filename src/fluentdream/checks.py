@@ -53,18 +53,20 @@ def longest_random_prompt(lm) -> int:
     return 1 + int(math.log(MIN_SURVIVAL) / math.log(q))
 
 
-def check_prompt_length(lm, seq_len: int, random_draw: bool, fixed: int = 0) -> None:
+def check_prompt_length(lm, seq_len: int, random_draw: bool, fixed: int = 0,
+                        name: str = "seq_len") -> None:
     """Raise UserError when `lm` cannot take seq_len-token prompts with `fixed` more tokens of
     context (EPOConfig.prefix and suffix) around them, or (random_draw) when random prompts of
-    that length almost never survive decode -> encode."""
-    limit = max_positions(lm)
+    that length almost never survive decode -> encode. `name`: the setting that gave the length
+    (seq_len or max_len), as the message names it."""
+    limit, flag = max_positions(lm), "--" + name.replace("_", "-")
     if limit is not None and fixed and seq_len + fixed > limit:
-        raise UserError(f"seq_len {seq_len} plus the {fixed} tokens of --prefix and --suffix "
-                        f"exceeds the {limit} positions of model {lm.name!r}; choose --seq-len "
+        raise UserError(f"{name} {seq_len} plus the {fixed} tokens of --prefix and --suffix "
+                        f"exceeds the {limit} positions of model {lm.name!r}; choose {flag} "
                         f"<= {limit - fixed} or a shorter prefix/suffix")
     if limit is not None and seq_len > limit:
-        raise UserError(f"seq_len {seq_len} exceeds the {limit} positions of model {lm.name!r}; "
-                        f"choose --seq-len <= {limit}")
+        raise UserError(f"{name} {seq_len} exceeds the {limit} positions of model {lm.name!r}; "
+                        f"choose {flag} <= {limit}")
     if random_draw and seq_len > (longest := longest_random_prompt(lm)):
         q = pair_survival(lm)
         raise UserError(f"random {seq_len}-token prompts almost never survive decode -> encode "

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 from .cli_mine import add_mine_parser
-from .config import EPOConfig, fields_help
+from .config import EPOConfig, fields_help, parse_operators
 from .errors import ISSUE_TRACKER, UserError
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif default == "":                                   # --prefix, --suffix
             p.add_argument(flag, default=None, metavar="TEXT", help=f"{text} [default: none]")
+        elif name in ("min_len", "max_len"):
+            p.add_argument(flag, type=int, default=None, help=f"{text} [default: seq_len]")
+        elif name == "operators":
+            p.add_argument(flag, type=_operators, default=None, metavar="NAME=P,...",
+                           help=f"{text} [default: swap=1]")
         else:
             kind = type(default) if default is not None else str
             p.add_argument(flag, type=kind, default=None, help=f"{text} [default: {default}]")
@@ -217,6 +222,13 @@ def _add_tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frontier-ref", type=_frontier_ref, default=(6.0, 0.0), metavar="CE,TARGET",
                    help="reference point of the frontier quality (hypervolume): CE upper limit and "
                    "target lower limit [default: 6,0]")
+
+
+def _operators(text: str) -> dict[str, float]:
+    try:
+        return parse_operators(text)
+    except UserError as e:                 # argparse prints it as one line, exit status 2
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _frontier_ref(text: str) -> tuple[float, float]:

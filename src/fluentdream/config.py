@@ -19,6 +19,7 @@ import numpy as np
 from .errors import UserError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+OPERATORS = ("swap", "swap2", "insert", "delete")   # fluentdream.operators
 RESTART_MODES = ("collapse", "frontier", "distinct")
 
 
@@ -49,7 +50,17 @@ class EPOConfig:
     distinct = the M best distinct prompts under lambda_r, the most fluent to the highest penalty.
     The last two keep diversity, the "more exploration" of paper §4."""
     seq_len: int = 12
-    """n: prompt length in tokens (paper §2: 12)."""
+    """n: prompt length in tokens (paper §2: 12); initial prompts have this length."""
+    min_len: int | None = None
+    """Shortest prompt that deletions may leave, in tokens; None = seq_len (fixed length)."""
+    max_len: int | None = None
+    """Longest prompt that insertions may make, in tokens; None = seq_len (fixed length)."""
+    operators: dict = field(default_factory=lambda: {"swap": 1.0}, hash=False)
+    """Mutation operators and their probabilities by name (normalized to sum 1; command line:
+    swap=0.5,insert=0.25,delete=0.25): swap = one position takes a token of its gradient top-k
+    (paper §2), swap2 = two distinct positions at once (paper §4's multi-token swap), insert = a
+    new token at a uniform position from the fluency model's next-token top-k, delete = a uniform
+    position (fluentdream.operators). insert and delete need min_len < max_len."""
     batch_size: int = 256
     """Most prompts scored in one forward pass; lower it if memory runs out."""
     seed: int = 0
@@ -100,6 +111,7 @@ class EPOConfig:
         if self.restart_mode not in RESTART_MODES:
             raise UserError(f"restart_mode must be one of {', '.join(RESTART_MODES)}, "
                             f"got {self.restart_mode!r}")
+        self._check_operators()
         for name in ("prefix", "suffix"):
             if not isinstance(getattr(self, name), str):
                 raise UserError(f"{name} must be text (a str; empty for none), "
@@ -108,12 +120,59 @@ class EPOConfig:
             raise UserError(f"dtype must be one of {', '.join(DTYPES)}, or None (the "
                             f"checkpoint's own), got {self.dtype!r}")
 
+    def _check_operators(self) -> None:
+        """Validate min_len, max_len and operators; normalize the probabilities in place (the
+        dataclass is frozen, so through object.__setattr__). None lengths stay None, so that
+        replace(seq_len=...) moves a fixed length along."""
+        for name in ("min_len", "max_len"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 2):
+                raise UserError(f"{name} must be an integer of at least 2, or None (= seq_len), "
+                                f"got {value!r}")
+        lo, hi = self.length_range
+        if not lo <= self.seq_len <= hi:
+            raise UserError(f"need min_len <= seq_len <= max_len, got {lo}, {self.seq_len} "
+                            f"and {hi}")
+        ops = self.operators
+        if not isinstance(ops, dict) or not ops:
+            raise UserError(f"operators must be a dict of probabilities by name "
+                            f"({', '.join(OPERATORS)}), e.g. {{'swap': 0.5, 'insert': 0.25, "
+                            f"'delete': 0.25}}, got {ops!r}")
+        unknown = sorted(set(ops) - set(OPERATORS))
+        if unknown:
+            raise UserError(f"unknown operators {unknown}; allowed: {', '.join(OPERATORS)}")
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < np.inf
+                   for p in ops.values()) or sum(ops.values()) <= 0:
+            raise UserError(f"operator probabilities must be finite numbers >= 0 with a positive "
+                            f"sum, got {ops!r}")
+        total = float(sum(ops.values()))
+        ops = {k: ops[k] / total for k in OPERATORS if ops.get(k, 0) > 0}   # a fixed order
+        object.__setattr__(self, "operators", ops)
+        resizes = "insert" in ops or "delete" in ops
+        if resizes and lo == hi:
+            raise UserError(f"insert and delete change the prompt length, so they need "
+                            f"min_len < max_len (both are {lo}); set --min-len/--max-len")
+        if not resizes and lo != hi:
+            raise UserError(f"min_len {lo} and max_len {hi} differ, but only "
+                            "insert and delete change the length; add one of them to operators "
+                            "or leave min_len and max_len unset")
+        if not ("swap" in ops or "swap2" in ops or ("insert" in ops and "delete" in ops)):
+            raise UserError("operators need swap or swap2, or both insert and delete, so that a "
+                            "prompt at min_len or max_len can still change")
+
     @property
     def lambdas(self) -> np.ndarray:
         """(M,) fluency penalty of each population slot, log-evenly spaced (paper §2)."""
         if self.x_penalty_min == self.x_penalty_max:
             return np.full(self.population_size, float(self.x_penalty_min))
         return np.geomspace(self.x_penalty_min, self.x_penalty_max, self.population_size)
+
+    @property
+    def length_range(self) -> tuple[int, int]:
+        """(shortest, longest) prompt length in tokens: min_len and max_len, None = seq_len."""
+        return (self.seq_len if self.min_len is None else self.min_len,
+                self.seq_len if self.max_len is None else self.max_len)
 
     @property
     def children(self) -> int:
@@ -145,6 +204,20 @@ class EPOConfig:
         if unknown:
             raise UserError(f"unknown EPOConfig fields {unknown}; allowed: {sorted(known)}")
         return cls(**d)
+
+
+def parse_operators(text: str) -> dict[str, float]:
+    """"swap=0.5,insert=0.25,delete=0.25" -> {"swap": 0.5, ...} (EPOConfig normalizes it)."""
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"operators must read NAME=PROBABILITY,... such as "
+                            f"swap=0.5,insert=0.25,delete=0.25 (names: {', '.join(OPERATORS)}); "
+                            f"got {text!r}") from None
+    return out
 
 
 def fields_help(cls=EPOConfig) -> dict[str, str]:

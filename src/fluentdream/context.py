@@ -66,13 +66,21 @@ class Context:
         return self.P + self.first_scored() - 1, self.P + n - 1
 
     def wrap(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, n) optimized tokens -> (B, P + n + S) on x's device; x itself when empty."""
+        """(B, n) optimized tokens -> (B, P + n + S) on x's device; x itself when empty.
+        Rows shorter than n (padded with -1, fluentdream.ragged) get the suffix right after
+        their last token and the padding after it."""
         if self.empty:
             return x
         B = len(x)
         pre = torch.tensor(self.prefix, dtype=x.dtype, device=x.device).expand(B, self.P)
         post = torch.tensor(self.suffix, dtype=x.dtype, device=x.device).expand(B, self.S)
-        return torch.cat([pre, x, post], dim=1)
+        out = torch.cat([pre, x, post], dim=1)
+        if self.S and bool((x < 0).any()):
+            n = x.shape[1]
+            out[:, self.P + n:] = -1
+            cols = self.P + (x >= 0).sum(1, keepdim=True) + torch.arange(self.S, device=x.device)
+            out.scatter_(1, cols, post)
+        return out
 
     def wrap_embeds(self, emb: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """(B, n, d) embeddings of x -> (B, P + n + S, d), the context's rows read from the

@@ -3,9 +3,10 @@
     hist = fd.epo(lm, fd.parse_target("L1.N5", lm), fd.EPOConfig(seed=0))
     hist = fd.gcg(lm, target, fd.EPOConfig(iters=100))        # M = 1, lambda = 0
 
-One iteration: propose (gradients, only for prompts new to their slot) -> mutate (r one-token
-children per member) -> evaluate (forward only) -> select (per slot, with replacement, from parents
-plus children) -> restart (every `restart_frequency` iterations, iteration 0 included).
+One iteration: propose (gradients, only for prompts new to their slot) -> mutate (r children per
+member, by the configured operators: fluentdream.operators) -> evaluate (forward only) -> select
+(per slot, with replacement, from parents plus children) -> restart (every `restart_frequency`
+iterations, iteration 0 included).
 This module holds those steps; the loop that runs them is `fluentdream.batched.epo_many`, of which
 `fd.epo` is one job. A callback receives an `IterationReport` after every iteration and may return
 True to stop. Ctrl-C returns the iterations done so far (history.meta["interrupted"] = True),
@@ -25,7 +26,9 @@ from .errors import UserError
 from .evaluate import Scorer, allowed_tokens, drawable_tokens, retokenizes
 from .history import EPOState, History
 from .models import DTYPES
+from .operators import insertion_table, mutate  # noqa: F401 - mutate: epo.mutate, as before
 from .progress import ProgressBar, interactive
+from .ragged import widen
 from .targets import Target
 
 
@@ -46,14 +49,15 @@ Callback = Callable[[IterationReport], bool | None]
 
 
 def initial_prompts(lm, cfg: EPOConfig, gen: torch.Generator) -> torch.Tensor:
-    """(M, n) starting prompts: cfg.initial_prompt for all, or random drawable tokens
+    """(M, W) starting prompts of n = seq_len tokens, padded with -1 to W = max_len
+    (fluentdream.ragged): cfg.initial_prompt for all, or random drawable tokens
     (evaluate.drawable_tokens)."""
     M, n = cfg.population_size, cfg.seq_len
     if cfg.initial_prompt is not None:
         ids = lm.tokenizer.encode(cfg.initial_prompt, add_special_tokens=False)
         if len(ids) != n:
             raise UserError(f"initial_prompt encodes to {len(ids)} tokens; seq_len is {n}")
-        return torch.tensor(ids).repeat(M, 1)
+        return widen(torch.tensor(ids).repeat(M, 1), cfg.length_range[1])
     pool = drawable_tokens(lm).nonzero().squeeze(1)
     rows = []
     for _ in range(M):
@@ -65,26 +69,34 @@ def initial_prompts(lm, cfg: EPOConfig, gen: torch.Generator) -> torch.Tensor:
             raise UserError("could not draw a random prompt that survives decode -> encode; "
                             "set retokenize=False or give initial_prompt")
         rows.append(row)
-    return torch.stack(rows)
+    return widen(torch.stack(rows), cfg.length_range[1])
 
 
 def propose_many(scorer: Scorer, runs: list[tuple[EPOState, torch.Tensor, int, int]],
                  allowed: torch.Tensor) -> None:
-    """Refresh the top-k candidate tokens (M, n, k) of every slot whose prompt is new to it
-    (steps 2, 7), for runs (state, lambdas (M,), k, target index) in one gradient pass."""
+    """Refresh the top-k candidate tokens (M, W, k) of every slot whose prompt is new to it
+    (steps 2, 7), for runs (state, lambdas (M,), k, target index) in one gradient pass; for runs
+    that insert (state.next_ids not empty), also the insertion candidates (M, W + 1, k) from the
+    same pass (fluentdream.operators)."""
     stale = [np.flatnonzero(~state.fresh) for state, *_ in runs]
     if sum(len(s) for s in stale) == 0:
         return
     ids = torch.cat([torch.from_numpy(state.slot_ids[s]) for (state, *_), s in zip(runs, stale)])
     lams = torch.cat([lambdas[s] for (_, lambdas, _, _), s in zip(runs, stale)])
     which = torch.cat([torch.full((len(s),), w) for (*_, w), s in zip(runs, stale)])
-    grads = scorer.gradients(ids, lams, which)                            # (S, n, V)
+    inserts = any(state.next_ids.size for state, *_ in runs)
+    logp = torch.empty(len(ids), ids.shape[1] + 1, scorer.lm.vocab_size) if inserts else None
+    grads = scorer.gradients(ids, lams, which, next_logprobs=logp)       # (S, W, V)
     grads[..., ~allowed] = -torch.inf
     start = 0
     for (state, _, k, _), s in zip(runs, stale):
         if len(s):
-            g = grads[start:start + len(s)]
-            state.topk[s] = g.topk(k, dim=-1).indices.to(torch.int32).numpy()
+            rows = slice(start, start + len(s))
+            state.topk[s] = grads[rows].topk(k, dim=-1).indices.to(torch.int32).numpy()
+            if state.next_ids.size:
+                state.next_ids[s], state.next_probs[s] = insertion_table(
+                    logp[rows], allowed, k, torch.from_numpy(state.topk[s][:, 0]),
+                    prefixed=scorer.context.P > 0)
             state.fresh[s] = True
             start += len(s)
 
@@ -93,19 +105,6 @@ def propose(scorer: Scorer, state: EPOState, lambdas: torch.Tensor, allowed: tor
             k: int) -> None:
     """propose_many for one run on the scorer's first target."""
     propose_many(scorer, [(state, lambdas, k, 0)], allowed)
-
-
-def mutate(state: EPOState, r: int, gen: torch.Generator) -> torch.Tensor:
-    """(M*r, n) children: one uniform position, one uniform token of its top-k (step 3)."""
-    M, n, k = state.topk.shape
-    parents = torch.from_numpy(state.slot_ids).repeat_interleave(r, dim=0)  # (M*r, n)
-    pos = torch.randint(n, (M * r,), generator=gen)
-    choice = torch.randint(k, (M * r,), generator=gen)
-    slot = torch.arange(M).repeat_interleave(r)
-    tokens = torch.from_numpy(state.topk)[slot, pos, choice].long()
-    children = parents.clone()
-    children[torch.arange(M * r), pos] = tokens
-    return children
 
 
 def objective(f: torch.Tensor, ce: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -190,10 +189,14 @@ def check_run(lm, cfg: EPOConfig, target: Target) -> None:
     if cfg.topk > int(allowed_tokens(lm).sum()):
         raise UserError(f"topk={cfg.topk} exceeds the {int(allowed_tokens(lm).sum())} usable tokens")
     target.validate(lm)
+    shortest, longest = cfg.length_range
     if hasattr(target, "check_seq_len"):     # positions count in prefix + x + suffix
-        target.check_seq_len(context.length(cfg.seq_len))
+        target.check_seq_len(context.length(shortest))   # every length must hold the position
     check_prompt_length(lm, cfg.seq_len, random_draw=cfg.retokenize and cfg.initial_prompt is None,
                         fixed=context.P + context.S)
+    if longest > cfg.seq_len:
+        check_prompt_length(lm, longest, random_draw=False, fixed=context.P + context.S,
+                            name="max_len")
     if cfg.initial_prompt is not None:
         initial_prompts(lm, cfg, torch.Generator())   # raises if it does not fit seq_len
 
@@ -202,7 +205,7 @@ def replay_memo(scorer: Scorer, hist: History, M: int, which: int = 0) -> None:
     """The scorer's memo is loop state too: refill it with the score() calls of the saved
     iterations, in order (the initial prompts, then each iteration's children)."""
     for t in range(len(hist)):
-        ids = torch.from_numpy(hist.ids[t].astype(np.int64))    # (P, n): M parents, then children
+        ids = torch.from_numpy(hist.ids[t].astype(np.int64))    # (P, W): M parents, then children
         rows = [slice(0, M), slice(M, None)] if t == 0 else [slice(M, None)]
         for r in rows:
             scorer.remember(ids[r], hist.target[t][r], hist.xentropy[t][r],

@@ -16,6 +16,12 @@ positions p..n-1 only, laid end to end, so the model computes about half the tok
 in large matrix products. A prompt scored before by this scorer is not scored again (`memo`). A
 batch that runs out of memory is halved and retried. One scorer can serve several targets on one
 model (`fluentdream.batched`): the captured activations of one pass feed every target.
+
+Prompts of several lengths (EPOConfig.operators insert/delete) come as (B, W) ids padded with -1
+(fluentdream.ragged). CE stays the mean over each prompt's own predicted tokens and "last" is its
+own last position, so any lengths compare. An insert or delete child still reuses its parent up
+to the edit (the first difference); targets that read every position (or attention rows) score
+each length in its own pass, without reuse.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from .context import Context
 from .errors import UserError
 from .packed import (Plan, attention_implementation, once_per_token, packed_attention, packed_nll,
                      pad_rows, unembed_rows)
+from .ragged import is_ragged, lengths, rows as token_rows
 from .targets import AttentionEntry, Logit, Neuron, ResidualDirection, SAELatent, Site, Target
 
 log = logging.getLogger(__name__)
@@ -170,11 +177,12 @@ def drawable_tokens(lm) -> torch.Tensor:
 
 
 def decode(tokenizer, ids: torch.Tensor) -> list[str]:
-    """(B, n) -> B texts, special tokens kept, no clean-up of spaces."""
+    """(B, n) -> B texts (rows padded with -1 end where their tokens end), special tokens kept,
+    no clean-up of spaces."""
     backend = getattr(tokenizer, "backend_tokenizer", None)   # the Rust tokenizer: no wrapper cost
     if backend is not None:
-        return backend.decode_batch(ids.tolist(), skip_special_tokens=False)
-    return tokenizer.batch_decode(ids.tolist(), clean_up_tokenization_spaces=False)
+        return backend.decode_batch(token_rows(ids), skip_special_tokens=False)
+    return tokenizer.batch_decode(token_rows(ids), clean_up_tokenization_spaces=False)
 
 
 def encode(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -189,7 +197,7 @@ def retokenizes(tokenizer, ids: torch.Tensor, texts: list[str] | None = None) ->
     """(B, n) -> (B,) bool: decoding (or the given `texts`, decoded already) then encoding gives
     back exactly these tokens."""
     back = encode(tokenizer, texts if texts is not None else decode(tokenizer, ids))
-    return np.array([b == row for b, row in zip(back, ids.tolist())], dtype=bool)
+    return np.array([b == row for b, row in zip(back, token_rows(ids))], dtype=bool)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -233,6 +241,9 @@ class Scorer:
                                     for t in self.targets)
         self.reads_prefix = not all(isinstance(t, _PER_POSITION) and t.position == "last"
                                     for t in self.targets)
+        # Prompts of several lengths share a packed pass when targets read each one's last
+        # position alone; otherwise (every position, attention rows) each length runs apart.
+        self.mixes_lengths = not self.reads_prefix and not any(k == "attn" for k, _ in self.sites)
 
     @property
     def target(self) -> Target:
@@ -266,13 +277,14 @@ class Scorer:
                     {s: a[rows] for s, a in acts.items()}, logits[rows]).float())
         return f
 
-    def _pass(self, model, x=None, emb=None, capture_sites=(), for_target=False):
+    def _pass(self, model, x=None, emb=None, capture_sites=(), for_target=False, extra=0):
         """One forward of `model` on whole sequences, tokens x (B, L) or embeddings emb (B, L, d)
         -> (acts, logits). Logits (B, L, V) where a target reads them, else only those CE reads
-        (B, hi - lo, V), positions lo..hi-1 of Context.ce_span."""
+        (B, hi - lo, V), positions lo..hi-1 of Context.ce_span, and `extra` more after them."""
         L = (x if x is not None else emb).shape[1]
         lo, hi = self.context.ce_span(L - self.context.P - self.context.S)
-        keep = 0 if (for_target and self.reads_logits) else torch.arange(lo, hi, device=model.device)
+        keep = 0 if (for_target and self.reads_logits) else torch.arange(lo, hi + extra,
+                                                                         device=model.device)
         with capture(self.lm, capture_sites) as acts:
             out = model.model(input_ids=x, inputs_embeds=emb, use_cache=False,
                               logits_to_keep=keep)
@@ -292,9 +304,10 @@ class Scorer:
         f, ce, _ = self._forward(ids, one_hot, which, embeds)
         return f, ce
 
-    def _forward(self, ids, one_hot, which, embeds):
-        """forward(), also returning the fluency model's logits (B, n - first_scored, V) that CE
-        read: row p predicts x[first_scored + p]."""
+    def _forward(self, ids, one_hot, which, embeds, extra=0):
+        """forward(), also returning the fluency model's logits (B, n - first_scored + extra, V):
+        row p predicts x[first_scored + p]; CE reads the first n - first_scored rows (extra = 1:
+        also the last position's, which predicts a token appended to x)."""
         if ids is None:
             ids = one_hot.argmax(-1)
         ids, ctx = ids.to(self.lm.device), self.context
@@ -308,20 +321,21 @@ class Scorer:
                 embeds[1], self.fluency.model.get_input_embeddings().weight)
         full = ctx.wrap(ids)                                                   # (B, P + n + S)
         acts, logits = self._pass(self.lm, None if emb is not None else full, emb,
-                                  capture_sites=self.sites, for_target=True)
+                                  capture_sites=self.sites, for_target=True, extra=extra)
         f = self._values(acts, logits, self._which(which, len(ids)))
         lo, hi = ctx.ce_span(ids.shape[1])
         if self.fluency is not self.lm:
             x = None if flu_emb is not None else full.to(self.fluency.device)
-            _, logits = self._pass(self.fluency, x, flu_emb)
+            _, logits = self._pass(self.fluency, x, flu_emb, extra=extra)
         elif self.reads_logits:
-            logits = logits[:, lo:hi]                  # the target's pass kept every position
+            logits = logits[:, lo:hi + extra]          # the target's pass kept every position
         first = ctx.first_scored()
+        scored = logits[:, :hi - lo]                   # (B, n - first, V)
         if one_hot is None:
-            ce = _nll(logits, ids[:, first:]).mean(1)
+            ce = _nll(scored, ids[:, first:]).mean(1)
         else:
             labels = one_hot[:, first:].to(logits.device).float()
-            ce = -(labels * logits.float().log_softmax(-1)).sum(-1).mean(1)
+            ce = -(labels * scored.float().log_softmax(-1)).sum(-1).mean(1)
         return f, ce.to(f.device), logits
 
     def _in_chunks(self, n_rows: int, run) -> None:
@@ -346,7 +360,8 @@ class Scorer:
     @torch.no_grad()
     def score(self, ids: torch.Tensor, parents: torch.Tensor | None = None,
               which=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n) -> f (B,), ce (B,) on CPU, float32; rejected rows are (-inf, nan).
+        """(B, n) -> f (B,), ce (B,) on CPU, float32; rejected rows are (-inf, nan). Rows may be
+        shorter than n, padded with -1 (fluentdream.ragged).
 
         parents (B, n), optional: a prompt each row was made from. Positions before the first
         difference are then reused from the parent instead of recomputed; the numbers are the
@@ -354,7 +369,7 @@ class Scorer:
         """
         B = len(ids)
         which = self._which(which, B)
-        keys = [t.to_bytes(4, "little") + row.tobytes() for t, row in zip(which.tolist(), ids.numpy())]
+        keys = _keys(ids, which)
         self.counts["requested"] += B
         known: dict[bytes, tuple[float, float]] = {}
         todo: dict[bytes, int] = {}              # distinct unseen prompts -> first row
@@ -382,9 +397,8 @@ class Scorer:
         as score() would have: a resumed run then batches, reuses and rounds like an
         uninterrupted one, so its History is identical (DESIGN §7)."""
         new: dict[bytes, tuple[float, float]] = {}
-        for t, row, fi, ci in zip(self._which(which, len(ids)).tolist(), ids.numpy(),
-                                  np.asarray(f).tolist(), np.asarray(ce).tolist()):
-            key = t.to_bytes(4, "little") + row.tobytes()
+        for key, fi, ci in zip(_keys(ids, self._which(which, len(ids))), np.asarray(f).tolist(),
+                               np.asarray(ce).tolist()):
             if key not in self.memo:
                 new.setdefault(key, (fi, ci))
         if len(self.memo) + len(new) > self.memo_size:
@@ -396,6 +410,12 @@ class Scorer:
         """Distinct unseen rows -> (f, ce): reject, then packed passes over chunks of rows, each
         with the distinct parents its rows reuse (fluentdream.packed). The context's prefix is
         part of what a child shares with its parent, so it is computed for parents only."""
+        if is_ragged(ids) and not self.mixes_lengths:       # one length at a time, in full
+            f, ce, n = torch.empty(len(ids)), torch.empty(len(ids)), lengths(ids)
+            for k in n.unique().tolist():
+                g = (n == k).nonzero().squeeze(1)
+                f[g], ce[g] = self._score_new(ids[g, :k], None, which[g])
+            return f, ce
         f = torch.full((len(ids),), -torch.inf)
         ce = torch.full((len(ids),), torch.nan)
         keep = torch.from_numpy(~self.rejected(ids, which)).nonzero().squeeze(1)
@@ -405,8 +425,13 @@ class Scorer:
         start = torch.zeros(len(ids), dtype=torch.long)    # first position each row computes
         owner = uniq = None
         if parents is not None and self.reuse_prefix:
+            # The first difference, padding included (an insert or delete child differs from
+            # its parent from the edit on); at most the child's last token, so that it computes
+            # one position at least (a delete of the last token).
             diff = ids != parents[keep]
-            start = torch.where(diff.any(1), ctx.P + diff.int().argmax(1), 0)  # identical: full
+            last = ctx.length(lengths(ids)) - 1
+            start = torch.where(diff.any(1), torch.minimum(ctx.P + diff.int().argmax(1), last),
+                                0)                                          # identical: full
             uniq, owner = torch.unique(parents[keep], dim=0, return_inverse=True)
             uniq = ctx.wrap(uniq)
         ids = ctx.wrap(ids)                                   # (B, P + n + S) from here on
@@ -435,22 +460,26 @@ class Scorer:
         """(B, N) whole sequences, row b computing positions start[b].. and taking the rest from
         row src[b] -> (f, ce) (B,) on CPU, from one packed pass (per model). Dummy rows pad the
         packed length to a multiple of SHAPE_STEP tokens (fluentdream.packed.padded)."""
-        B = len(ids)
+        B, ragged = len(ids), is_ragged(ids)
         ids, start, src, which = pad_rows(ids, start, src, which)
-        dev, n = self.lm.device, ids.shape[1]
+        dev, n, length = self.lm.device, ids.shape[1], lengths(ids)
         ids, which = ids.to(dev), which.to(dev)
-        plan = Plan.build(start.to(dev), src.to(dev), n,
+        plan = Plan.build(start.to(dev), src.to(dev), n, length=length.to(dev),
                           probs_layers={layer for kind, layer in self.sites if kind == "attn"})
         hidden, acts = self._trunk(self.lm, ids, plan, self.sites)                # (T, d)
         f = self._values(self._unpack_sites(acts, plan), self._logits(hidden, plan), which)
         if self.fluency is not self.lm:
             fdev = self.fluency.device
-            plan, ids = Plan.build(start.to(fdev), src.to(fdev), n), ids.to(fdev)
+            plan = Plan.build(start.to(fdev), src.to(fdev), n, length=length.to(fdev))
+            ids = ids.to(fdev)
             hidden, _ = self._trunk(self.fluency, ids, plan, ())
         self.counts["model_tokens"] += len(plan.pos)
-        lo, hi = self.context.ce_span(n - self.context.P - self.context.S)
-        ce = packed_nll(hidden, self.fluency.unembed, plan, ids, lo + 1, hi + 1).mean(1)
-        return f[:B].cpu(), ce[:B].cpu()
+        # CE scores x's tokens first..len-1: whole positions lo + 1 .. stop - 1 of each row
+        lo = self.context.ce_span(n)[0]
+        stop = (length - self.context.S).to(hidden.device)
+        nll = packed_nll(hidden, self.fluency.unembed, plan, ids, lo + 1, stop)[:B]
+        ce = nll.sum(1) / (stop[:B] - lo - 1) if ragged else nll.mean(1)
+        return f[:B].cpu(), ce.cpu()
 
     def _trunk(self, lm, ids: torch.Tensor, plan: Plan, sites) -> tuple[torch.Tensor, dict]:
         """The packed pass of `lm`'s trunk -> final hidden states (T, d) and captured `sites`.
@@ -484,47 +513,75 @@ class Scorer:
             return plan.unpack(self.lm.unembed(hidden))
         return unembed_rows(self.lm.unembed, hidden, plan.last)[:, None]
 
-    def gradients(self, ids: torch.Tensor, lambdas: torch.Tensor, which=None) -> torch.Tensor:
+    def gradients(self, ids: torch.Tensor, lambdas: torch.Tensor, which=None,
+                  next_logprobs: torch.Tensor | None = None) -> torch.Tensor:
         """(M, n), (M,) -> (M, n, V) float32 gradient of f - lambda * CE w.r.t. the one-hot tokens.
 
         The one-hot X is both the models' input (embeddings X @ E) and CE's labels (paper §2,
         DESIGN §4 step 2), so dCE/dX has two parts: the path through the embeddings, and the label
         term -log p(v | tokens < p) / (n - 1) at positions p >= 1, read off the fluency logits
         this pass computes anyway (after a prefix: / n at every position p >= 0, the prefix being
-        part of "tokens < p"). Only the optimized tokens are differentiated. Every slot gets the gradient of its own objective, with its own
-        lambda (DESIGN §4 step 7). The objective is linear in lambda, so each distinct prompt is
-        differentiated once, for f and for CE, and slots combine the two: after a restart all M
-        slots hold one prompt, and on average fewer than half of the slots hold distinct ones.
-        Attention runs eagerly here: at prompt lengths like 12, SDPA's backward costs several
-        times the rest.
+        part of "tokens < p"). Only the optimized tokens are differentiated. Every slot gets the
+        gradient of its own objective, with its own lambda (DESIGN §4 step 7). The objective is
+        linear in lambda, so each distinct prompt is differentiated once, for f and for CE, and
+        slots combine the two: after a restart all M slots hold one prompt, and on average fewer
+        than half of the slots hold distinct ones. Attention runs eagerly here: at prompt lengths
+        like 12, SDPA's backward costs several times the rest. Rows of several lengths (padded
+        with -1, fluentdream.ragged) go one length at a time, n their own in the formula above;
+        a row's gradient past its end is 0.
+
+        next_logprobs, optional (M, W + 1, V) float32, is filled from the same pass (one more
+        logit row per prompt) with the fluency model's log-probabilities of the token at each x
+        position p given everything before it, at p = first_scored .. len (p = len: a token
+        appended after x), -inf elsewhere: where EPOConfig.operators insert draws from.
         """
-        V, n = self.lm.vocab_size, ids.shape[1]
+        V, W = self.lm.vocab_size, ids.shape[1]
+        next_tokens = next_logprobs is not None
         which = self._which(which, len(ids))
         uniq, inv = torch.unique(torch.cat([which[:, None], ids], 1), dim=0, return_inverse=True)
-        g_f, g_ce = torch.empty(len(uniq), n, V), torch.empty(len(uniq), n, V)
+        n_of = lengths(uniq[:, 1:])
+        ragged = bool((n_of < W).any())
+        make = torch.zeros if ragged else torch.empty
+        g_f, g_ce = make(len(uniq), W, V), make(len(uniq), W, V)
+        nxt = torch.full((len(uniq), W + 1, V), -torch.inf) if next_tokens else None
         models = [self.lm] if self.fluency is self.lm else [self.lm, self.fluency]
         tables = [m.model.get_input_embeddings().weight for m in models]
+        first = self.context.first_scored()
 
         def one_hot_grad(grads) -> torch.Tensor:
             # d(one_hot @ E)/d one_hot: the gradient for token v at a position is E[v] . g, with g
             # the gradient of that position's embedding, so lookups replace the one-hot product.
             return sum((g @ E.T).float().cpu() for g, E in zip(grads, tables) if g is not None)
 
-        def run(a, b):
-            x = uniq[a:b, 1:].to(self.lm.device)
+        def run(r, n):
+            x = uniq[r, 1:n + 1].to(self.lm.device)
             embs = [E[x.to(E.device)].detach().requires_grad_(True) for E in tables]
             with torch.enable_grad(), attention_implementation(self.lm.model, "eager"), \
                     attention_implementation(self.fluency.model, "eager"):
-                f, ce, logits = self._forward(x, None, uniq[a:b, 0], (embs[0], embs[-1]))
-                g_f[a:b] = one_hot_grad(torch.autograd.grad(f.sum(), embs, retain_graph=True,
-                                                            allow_unused=True))
-                g_ce[a:b] = one_hot_grad(torch.autograd.grad(ce.sum(), embs, allow_unused=True))
+                f, ce, logits = self._forward(x, None, uniq[r, 0], (embs[0], embs[-1]),
+                                              extra=int(next_tokens))
+                g_f[r, :n] = one_hot_grad(torch.autograd.grad(f.sum(), embs, retain_graph=True,
+                                                              allow_unused=True))
+                g_ce[r, :n] = one_hot_grad(torch.autograd.grad(ce.sum(), embs, allow_unused=True))
             # The label term: CE = -1/(n-1) sum_{p>=1} sum_v X[p, v] log softmax(logits[p-1])[v]
             # (p >= 0 and 1/n after a prefix); logits row j predicts x[first + j].
-            first = self.context.first_scored()
-            g_ce[a:b, first:] -= logits.detach().float().log_softmax(-1).cpu() / (n - first)
-        self._in_chunks(len(uniq), run)
+            logp = logits.detach().float().log_softmax(-1).cpu()
+            g_ce[r, first:n] -= logp[:, :n - first] / (n - first)
+            if nxt is not None:
+                nxt[r, first:n + 1] = logp
+        for n in n_of.unique().tolist():
+            rows = (n_of == n).nonzero().squeeze(1)
+            self._in_chunks(len(rows), lambda a, b: run(rows[a:b] if ragged else slice(a, b), n))
+        if nxt is not None:
+            next_logprobs[:] = nxt[inv]
         return g_f[inv] - lambdas.float()[:, None, None] * g_ce[inv]
+
+
+def _keys(ids: torch.Tensor, which: torch.Tensor) -> list[bytes]:
+    """(B, W) prompts (padded with -1, fluentdream.ragged), (B,) target index -> memo keys:
+    target index, length and the prompt's own tokens."""
+    return [t.to_bytes(4, "little") + k.to_bytes(4, "little") + row[:k].tobytes()
+            for t, k, row in zip(which.tolist(), lengths(ids).tolist(), ids.numpy())]
 
 
 def check_same_vocab(lm, fluency) -> None:

@@ -1,7 +1,8 @@
 """History: every candidate of every EPO iteration, plus the state needed to resume (DESIGN §4.8).
 
     hist = fd.epo(lm, tgt, cfg)
-    hist.ids.shape            # (T, P, n): pool of each iteration, P = M + M*r (parents first)
+    hist.ids.shape            # (T, P, W): pool of each iteration, P = M + M*r (parents first)
+    hist.lengths              # (T, P) tokens of each prompt (ids are -1 after them)
     hist.target, hist.xentropy  # (T, P) float32; rejected candidates are -inf / nan
     hist.kept                 # (T, M) pool index held by each slot after the iteration
     hist.restart_lambda       # (T,) lambda_r where a restart happened, else nan
@@ -12,6 +13,11 @@ Pool layout of iteration t: rows 0..M-1 are the slots' prompts entering t, then 
 slot 0, r children of slot 1, ... Saved as compressed .npz with a schema version; writes are
 atomic (temporary file + rename).
 
+Schema 2 (issue 14) holds prompts of several lengths: ids is (T, P, W) with W = the run's max_len,
+each prompt's tokens first and -1 after them (fluentdream.ragged; a fixed-length run has no -1,
+W = n), and the loop state adds the insertion candidates next_ids/next_probs. Schema 1 files
+(fixed length, no insertion state) load as they are.
+
 The per-iteration arrays live in buffers that double when full, so `append` is amortized O(1)
 and every attribute above is a read-only view of the first T rows (no copy, no restacking).
 """
@@ -20,14 +26,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS = (1, 2)             # schema versions load() accepts
 
 # Per-iteration arrays, in save order, with the dtype each row is stored in.
 COLUMNS = dict(ids=np.int32, target=np.float32, xentropy=np.float32, kept=np.int32,
@@ -40,18 +47,22 @@ _EMPTY_ROW = dict(ids=(0, 0), target=(0,), xentropy=(0,), kept=(0,))
 class EPOState:
     """What the loop needs to continue exactly where it stopped."""
     iteration: int            # next iteration to run
-    slot_ids: np.ndarray      # (M, n) int64
+    slot_ids: np.ndarray      # (M, W) int64, -1 after a prompt's tokens
     slot_target: np.ndarray   # (M,) float32
     slot_xentropy: np.ndarray # (M,) float32
-    topk: np.ndarray          # (M, n, k) int32 candidate tokens from each slot's last gradient
-    fresh: np.ndarray         # (M,) bool: topk is valid for the slot's current prompt
+    topk: np.ndarray          # (M, W, k) int32 candidate tokens from each slot's last gradient
+    fresh: np.ndarray         # (M,) bool: topk (and next_*) valid for the slot's current prompt
     rng_state: np.ndarray     # (S,) uint8 torch.Generator state
+    # (M, W + 1, k) insertion candidates at each position and their probabilities
+    # (fluentdream.operators.insertion_table); (0, 0, 0) when the run does not insert.
+    next_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.int32))
+    next_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
 
 
 class History:
-    """Every pool of an EPO run: ids (T, P, n), target and xentropy (T, P), kept (T, M),
-    restart_lambda, seconds and n_scored (T,); `lambdas` (M,) the slots' penalties, `meta`
-    the config and names, `state` the loop state to resume from (or None)."""
+    """Every pool of an EPO run: ids (T, P, W) (-1 after each prompt), target and xentropy
+    (T, P), kept (T, M), restart_lambda, seconds and n_scored (T,); `lambdas` (M,) the slots'
+    penalties, `meta` the config and names, `state` the loop state to resume from (or None)."""
 
     def __init__(self, lambdas: np.ndarray, meta: dict | None = None,
                  state: EPOState | None = None):
@@ -62,7 +73,7 @@ class History:
         self._n = 0
 
     def append(self, ids, target, xentropy, kept, restart_lambda, seconds, n_scored) -> None:
-        """Add one iteration: ids (P, n), target and xentropy (P,), kept (M,), three scalars."""
+        """Add one iteration: ids (P, W), target and xentropy (P,), kept (M,), three scalars."""
         row = dict(ids=ids, target=target, xentropy=xentropy, kept=kept,
                    restart_lambda=restart_lambda, seconds=seconds, n_scored=n_scored)
         row = {k: np.asarray(v, dtype=COLUMNS[k]) for k, v in row.items()}
@@ -93,7 +104,8 @@ class History:
         view.flags.writeable = False     # the History owns its rows; edit a copy
         return view
 
-    ids = property(lambda self: self._column("ids"), doc="(T, P, n) int32 pool tokens")
+    ids = property(lambda self: self._column("ids"),
+                   doc="(T, P, W) int32 pool tokens, -1 after each prompt")
     target = property(lambda self: self._column("target"), doc="(T, P) float32; -inf rejected")
     xentropy = property(lambda self: self._column("xentropy"), doc="(T, P) float32; nan rejected")
     kept = property(lambda self: self._column("kept"), doc="(T, M) int32 pool index of each slot")
@@ -110,19 +122,25 @@ class History:
     def n_iters(self) -> int:
         return self._n
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """(T, P) int64 tokens of each pool member."""
+        return (self.ids >= 0).sum(-1)
+
     def __repr__(self) -> str:
         T, P, n = self.ids.shape
         return (f"History(T={T}, M={len(self.lambdas)}, P={P}, n={n}, "
                 f"target={self.meta.get('target')!r}, best={self.best_target():.4g})")
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """lambdas (M,) and the per-iteration arrays: ids (T, P, n), target/xentropy (T, P),
+        """lambdas (M,) and the per-iteration arrays: ids (T, P, W), target/xentropy (T, P),
         kept (T, M), restart_lambda/seconds/n_scored (T,)."""
         return dict(lambdas=np.asarray(self.lambdas, dtype=np.float64),
                     **{k: self._column(k) for k in COLUMNS})
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All finite candidates, flattened: ids (N, n), target (N,), xentropy (N,)."""
+        """All finite candidates, flattened: ids (N, W) (-1 after a prompt), target (N,),
+        xentropy (N,)."""
         T, P, n = self.ids.shape
         ids = self.ids.reshape(T * P, n)
         f, ce = self.target.reshape(-1), self.xentropy.reshape(-1)
@@ -168,16 +186,17 @@ class History:
         # Every z[key] decompresses that whole member, so each is read exactly once.
         with np.load(path, allow_pickle=False) as z:
             version = int(z["schema_version"])
-            if version != SCHEMA_VERSION:
+            if version not in READS:
                 raise UserError(f"{path}: history schema {version}, this version reads "
-                                f"{SCHEMA_VERSION}")
+                                f"{', '.join(map(str, READS))}")
             columns = {k: z[k] for k in COLUMNS}
             if len({len(a) for a in columns.values()}) != 1:
                 raise UserError(f"{path}: the history's arrays disagree on the number of "
                                 f"iterations ({ {k: len(a) for k, a in columns.items()} })")
             h = cls._from_arrays(z["lambdas"], json.loads(str(z["meta_json"])), columns)
-            if "state_iteration" in z:
-                h.state = EPOState(**{f.name: z[f"state_{f.name}"] for f in fields(EPOState)})
+            if "state_iteration" in z:     # schema 1 has no next_* (the defaults)
+                h.state = EPOState(**{f.name: z[f"state_{f.name}"] for f in fields(EPOState)
+                                      if f"state_{f.name}" in z})
                 h.state.iteration = int(h.state.iteration)
         return h
 

@@ -17,7 +17,9 @@ runs causal attention there and gathers the T outputs back. Rotary and learned p
 embeddings see every token's true position through `position_ids`, so this works unchanged for
 each architecture whose attention goes through transformers' attention interface (all of
 `fluentdream.models.ARCHITECTURES`). On top: row counts are padded to a few shapes (`padded`),
-and block 0's token-local modules run once per distinct token (`once_per_token`).
+and block 0's token-local modules run once per distinct token (`once_per_token`). Rows may have
+different lengths (Plan.length; an insert or delete child beside its parent): the attention layout
+pads each to n at its end, which causal attention keeps from every real position.
 """
 from __future__ import annotations
 
@@ -37,21 +39,28 @@ _ACTIVE: contextvars.ContextVar = contextvars.ContextVar(NAME, default=None)
 
 @dataclass
 class Plan:
-    """The layout of T packed tokens from B prompts of n tokens (all tensors on one device)."""
+    """The layout of T packed tokens from B prompts of at most n tokens (all tensors on one
+    device). Row b has length[b] tokens (n unless given: prompts of several lengths, an insert
+    or delete child beside its parent); the attention layout pads it to n at the end, where
+    causal attention keeps the padding from every real position."""
     row: torch.Tensor        # (T,) prompt of each packed token
     pos: torch.Tensor        # (T,) its position in the prompt
     start: torch.Tensor      # (B,) first position a prompt computes
     src: torch.Tensor        # (B,) the row whose entries a prompt takes before `start`
     n: int
     probs_layers: frozenset = frozenset()   # layers whose attention probabilities are returned
+    length: torch.Tensor | None = None      # (B,) tokens of each prompt
 
     @staticmethod
-    def build(start: torch.Tensor, src: torch.Tensor, n: int, probs_layers=frozenset()) -> Plan:
-        """Rows are laid out in order, each as positions start[b]..n-1. A row with start > 0
-        must have a source row with start 0 (its parent, in the same pass)."""
+    def build(start: torch.Tensor, src: torch.Tensor, n: int, probs_layers=frozenset(),
+              length: torch.Tensor | None = None) -> Plan:
+        """Rows are laid out in order, each as positions start[b]..length[b]-1. A row with
+        start > 0 must have a source row with start 0 (its parent, in the same pass) holding
+        its positions before start."""
         assert bool((start[src[start > 0]] == 0).all()), "a source row must compute every position"
-        row = torch.repeat_interleave(torch.arange(len(start), device=start.device), n - start)
-        plan = Plan(row, row, start, src, n, frozenset(probs_layers))
+        length = torch.full_like(start, n) if length is None else length
+        row = torch.repeat_interleave(torch.arange(len(start), device=start.device), length - start)
+        plan = Plan(row, row, start, src, n, frozenset(probs_layers), length)
         plan.pos = start[row] + torch.arange(len(row), device=start.device) - plan._first[row]
         return plan
 
@@ -62,7 +71,7 @@ class Plan:
     @functools.cached_property
     def _first(self) -> torch.Tensor:
         """(B,) packed index of each row's first computed position."""
-        lengths = self.n - self.start
+        lengths = self.length - self.start
         return torch.cumsum(lengths, 0) - lengths
 
     def index(self, row: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -72,10 +81,12 @@ class Plan:
     @functools.cached_property
     def source(self) -> torch.Tensor:
         """(B * n,) for every (row, position) the packed token that holds it: its own where the
-        row computes it, else its source row's (the parent's, unchanged before start)."""
+        row computes it, else its source row's (the parent's, unchanged before start); past a
+        short row's end, its last token (padding that no real position attends to)."""
         grid = torch.arange(self.n, device=self.start.device).expand(self.B, self.n)
-        rows = torch.where(self.computed, torch.arange(self.B, device=grid.device)[:, None],
-                           self.src[:, None])
+        grid = torch.minimum(grid, self.length[:, None] - 1)
+        rows = torch.where(grid >= self.start[:, None],
+                           torch.arange(self.B, device=grid.device)[:, None], self.src[:, None])
         return self.index(rows, grid).reshape(-1)
 
     @functools.cached_property
@@ -86,12 +97,7 @@ class Plan:
     @property
     def last(self) -> torch.Tensor:
         """(B,) packed index of every row's last position."""
-        return self._first + self.n - 1 - self.start
-
-    @property
-    def computed(self) -> torch.Tensor:
-        """(B, n) bool: positions each row computes itself."""
-        return torch.arange(self.n, device=self.start.device)[None, :] >= self.start[:, None]
+        return self._first + self.length - 1 - self.start
 
     def tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, n) prompts -> (1, T) the packed tokens."""
@@ -219,20 +225,23 @@ def once_per_token(block, paths: tuple[str, ...], tokens: torch.Tensor):
 
 
 def pad_rows(ids: torch.Tensor, start: torch.Tensor, src: torch.Tensor, which: torch.Tensor):
-    """(B, n) rows and their (B,) start, src, which -> the same with k dummy rows (copies of row 0)
-    appended, so that the packed length sum(n - start) is padded(): full rows, then one row of
-    the remaining r tokens that takes the rest from a full row."""
+    """(B, n) rows (padded with -1 after a short row's tokens, fluentdream.ragged) and their (B,)
+    start, src, which -> the same with k dummy rows appended, so that the packed length
+    sum(length - start) is padded(): full copies of row 0, then one copy of its first r tokens
+    for the remaining r, each computing all its positions."""
     n = ids.shape[1]
-    extra = padded(int((n - start).sum())) - int((n - start).sum())
+    total = int(((ids >= 0).sum(1) - start).sum())
+    extra = padded(total) - total
     if extra == 0:
         return ids, start, src, which
-    B, full, r = len(ids), extra // n, extra % n
-    starts = [0] * full + ([n - r] if r else [])
-    anchor = B if full else int((start == 0).nonzero()[0])   # a row computing every position
-    srcs = [B + i for i in range(full)] + ([anchor] if r else [])
-    k = len(starts)
-    return (torch.cat([ids, ids[:1].expand(k, n)]), torch.cat([start, torch.tensor(starts)]),
-            torch.cat([src, torch.tensor(srcs)]), torch.cat([which, which[:1].expand(k)]))
+    B, (full, r) = len(ids), divmod(extra, n)
+    k = full + (r > 0)
+    dummy = ids[:1].clamp_min(0).expand(k, n).clone()     # real tokens where row 0 is short
+    if r:
+        dummy[-1, r:] = -1
+    return (torch.cat([ids, dummy]), torch.cat([start, start.new_zeros(k)]),
+            torch.cat([src, B + torch.arange(k, dtype=src.dtype)]),
+            torch.cat([which, which[:1].expand(k)]))
 
 
 def unembed_rows(unembed, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -242,32 +251,38 @@ def unembed_rows(unembed, hidden: torch.Tensor, index: torch.Tensor) -> torch.Te
 
 
 def packed_nll(hidden: torch.Tensor, unembed, plan: Plan, ids: torch.Tensor, first: int = 1,
-               stop: int | None = None) -> torch.Tensor:
+               stop: int | torch.Tensor | None = None) -> torch.Tensor:
     """Final hidden states (T, d) of the packed tokens -> (B, stop - first) float32 next-token
     losses of the tokens at positions first..stop-1 (default 1..n-1; entry j: the loss of token
     first + j), unembedding a few hundred rows at a time so the float32 logits stay in cache
     instead of making a (T, V) round trip through memory. Positions outside that range (a fixed
-    prefix and suffix, fluentdream.context) are not unembedded.
+    prefix and suffix, fluentdream.context) are not unembedded. `stop` may be (B,), one per row
+    (prompts of several lengths): the result is then (B, max(stop) - first), 0 past a row's stop.
 
     A row's losses of tokens before `start` are its source's (same tokens, same context); the
     loss of its token at `start` comes from the source's logits at start - 1."""
     B, n = plan.B, plan.n
     stop = n if stop is None else stop
-    assert 1 <= first < stop <= n, (first, stop, n)
-    rows = ((plan.pos >= first - 1) & (plan.pos < stop - 1)).nonzero().squeeze(1)  # the predictors
-    nxt = ids[plan.row[rows], plan.pos[rows] + 1]
+    stops = torch.as_tensor(stop, device=plan.start.device).expand(B)          # (B,)
+    width = int(stops.max())
+    assert 1 <= first < width <= n, (first, stop, n)        # rows with stop <= first: no losses
+    rows = ((plan.pos >= first - 1) & (plan.pos < stops[plan.row] - 1)).nonzero().squeeze(1)
+    nxt = ids[plan.row[rows], plan.pos[rows] + 1]                           # rows: the predictors
     own = torch.zeros(len(plan.pos), dtype=torch.float32, device=hidden.device)
     chunk = max(256, (1 << 20) // unembed.out_features)
     for a in range(0, len(rows), chunk):
         r = rows[a:a + chunk]
         own[r] = F.cross_entropy(unembed_rows(unembed, hidden, r).float(), nxt[a:a + chunk],
                                  reduction="none")
-    nll = own[plan.source.view(B, n)[:, first - 1:stop - 1]]
-    b = ((plan.start >= first) & (plan.start < stop)).nonzero().squeeze(1)
+    nll = own[plan.source.view(B, n)[:, first - 1:width - 1]]
+    b = ((plan.start >= first) & (plan.start < stops)).nonzero().squeeze(1)
     if len(b):                              # the swapped token, read off the source's logits
         p = plan.start[b]
         at, inv = torch.unique(plan.index(plan.src[b], p - 1), return_inverse=True)
         logits = unembed_rows(unembed, hidden, at).float()               # (A, V), A <= U (n - 1)
         lse = torch.logsumexp(logits, dim=-1)
         nll[b, p - first] = lse[inv] - logits[inv, ids[b, p]]
+    if isinstance(stop, torch.Tensor):      # past a short row's end: another row's losses
+        past = torch.arange(width - first, device=nll.device) >= (stops - first)[:, None]
+        nll = nll.masked_fill(past, 0.0)
     return nll

@@ -72,7 +72,11 @@ def load_checkpoint(path: Path) -> History:
 
 
 def config_diff(saved: dict, config: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """The settings in which a saved run's config.json differs from a requested config."""
+    """The settings in which a saved run's config.json differs from a requested config. An
+    EPOConfig field missing from an older config.json (added since, e.g. operators) held its
+    default, which reproduces what ran before the field existed."""
+    from .config import EPOConfig
+    saved = {**{k: v for k, v in EPOConfig().to_dict().items() if k in config}, **saved}
     keys = sorted((set(saved) | set(config)) - set(NOT_COMPARED) - set(ignore))
     return [f"{k} (saved {saved.get(k)!r}, requested {config.get(k)!r})"
             for k in keys if saved.get(k) != config.get(k)]
