@@ -8,6 +8,13 @@
 CE at most the best dataset example's CE, minus that example's activation. Dataset examples are
 re-scored alone as 12-token windows (mining), so both sit on the same (CE, activation) axes.
 Missing experiments give missing tables, never an error.
+
+Dreams of several lengths (EPOConfig.operators insert/delete, issue 14): the windows stay scored
+once, at the mining length (the dreams' seq_len), and every dream candidate is compared with them
+whatever its length: CE is a mean per predicted token and the activation is read at the last
+position, so both axes mean the same at any length. The tables say which length won
+(`best_dream_length`). Re-scoring windows at each dream length would need the model in analysis;
+a longer window gives the corpus more context, so this favours dreams longer than the window.
 """
 from __future__ import annotations
 
@@ -43,9 +50,10 @@ def run_dirs(exp_dir: Path, target: str | None = None, seed: int | None = None) 
 
 
 def candidates(run_dir: Path) -> pd.DataFrame:
-    """Every finite candidate of a run: target, xentropy."""
-    _, f, ce = History.load(run_dir / "history.npz").candidates()
-    return pd.DataFrame(dict(target=f.astype(float), xentropy=ce.astype(float)))
+    """Every finite candidate of a run: target, xentropy, length (tokens)."""
+    ids, f, ce = History.load(run_dir / "history.npz").candidates()
+    return pd.DataFrame(dict(target=f.astype(float), xentropy=ce.astype(float),
+                             length=(ids >= 0).sum(1)))
 
 
 def best_per_bin(act: np.ndarray, ce: np.ndarray, width: float = BIN_WIDTH) -> pd.DataFrame:
@@ -96,7 +104,8 @@ def neuron_tables(role: str, neuron: str, dirs: list[Path], examples: pd.DataFra
         a, c = allc["target"].to_numpy(), allc["xentropy"].to_numpy()
         bins.append(best_per_bin(a, c).assign(source="dream"))
         j = int(np.argmax(a))
-        row.update(best_dream=a[j], best_dream_ce=c[j])
+        row.update(best_dream=a[j], best_dream_ce=c[j],
+                   best_dream_length=int(allc["length"].iloc[j]))
         row["best_dream_in_dist"], row["best_dream_in_dist_ce"] = best_below(a, c, limit)
         if i is not None:
             row["dream_at_dataset_ce"], row["dream_at_dataset_ce_ce"] = best_below(a, c, d_ce[i])

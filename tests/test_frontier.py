@@ -91,8 +91,8 @@ def test_pareto_frontier_edge_cases():
     assert len(fd.pareto_frontier([fd.History(np.ones(1))])) == 0
     short = (np.zeros((1, 2), int), np.ones(1), np.ones(1))
     long = (np.zeros((1, 3), int), np.ones(1), np.ones(1))
-    with pytest.raises(ValueError, match="different prompt lengths"):
-        fd.pareto_frontier([short, long])
+    front = fd.pareto_frontier([short, long])     # lengths mix (issue 14): -1 pads the shorter
+    assert front.ids.tolist() == [[0, 0, -1]] and front.records()[0]["ids"] == [0, 0]
 
 
 def test_frontier_helpers():

@@ -49,11 +49,13 @@ class Attribution:
 
 def attribute(lm, target: Target, prompt: str | np.ndarray | list[int], k: int = 32,
               batch_size: int = 256) -> Attribution:
-    """Score every single-token swap among each position's top-k gradient candidates."""
+    """Score every single-token swap among each position's top-k gradient candidates. The
+    prompt may have any length (a frontier point of a run with insert and delete too)."""
     if isinstance(prompt, str):
         ids = torch.tensor(lm.tokenizer.encode(prompt, add_special_tokens=False))
-    else:
+    else:                     # a frontier row may end in -1 padding (fluentdream.ragged)
         ids = torch.as_tensor(np.asarray(prompt), dtype=torch.long)
+        ids = ids[ids >= 0] if ids.ndim == 1 else ids
     if ids.ndim != 1 or len(ids) < 2:
         raise UserError(f"attribution needs one prompt of at least 2 tokens, got shape {tuple(ids.shape)}")
     target.validate(lm)

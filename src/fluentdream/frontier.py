@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UserError
+from .ragged import PAD, rows
 
 DEFAULT_SWEEP = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 2000)])
 
@@ -24,7 +25,7 @@ DEFAULT_SWEEP = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 2000)])
 class Frontier:
     target: np.ndarray      # (K,) activation of each point
     xentropy: np.ndarray    # (K,) mean self cross-entropy (nats)
-    ids: np.ndarray         # (K, n) tokens
+    ids: np.ndarray         # (K, W) tokens, -1 after a shorter prompt (fluentdream.ragged)
     text: list[str]         # K decoded prompts
     lambdas: np.ndarray     # (K,) smallest sweep lambda at which each point wins
     # (K,) for a pre-activation target (`L1.N5:pre`, `sae:DIR:j:pre`): each point re-scored by
@@ -47,9 +48,9 @@ class Frontier:
     def records(self) -> list[dict]:
         """frontier.json's points; a `post` key only where the frontier has post values."""
         out = [dict(target=float(f), xentropy=float(c), perplexity=float(np.exp(c)),
-                    text=t, ids=[int(i) for i in row], lam=float(lam))
-               for f, c, t, row, lam in zip(self.target, self.xentropy, self.text, self.ids,
-                                            self.lambdas)]
+                    text=t, ids=row, lam=float(lam))
+               for f, c, t, row, lam in zip(self.target, self.xentropy, self.text,
+                                            rows(self.ids), self.lambdas)]
         for r, p in zip(out, self.post if self.post is not None else ()):
             r["post"] = float(p)
         return out
@@ -159,20 +160,22 @@ def _upper_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def pareto_frontier(histories, tokenizer=None, sweep: np.ndarray = DEFAULT_SWEEP) -> Frontier:
-    """Frontier over all candidates of one or more Histories (or (ids, f, ce) triples)."""
+    """Frontier over all candidates of one or more Histories (or (ids, f, ce) triples), of any
+    prompt lengths: CE is a mean per predicted token and the target reads the last position, so
+    prompts of different lengths sit on the same axes (issue 14). ids are padded with -1 to the
+    longest."""
     parts = [h.candidates() if hasattr(h, "candidates") else h for h in histories]
     parts = [p for p in parts if len(p[1])]
     if not parts:
         return Frontier(np.zeros(0), np.zeros(0), np.zeros((0, 0), np.int32), [], np.zeros(0))
-    n = max(p[0].shape[1] for p in parts)
-    if any(p[0].shape[1] != n for p in parts):
-        raise UserError("histories have different prompt lengths; build one frontier per length")
-    ids = np.concatenate([p[0] for p in parts])
+    W = max(p[0].shape[1] for p in parts)
+    ids = np.concatenate([np.pad(p[0], ((0, 0), (0, W - p[0].shape[1])), constant_values=PAD)
+                          for p in parts])
     f = np.concatenate([p[1] for p in parts])
     ce = np.concatenate([p[2] for p in parts])
     idx, lams = frontier_indices(f, ce, sweep)
-    texts = (tokenizer.batch_decode(ids[idx].tolist(), clean_up_tokenization_spaces=False)
-             if tokenizer is not None else [" ".join(map(str, row)) for row in ids[idx]])
+    texts = (tokenizer.batch_decode(rows(ids[idx]), clean_up_tokenization_spaces=False)
+             if tokenizer is not None else [" ".join(map(str, row)) for row in rows(ids[idx])])
     return Frontier(f[idx].astype(np.float64), ce[idx].astype(np.float64), ids[idx], texts, lams)
 
 

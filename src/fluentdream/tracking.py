@@ -9,6 +9,8 @@
 
 Metric namespace (one W&B history record per EPO iteration, step = iteration index):
   epo/slot{i}/target, epo/slot{i}/xentropy   prompt held by population slot i after the iteration
+  epo/mean_length                            mean length in tokens of the slots' prompts (it moves
+                                             only with the insert and delete operators)
   epo/best_target                            best target of any candidate so far
   epo/best_target_ce_below_{4,5,6}           ... among candidates with CE below 4, 5, 6 nats
   epo/frontier_quality                       hypervolume of the frontier so far (reference point in
@@ -42,6 +44,7 @@ import numpy as np
 from .errors import UserError
 from .frontier import frontier_indices, frontier_quality
 from .history import History
+from .ragged import lengths, pad
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +208,13 @@ def start_tracker(mode: str, run_dir: Path, config: dict, *, project: str = "flu
 
 
 def first_iterations(history: History, prompts) -> np.ndarray:
-    """(K, n) prompts -> (K,) for each, the first iteration whose pool held it (its parents or
-    children), by comparing it with every recorded candidate."""
-    pool = history.ids                                        # (T, P, n)
+    """K prompts (token lists of any length) -> (K,) for each, the first iteration whose pool
+    held it (its parents or children), by comparing it with every recorded candidate."""
+    pool = history.ids                                        # (T, P, W), -1 after a prompt
     out = np.zeros(len(prompts), dtype=int)
     for k, row in enumerate(prompts):
-        seen = (pool == np.asarray(row, dtype=pool.dtype)).all(-1).any(-1)    # (T,)
+        row = pad([list(row)], pool.shape[-1])[0].astype(pool.dtype)
+        seen = (pool == row).all(-1).any(-1)                                     # (T,)
         assert seen.any(), "a frontier prompt that no iteration scored"
         out[k] = int(seen.argmax())
     return out
@@ -240,6 +244,7 @@ class IterationMetrics:
         out: dict[str, float] = {}
         for i, (fi, ci) in enumerate(zip(*hist.slot_scores(t))):
             out[f"epo/slot{i}/target"], out[f"epo/slot{i}/xentropy"] = float(fi), float(ci)
+        out["epo/mean_length"] = float(lengths(hist.ids[t][hist.kept[t]]).mean())
         if len(f):
             self.best = max(self.best, float(f.max()))
         out["epo/best_target"] = self.best
