@@ -19,6 +19,7 @@ from conftest import VOCAB
 from fluentdream.cli import main
 from fluentdream.context import Context
 from fluentdream.ragged import pad
+from fluentdream.runfiles import same_complete_run
 from fluentdream.runs import read_json
 from fluentdream.tracking import IterationMetrics, first_iterations
 from test_context import MLP_OUT, reference
@@ -179,6 +180,10 @@ def test_dream_with_operators_end_to_end_with_resume(tiny_model_dir, tmp_path, c
     assert main(args[:-6] + ["--operators", "swap=1", "--iters", "7", "--resume"]) == 2
     assert "operators (saved" in capsys.readouterr().err               # another operator set
     config = read_json(run / "config.json")
+    other = dict(config, operators=dict(swap=0.5, swap2=0.5), min_len=None, max_len=None)
+    with pytest.raises(fd.UserError, match="operators"):             # sweeps: not the same run
+        same_complete_run(run, other)
+    assert same_complete_run(run, config)
     assert config["operators"] == dict(swap=0.5, insert=0.25, delete=0.25)
     assert (config["min_len"], config["max_len"]) == (4, 9)
     lm = fd.load_model(str(tiny_model_dir), dtype="float32")
