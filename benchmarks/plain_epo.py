@@ -19,7 +19,9 @@ import torch.nn.functional as F
 
 import fluentdream as fd
 from fluentdream.epo import initial_prompts, mutate, restart, select
-from fluentdream.evaluate import allowed_tokens, capture, decode, retokenizes, xentropy
+from fluentdream.evaluate import xentropy
+from fluentdream.hooks import capture
+from fluentdream.tokens import allowed_tokens, decode, retokenizes
 from fluentdream.history import EPOState
 
 

@@ -62,7 +62,8 @@ import torch
 import fluentdream as fd
 from fluentdream import calibration
 from fluentdream.corpus import DataSource
-from fluentdream.evaluate import Scorer, capture
+from fluentdream.evaluate import Scorer
+from fluentdream.hooks import capture
 from fluentdream.history import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]

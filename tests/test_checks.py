@@ -12,7 +12,7 @@ import fluentdream as fd
 from conftest import ARCHS
 from fluentdream.checks import (MIN_SURVIVAL, check_device, check_prompt_length,
                                 longest_random_prompt, pair_survival)
-from fluentdream.evaluate import drawable_tokens
+from fluentdream.tokens import drawable_tokens
 from fluentdream.models import max_positions
 
 

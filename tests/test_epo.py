@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fluentdream as fd
-from fluentdream.evaluate import allowed_tokens, retokenizes
+from fluentdream.tokens import allowed_tokens, retokenizes
 from fluentdream.history import EPOState
 
 epo_steps = importlib.import_module("fluentdream.epo")   # the module; fd.epo is the function

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import fluentdream as fd
 from conftest import ARCHS, VOCAB, build_model
-from fluentdream.evaluate import allowed_tokens, drawable_tokens, retokenizes, xentropy
+from fluentdream.evaluate import xentropy
+from fluentdream.tokens import allowed_tokens, drawable_tokens, retokenizes
 
 
 def random_ids(B=3, n=7, seed=0):
@@ -252,3 +253,16 @@ def test_word_continuation_pieces_are_allowed_in_context(sentencepiece_tokenizer
                                                      topk=32, seq_len=8, iters=3))
     seen = np.unique(hist.ids[-1]) if hasattr(hist.ids, "shape") else np.unique(np.stack(hist.ids))
     assert continuation[torch.from_numpy(seen.astype(np.int64))].any()
+
+
+def test_memo_starts_afresh_when_full_and_never_holds_more_than_its_size():
+    from fluentdream.evaluate import Memo
+    memo = Memo(3)
+    memo.add({b"a": (1.0, 2.0), b"b": (3.0, 4.0)})
+    memo.add({b"c": (5.0, 6.0)})
+    assert len(memo) == 3 and memo[b"a"] == (1.0, 2.0)
+    memo.add({b"d": (7.0, 8.0)})                    # would be 4: cleared, then the new entry
+    assert dict(memo) == {b"d": (7.0, 8.0)}
+    memo.add({k: (0.0, 0.0) for k in (b"1", b"2", b"3", b"4")})     # larger than the memo
+    assert len(memo) == 0
+    assert len(Memo(0)) == 0 and (Memo(0).add({b"x": (0.0, 0.0)}) is None)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import fluentdream as fd
 from conftest import ARCHS, VOCAB
 from fluentdream.epo import propose
-from fluentdream.evaluate import allowed_tokens
+from fluentdream.tokens import allowed_tokens
 from fluentdream.history import EPOState
 
 # Module whose input is layer L's MLP hidden units, per architecture (HF module names).

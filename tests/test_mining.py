@@ -12,7 +12,8 @@ import torch
 
 import fluentdream as fd
 from fluentdream import calibration, cli, mining
-from fluentdream.evaluate import Scorer, capture, xentropy
+from fluentdream.evaluate import Scorer, xentropy
+from fluentdream.hooks import capture
 
 CFG = mining.MineConfig(top_k=5, context=32, window=6, batch_size=3, tokens=2500)
 
@@ -138,7 +139,7 @@ def test_ray_shards_merge_exactly(lm, corpus, features, mined):
 
 def test_random_prompt_baseline_and_zscores(lm, features, mined):
     base = calibration.random_prompt_baseline(lm, features[1:], n_prompts=64, n_tokens=6, seed=3)
-    pool = fd.evaluate.allowed_tokens(lm).nonzero().squeeze(1)
+    pool = fd.tokens.allowed_tokens(lm).nonzero().squeeze(1)
     ids = pool[torch.randint(len(pool), (64, 6), generator=torch.Generator().manual_seed(3))]
     f, _ = Scorer(lm, fd.parse_target("resid:L2:v8", lm), retokenize=False).score(ids)
     row = base.set_index("target").loc["resid:L2:v8"]

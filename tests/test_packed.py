@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 import fluentdream as fd
-from fluentdream.evaluate import Scorer, capture
+from fluentdream.evaluate import Scorer
+from fluentdream.hooks import capture
 from fluentdream.packed import SHAPE_STEP, Plan, pad_rows, packed_attention, packed_nll, padded
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .evaluate import Scorer, allowed_tokens
+from .evaluate import Scorer
+from .tokens import allowed_tokens
 from .targets import Target
 
 

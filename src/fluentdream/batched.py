@@ -25,7 +25,8 @@ from .context import Context
 from .epo import (IterationReport, check_run, initial_prompts, propose_many, replay_memo,
                   restart, select)
 from .errors import UserError
-from .evaluate import Scorer, allowed_tokens
+from .evaluate import Scorer
+from .tokens import allowed_tokens
 from .history import EPOState, History
 from .operators import mutate
 from .ragged import widen

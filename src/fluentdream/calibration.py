@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .evaluate import capture, drawable_tokens
+from .hooks import capture
+from .tokens import drawable_tokens
 from .history import atomic_write
 from .corpus import DataSource, documents
 from .mining import Features

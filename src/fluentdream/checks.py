@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .evaluate import drawable_tokens, retokenizes
+from .tokens import drawable_tokens, retokenizes
 from .models import max_positions
 
 # A prompt slot gets 1000 random draws (epo.initial_prompts): at survival 0.003 one slot still

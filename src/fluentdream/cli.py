@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_dream(args: argparse.Namespace) -> int:
     from .checks import check_device, writable_dir
-    from .evaluate import check_same_vocab
+    from .tokens import check_same_vocab
     from .models import load_model
     from .runfiles import CHECKPOINT, config_diff, is_complete, read_json
     from .runs import load_run, run_config, run_dir_for, run_dream

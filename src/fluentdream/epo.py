@@ -23,7 +23,8 @@ import torch
 from .config import EPOConfig
 from .context import Context
 from .errors import UserError
-from .evaluate import Scorer, allowed_tokens, drawable_tokens, retokenizes
+from .evaluate import Scorer
+from .tokens import allowed_tokens, drawable_tokens, retokenizes
 from .history import EPOState, History
 from .models import DTYPES
 from .operators import insertion_table, mutate  # noqa: F401 - mutate: epo.mutate, as before
@@ -51,7 +52,7 @@ Callback = Callable[[IterationReport], bool | None]
 def initial_prompts(lm, cfg: EPOConfig, gen: torch.Generator) -> torch.Tensor:
     """(M, W) starting prompts of n = seq_len tokens, padded with -1 to W = max_len
     (fluentdream.ragged): cfg.initial_prompt for all, or random drawable tokens
-    (evaluate.drawable_tokens)."""
+    (tokens.drawable_tokens)."""
     M, n = cfg.population_size, cfg.seq_len
     if cfg.initial_prompt is not None:
         ids = lm.tokenizer.encode(cfg.initial_prompt, add_special_tokens=False)

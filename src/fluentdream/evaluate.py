@@ -25,9 +25,7 @@ each length in its own pass, without reuse.
 """
 from __future__ import annotations
 
-import functools
 import logging
-from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -35,84 +33,17 @@ import torch
 import torch.nn.functional as F
 
 from .context import Context
-from .errors import UserError
-from .packed import (Plan, attention_implementation, once_per_token, packed_attention, packed_nll,
-                     pad_rows, unembed_rows)
-from .ragged import is_ragged, lengths, rows as token_rows
-from .targets import AttentionEntry, Logit, Neuron, ResidualDirection, SAELatent, Site, Target
+from .gradients import one_hot_gradients
+from .hooks import capture
+from .packed import Plan, once_per_token, packed_attention, packed_nll, pad_rows, unembed_rows
+from .ragged import is_ragged, lengths
+from .targets import AttentionEntry, Logit, Neuron, ResidualDirection, SAELatent, Target
+from .tokens import check_same_vocab, decode, retokenizes
 
 log = logging.getLogger(__name__)
 
 # Targets whose value at position "last" depends on the last position's activations alone.
 _PER_POSITION = (Neuron, Logit, ResidualDirection, AttentionEntry, SAELatent)
-
-
-@contextmanager
-def capture(lm, sites: tuple[Site, ...], eager_attention: bool = True):
-    """Hooks that fill a dict {site: activation} on every forward pass of `lm.model`.
-    Site kinds (fluentdream.targets): "mlp" the input of the MLP output projection, "mlp_pre" the
-    input of the MLP activation function, "mlp_out" the output projection's output, "resid" the
-    input of block L (of the final norm for L = n_layers), "attn" the attention probabilities.
-    Attention sites switch the model to eager attention (SDPA hides the probabilities) unless
-    `eager_attention` is False (the packed attention returns them itself)."""
-    acts: dict[Site, torch.Tensor] = {}
-    handles = []
-
-    def save_input(site):
-        def hook(module, args, kwargs):
-            acts[site] = args[0] if args else kwargs["hidden_states"]
-        return hook
-
-    def save_output(site, item=None):
-        def hook(module, args, output):
-            acts[site] = output if item is None else output[item]
-        return hook
-
-    needs_eager = eager_attention and any(kind == "attn" for kind, _ in sites)
-    previous = lm.model.config._attn_implementation
-    if needs_eager:  # SDPA does not expose attention probabilities
-        lm.model.set_attn_implementation("eager")
-    try:
-        for site in set(sites):
-            kind, layer = site
-            if kind == "mlp":
-                handles.append(lm.mlp_out_proj(layer).register_forward_pre_hook(
-                    save_input(site), with_kwargs=True))
-            elif kind == "resid":
-                module = lm.final_norm if layer == lm.n_layers else lm.blocks[layer]
-                handles.append(module.register_forward_pre_hook(save_input(site), with_kwargs=True))
-            elif kind == "mlp_pre":
-                handles.append(mlp_activation(lm, layer).register_forward_pre_hook(
-                    save_input(site), with_kwargs=True))
-            elif kind == "mlp_out":
-                handles.append(lm.mlp_out_proj(layer).register_forward_hook(save_output(site)))
-            elif kind == "attn":
-                handles.append(lm.attention(layer).register_forward_hook(save_output(site, 1)))
-            else:
-                raise UserError(f"unknown site kind {kind!r}; allowed: mlp, mlp_pre, mlp_out, "
-                                "resid, attn")
-        yield acts
-    finally:
-        for h in handles:
-            h.remove()
-        if needs_eager:
-            lm.model.set_attn_implementation(previous)
-
-
-# The activation function module of an MLP: GPT-NeoX and GPT-2 "act", Llama family "act_fn",
-# Phi "activation_fn". Each layer holds its own instance (transformers' ACT2FN builds one per call),
-# so a hook on it sees that layer alone.
-_MLP_ACTIVATIONS = ("act", "act_fn", "activation_fn")
-
-
-def mlp_activation(lm, layer: int) -> torch.nn.Module:
-    """The module applying layer `layer`'s MLP nonlinearity; its input is (B, n, d_mlp)."""
-    mlp = lm.blocks[layer].get_submodule(lm.arch.mlp_out.rpartition(".")[0])
-    for name in _MLP_ACTIVATIONS:
-        if isinstance(getattr(mlp, name, None), torch.nn.Module):
-            return getattr(mlp, name)
-    raise UserError(f"pre-activation targets need the MLP's activation function as a module "
-                    f"named one of {', '.join(_MLP_ACTIVATIONS)}; {type(mlp).__name__} has none")
 
 
 def xentropy(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -123,81 +54,20 @@ def xentropy(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return ce.view(B, n - 1).mean(dim=1)
 
 
-# Texts whose tokens serve as left neighbours when a token is judged in context.
-_ANCHOR_TEXTS = (".", "1", "a", " the", "\n", "(")
+class Memo(dict):
+    """(target index, prompt) -> (f, ce) of every prompt a Scorer has scored (keys: `_keys`).
+    When adding would pass `size` entries it starts afresh: a bounded memory, and a run still
+    scores each prompt at most once between clearings."""
 
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
 
-@functools.lru_cache(maxsize=8)
-def _token_masks(tokenizer, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(V,) bool masks (surviving decode -> encode alone, allowed in context); see below."""
-    n = min(len(tokenizer), vocab_size)
-    ids = list(range(n))
-    texts = decode(tokenizer, torch.tensor(ids)[:, None])
-    alone = [e == [i] for i, e in enumerate(encode(tokenizer, texts))]
-    # In context: SentencePiece adds a "▁" before a text's first word, so a word-continuation
-    # piece ("ing") never survives alone but does after a neighbour ("a" + "ing" -> ▁a, ing).
-    # A token is allowed when it survives after at least one neighbour token. Only tokens that
-    # fail alone are tried in context (few, for byte-level BPE vocabularies).
-    survives = list(alone)
-    for a in _anchor_tokens(tokenizer):
-        todo = [i for i in ids if not survives[i]]
-        if not todo:
-            break
-        prefix = encode(tokenizer, decode(tokenizer, torch.tensor([[a]])))[0]
-        pairs = decode(tokenizer, torch.tensor([[a, i] for i in todo]))
-        for i, e in zip(todo, encode(tokenizer, pairs)):
-            survives[i] = e == prefix + [i]
-    whole = ["\ufffd" not in t for t in texts]          # not a partial UTF-8 character
-    masks = []
-    for keep in (alone, survives):
-        mask = torch.zeros(vocab_size, dtype=torch.bool)
-        mask[:n] = torch.tensor([k and w for k, w in zip(keep, whole)])
-        mask[list(tokenizer.all_special_ids)] = False
-        masks.append(mask)
-    return masks[0], masks[1]
-
-
-def _anchor_tokens(tokenizer) -> list[int]:
-    """Single tokens (one per anchor text that encodes to one token) used as left neighbours."""
-    found = [e[0] for e in encode(tokenizer, list(_ANCHOR_TEXTS)) if len(e) == 1]
-    return list(dict.fromkeys(found))
-
-
-def allowed_tokens(lm) -> torch.Tensor:
-    """(V,) bool: tokens that may be proposed: not special, not a partial UTF-8 character, and
-    surviving decode -> encode alone or after a neighbour token (DESIGN §4)."""
-    return _token_masks(lm.tokenizer, lm.vocab_size)[1]
-
-
-def drawable_tokens(lm) -> torch.Tensor:
-    """(V,) bool: the allowed tokens that also survive decode -> encode alone, from which random
-    prompts are drawn. The same set as allowed_tokens for byte-level BPE; for SentencePiece, the
-    word-start pieces, so that random prompts (words side by side) survive retokenization."""
-    return _token_masks(lm.tokenizer, lm.vocab_size)[0]
-
-
-def decode(tokenizer, ids: torch.Tensor) -> list[str]:
-    """(B, n) -> B texts (rows padded with -1 end where their tokens end), special tokens kept,
-    no clean-up of spaces."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)   # the Rust tokenizer: no wrapper cost
-    if backend is not None:
-        return backend.decode_batch(token_rows(ids), skip_special_tokens=False)
-    return tokenizer.batch_decode(token_rows(ids), clean_up_tokenization_spaces=False)
-
-
-def encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """B texts -> their token ids, no special tokens added."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-def retokenizes(tokenizer, ids: torch.Tensor, texts: list[str] | None = None) -> np.ndarray:
-    """(B, n) -> (B,) bool: decoding (or the given `texts`, decoded already) then encoding gives
-    back exactly these tokens."""
-    back = encode(tokenizer, texts if texts is not None else decode(tokenizer, ids))
-    return np.array([b == row for b, row in zip(back, token_rows(ids))], dtype=bool)
+    def add(self, new: dict[bytes, tuple[float, float]]) -> None:
+        if len(self) + len(new) > self.size:
+            self.clear()
+        if len(new) <= self.size:
+            self.update(new)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -233,8 +103,8 @@ class Scorer:
         self.fluency = fluency if fluency is not None else lm
         if self.fluency is not lm:
             check_same_vocab(lm, self.fluency)
-        self.reuse_prefix, self.memo_size = reuse_prefix, memo_size
-        self.memo: dict[bytes, tuple[float, float]] = {}   # (target index, tokens) -> (f, ce)
+        self.reuse_prefix = reuse_prefix
+        self.memo = Memo(memo_size)
         self.counts = dict(requested=0, model_rows=0, model_tokens=0, parent_rows=0)
         # Built-in targets other than Logit never read logits; at "last" they read one position.
         self.reads_logits = not all(isinstance(t, _PER_POSITION) and not isinstance(t, Logit)
@@ -385,10 +255,7 @@ class Scorer:
                                             which[rows])
             new = dict(zip(todo, zip(f_new.tolist(), ce_new.tolist())))
             known.update(new)
-            if len(self.memo) + len(new) > self.memo_size:
-                self.memo.clear()
-            if len(new) <= self.memo_size:
-                self.memo.update(new)
+            self.memo.add(new)
         values = torch.tensor([known[key] for key in keys], dtype=torch.float32).view(B, 2)
         return values[:, 0].contiguous(), values[:, 1].contiguous()
 
@@ -401,10 +268,7 @@ class Scorer:
                                np.asarray(ce).tolist()):
             if key not in self.memo:
                 new.setdefault(key, (fi, ci))
-        if len(self.memo) + len(new) > self.memo_size:
-            self.memo.clear()
-        if len(new) <= self.memo_size:
-            self.memo.update(new)
+        self.memo.add(new)
 
     def _score_new(self, ids, parents, which) -> tuple[torch.Tensor, torch.Tensor]:
         """Distinct unseen rows -> (f, ce): reject, then packed passes over chunks of rows, each
@@ -515,76 +379,14 @@ class Scorer:
 
     def gradients(self, ids: torch.Tensor, lambdas: torch.Tensor, which=None,
                   next_logprobs: torch.Tensor | None = None) -> torch.Tensor:
-        """(M, n), (M,) -> (M, n, V) float32 gradient of f - lambda * CE w.r.t. the one-hot tokens.
-
-        The one-hot X is both the models' input (embeddings X @ E) and CE's labels (paper §2,
-        DESIGN §4 step 2), so dCE/dX has two parts: the path through the embeddings, and the label
-        term -log p(v | tokens < p) / (n - 1) at positions p >= 1, read off the fluency logits
-        this pass computes anyway (after a prefix: / n at every position p >= 0, the prefix being
-        part of "tokens < p"). Only the optimized tokens are differentiated. Every slot gets the
-        gradient of its own objective, with its own lambda (DESIGN §4 step 7). The objective is
-        linear in lambda, so each distinct prompt is differentiated once, for f and for CE, and
-        slots combine the two: after a restart all M slots hold one prompt, and on average fewer
-        than half of the slots hold distinct ones. Attention runs eagerly here: at prompt lengths
-        like 12, SDPA's backward costs several times the rest. Rows of several lengths (padded
-        with -1, fluentdream.ragged) go one length at a time, n their own in the formula above;
-        a row's gradient past its end is 0.
-
-        next_logprobs, optional (M, W + 1, V) float32, is filled from the same pass (one more
-        logit row per prompt) with the fluency model's log-probabilities of the token at each x
-        position p given everything before it, at p = first_scored .. len (p = len: a token
-        appended after x), -inf elsewhere: where EPOConfig.operators insert draws from.
-        """
-        V, W = self.lm.vocab_size, ids.shape[1]
-        next_tokens = next_logprobs is not None
-        which = self._which(which, len(ids))
-        uniq, inv = torch.unique(torch.cat([which[:, None], ids], 1), dim=0, return_inverse=True)
-        n_of = lengths(uniq[:, 1:])
-        ragged = bool((n_of < W).any())
-        make = torch.zeros if ragged else torch.empty
-        g_f, g_ce = make(len(uniq), W, V), make(len(uniq), W, V)
-        nxt = torch.full((len(uniq), W + 1, V), -torch.inf) if next_tokens else None
-        models = [self.lm] if self.fluency is self.lm else [self.lm, self.fluency]
-        tables = [m.model.get_input_embeddings().weight for m in models]
-        first = self.context.first_scored()
-
-        def one_hot_grad(grads) -> torch.Tensor:
-            # d(one_hot @ E)/d one_hot: the gradient for token v at a position is E[v] . g, with g
-            # the gradient of that position's embedding, so lookups replace the one-hot product.
-            return sum((g @ E.T).float().cpu() for g, E in zip(grads, tables) if g is not None)
-
-        def run(r, n):
-            x = uniq[r, 1:n + 1].to(self.lm.device)
-            embs = [E[x.to(E.device)].detach().requires_grad_(True) for E in tables]
-            with torch.enable_grad(), attention_implementation(self.lm.model, "eager"), \
-                    attention_implementation(self.fluency.model, "eager"):
-                f, ce, logits = self._forward(x, None, uniq[r, 0], (embs[0], embs[-1]),
-                                              extra=int(next_tokens))
-                g_f[r, :n] = one_hot_grad(torch.autograd.grad(f.sum(), embs, retain_graph=True,
-                                                              allow_unused=True))
-                g_ce[r, :n] = one_hot_grad(torch.autograd.grad(ce.sum(), embs, allow_unused=True))
-            # The label term: CE = -1/(n-1) sum_{p>=1} sum_v X[p, v] log softmax(logits[p-1])[v]
-            # (p >= 0 and 1/n after a prefix); logits row j predicts x[first + j].
-            logp = logits.detach().float().log_softmax(-1).cpu()
-            g_ce[r, first:n] -= logp[:, :n - first] / (n - first)
-            if nxt is not None:
-                nxt[r, first:n + 1] = logp
-        for n in n_of.unique().tolist():
-            rows = (n_of == n).nonzero().squeeze(1)
-            self._in_chunks(len(rows), lambda a, b: run(rows[a:b] if ragged else slice(a, b), n))
-        if nxt is not None:
-            next_logprobs[:] = nxt[inv]
-        return g_f[inv] - lambdas.float()[:, None, None] * g_ce[inv]
-
+        """(M, n), (M,) -> (M, n, V) float32 gradient of f - lambda * CE w.r.t. the one-hot
+        tokens, each slot with its own lambda; next_logprobs (M, n + 1, V), optional, receives
+        the fluency model's next-token log-probabilities from the same pass
+        (fluentdream.gradients.one_hot_gradients has the formula)."""
+        return one_hot_gradients(self, ids, lambdas, which, next_logprobs)
 
 def _keys(ids: torch.Tensor, which: torch.Tensor) -> list[bytes]:
     """(B, W) prompts (padded with -1, fluentdream.ragged), (B,) target index -> memo keys:
     target index, length and the prompt's own tokens."""
     return [t.to_bytes(4, "little") + k.to_bytes(4, "little") + row[:k].tobytes()
             for t, k, row in zip(which.tolist(), lengths(ids).tolist(), ids.numpy())]
-
-
-def check_same_vocab(lm, fluency) -> None:
-    if lm.vocab_size != fluency.vocab_size or lm.tokenizer.get_vocab() != fluency.tokenizer.get_vocab():
-        raise UserError(f"the fluency model {fluency.name!r} and the target model {lm.name!r} "
-                        "have different vocabularies; both must share one tokenizer")

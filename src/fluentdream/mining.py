@@ -34,7 +34,9 @@ import torch
 
 from .corpus import DataSource, context_windows, documents  # noqa: F401 (mining.DataSource)
 from .errors import UserError
-from .evaluate import capture, decode, retokenizes, xentropy
+from .evaluate import xentropy
+from .hooks import capture
+from .tokens import decode, retokenizes
 from .history import atomic_write
 from .sae import SAE
 from .targets import ResidualDirection, Site, _standardize
