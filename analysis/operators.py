@@ -12,7 +12,10 @@
 Hypervolume: fd.frontier_quality of each run's frontier (frontier.json) with the reference point
 study.json states, (CE = 01's in-distribution limit, activation 0): the area the frontier
 dominates inside the in-distribution, firing region. Best in distribution: the highest activation
-of any candidate with CE below that limit (04's rule).
+of any candidate with CE below that limit (04's rule). Both as run (equal wall time: a busy shared
+machine moves a budget's iteration count, see the iterations column) and over each run's first
+`equal_iters` iterations, the fewest any run of that neuron made (equal iterations: free of load;
+the *_iters measures).
 Tests, per neuron, condition against swap:
   level   Wilcoxon signed-rank paired by seed: seed s starts every condition from the same
           random prompts (the run's generator draws them first), a matched design.
@@ -28,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fluentdream.frontier import frontier_quality
+from fluentdream.frontier import frontier_quality, pareto_frontier
 from fluentdream.history import History
 from fluentdream.runs import CHECKPOINT, read_json
 
@@ -39,24 +42,36 @@ EXP = "09_operators_and_restarts"
 REFERENCE = "swap"
 SPREAD = "ops_spread"      # numbers.json claim of the spread entries (their own README row)
 MEASURES = {"hypervolume": "frontier hypervolume",
-            "best_in_dist": "best activation in distribution"}
+            "best_in_dist": "best activation in distribution",
+            "hypervolume_iters": "frontier hypervolume at equal iterations",
+            "best_in_dist_iters": "best activation in distribution at equal iterations"}
 
 
-def run_row(run_dir: Path, condition: str, ref: dict) -> dict:
-    """One run's measures (module docstring) and provenance. Run names repeat across conditions
-    (<condition>/<run>), so the provenance comes from here rather than units.py's index."""
+def _measures(f: np.ndarray, ce: np.ndarray, front_f, front_ce, ref: dict) -> tuple[float, float]:
+    """(hypervolume of the frontier, best activation of a candidate with CE below the limit)."""
+    inside = np.isfinite(f) & (ce < ref["xentropy"])
+    return (frontier_quality((front_f, front_ce), ref["xentropy"], ref["activation"]),
+            float(f[inside].max()) if inside.any() else np.nan)
+
+
+def run_row(run_dir: Path, condition: str, ref: dict, equal_iters: int) -> dict:
+    """One run's measures (module docstring), also over its first `equal_iters` iterations, and
+    its provenance. Run names repeat across conditions (<condition>/<run>), so the provenance
+    comes from here rather than units.py's index."""
     config = read_json(run_dir / "config.json")
     prov = read_json(run_dir / "provenance.json") if (run_dir / "provenance.json").exists() else {}
     hist = History.load(run_dir / CHECKPOINT)
     _, f, ce = hist.candidates()
     front = read_json(run_dir / "frontier.json")
-    pf = np.array([p["target"] for p in front], float)
-    pce = np.array([p["xentropy"] for p in front], float)
-    inside = np.isfinite(f) & (ce < ref["xentropy"])
+    hv, best = _measures(f, ce, np.array([p["target"] for p in front], float),
+                         np.array([p["xentropy"] for p in front], float), ref)
+    early = hist.truncated(equal_iters)
+    head = pareto_frontier([early])
+    hv_k, best_k = _measures(*early.candidates()[1:], head.target, head.xentropy, ref)
     return dict(condition=condition, neuron=config["target"], seed=config["seed"], run=run_dir.name,
-                iterations=len(hist), seconds=float(np.sum(hist.seconds)),
-                hypervolume=frontier_quality((pf, pce), ref["xentropy"], ref["activation"]),
-                best_in_dist=float(f[inside].max()) if inside.any() else np.nan,
+                iterations=len(hist), seconds=float(np.sum(hist.seconds)), hypervolume=hv,
+                best_in_dist=best, equal_iters=equal_iters, hypervolume_iters=hv_k,
+                best_in_dist_iters=best_k,
                 max_activation=float(np.nanmax(np.where(np.isfinite(f), f, np.nan))),
                 frontier_points=len(front),
                 frontier_length=float(np.mean([len(p["ids"]) for p in front])) if front else np.nan,
@@ -67,10 +82,17 @@ def run_row(run_dir: Path, condition: str, ref: dict) -> dict:
 
 
 def per_run(exp_dir: Path, study: dict) -> pd.DataFrame:
-    rows = [run_row(d, condition, study["hypervolume_ref"])
-            for condition in study["conditions"] for d in complete_runs(exp_dir / condition)
-            if read_json(d / "config.json")["target"] in study["neurons"]]
-    return pd.DataFrame(rows)
+    """Every finished run of the study's neurons; equal iterations = the fewest any run of the
+    same neuron made (in any condition)."""
+    found = [(condition, d, read_json(d / "config.json")["target"])
+             for condition in study["conditions"] for d in complete_runs(exp_dir / condition)]
+    found = [(c, d, neuron) for c, d, neuron in found if neuron in study["neurons"]]
+    fewest: dict[str, int] = {}
+    for _, d, neuron in found:
+        made = read_json(d / "summary.json")["iterations"]
+        fewest[neuron] = min(fewest.get(neuron, made), made)
+    return pd.DataFrame([run_row(d, c, study["hypervolume_ref"], fewest[neuron])
+                         for c, d, neuron in found])
 
 
 def _iqr(x: pd.Series) -> float:
@@ -177,7 +199,7 @@ def claims(t: dict, _index: pd.DataFrame) -> dict:
         claim = _claim(condition)
         key = f"ops.{condition}.{neuron}"
         for col, label in MEASURES.items():
-            unit = "area" if col == "hypervolume" else "activation"
+            unit = "area" if col.startswith("hypervolume") else "activation"
             out[f"{key}.{col}.mean"] = entry(claim, f"{neuron}, {condition}: mean {label}", unit,
                                              prov, est=stats.estimate(g[col]), over="seeds",
                                              values=g[col])
@@ -195,7 +217,7 @@ def claims(t: dict, _index: pd.DataFrame) -> dict:
         out[f"ops.{condition}_vs_swap.{neuron}.{col}.{kind}"] = entry(
             _claim(condition) if kind == "level" else SPREAD,
             f"{neuron}: {MEASURES[col]}, {condition} vs swap, {what}",
-            "area" if col == "hypervolume" else "activation", provenance(names),
+            "area" if col.startswith("hypervolume") else "activation", provenance(names),
             est=stats.estimate(x.to_numpy() - y.to_numpy()) if kind == "level" else None,
             value=test.difference, statistic="difference" if kind == "spread" else "mean",
             n=test.n, over="seeds", test=test)

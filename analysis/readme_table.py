@@ -338,8 +338,8 @@ def _ops_neurons(n: Numbers) -> list[str]:
 
 
 def _ops(condition: str) -> Callable[[Numbers], str]:
-    """Per neuron: mean hypervolume swap -> condition with CIs and the paired test; the best
-    in-distribution activation; seconds and iterations per run (equal wall time)."""
+    """Per neuron: mean hypervolume swap -> condition with CIs and the paired test, also at equal
+    iterations; the best in-distribution activation; seconds and iterations per run."""
     def ours(n: Numbers) -> str:
         parts = []
         for neuron in _ops_neurons(n):
@@ -349,7 +349,10 @@ def _ops(condition: str) -> Callable[[Numbers], str]:
             test = f"ops.{condition}_vs_swap.{neuron}"
             parts.append(
                 f"{neuron}: hypervolume {n.ci(f'{a}.hypervolume.mean')} → "
-                f"{n.ci(f'{b}.hypervolume.mean')} ({n.p(f'{test}.hypervolume.level')}); in "
+                f"{n.ci(f'{b}.hypervolume.mean')} ({n.p(f'{test}.hypervolume.level')}), at "
+                f"equal iterations {n.v(f'{a}.hypervolume_iters.mean')} → "
+                f"{n.v(f'{b}.hypervolume_iters.mean')} "
+                f"({n.p(f'{test}.hypervolume_iters.level')}); in "
                 f"distribution {n.ci(f'{a}.best_in_dist.mean')} → {n.ci(f'{b}.best_in_dist.mean')} "
                 f"({n.p(f'{test}.best_in_dist.level')}); {n.v(f'{a}.seconds.mean', 1)} vs "
                 f"{n.v(f'{b}.seconds.mean', 1)} s, {n.v(f'{a}.iterations.mean', 0)} vs "

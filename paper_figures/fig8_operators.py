@@ -3,11 +3,13 @@ paper's §4 proposals, Fig 2a's question of spread across seeds).
 
     python -m paper_figures.fig8_operators --tables results/embedded/tables --out paper_figures/out
 
-One column per neuron. Top: each run's frontier hypervolume (reference point in the y label),
-one point per seed over a box per condition (quartiles, whiskers to 1.5 IQR); the x labels give
-each condition's mean seconds and iterations per run, so equal wall time can be checked. Bottom:
-the best activation in distribution (CE below 01's limit), the same way; a run with no candidate
-there has no point. Reads operators_runs (analysis/operators.py).
+One column per neuron. Top: each run's frontier hypervolume at equal wall time (reference point
+in the y label), one point per seed over a box per condition (quartiles, whiskers to 1.5 IQR).
+Middle: the best activation in distribution (CE below 01's limit), the same way (a run with no
+candidate there has no point); its x labels give each condition's mean seconds and iterations
+per run, so equal wall time can be checked. Bottom: the hypervolume over each run's first k
+iterations, k the fewest any run of that neuron made (equal iterations: what a busy shared
+machine cannot move). Reads operators_runs (analysis/operators.py).
 """
 from __future__ import annotations
 
@@ -38,20 +40,24 @@ def make(tables: dict[str, pd.DataFrame]):
     runs = style.require(tables, "operators_runs", "09_operators_and_restarts")
     neurons = list(dict.fromkeys(runs["neuron"]))
     order = [c for c in ORDER if c in set(runs["condition"])]
-    fig, axes = style.figure(2, len(neurons), width=4.2 * len(neurons), height=7.5)
+    fig, axes = style.figure(3, len(neurons), width=4.6 * len(neurons), height=12.0,
+                             gridspec_kw=dict(hspace=0.5))
     ref = runs.iloc[0]
     for j, neuron in enumerate(neurons):
         g = runs[runs["neuron"] == neuron]
-        cost = g.groupby("condition")[["seconds", "iterations"]].mean()
-        labels = [f"{c}\n{cost.loc[c, 'seconds']:.0f} s, {cost.loc[c, 'iterations']:.0f} it"
-                  for c in order]
-        for i, col in enumerate(("hypervolume", "best_in_dist")):
+        cost = g.groupby("condition")[["seconds", "iterations"]].mean().reindex(order)
+        names = [c.replace("+", "+\n") for c in order]     # one word a line: four fit
+        labels = [f"{c}\n{s:.1f} s\n{it:.0f} it" if s == s else f"{c}\nnot run"
+                  for c, s, it in zip(names, cost["seconds"], cost["iterations"])]
+        hv = f"hypervolume (ref: CE {ref['ref_xentropy']:.2f}, act. {ref['ref_activation']:g})"
+        ylabels = (hv, f"best activation with CE < {ref['ref_xentropy']:.2f}",
+                   f"{hv}\nat equal iterations ({g['equal_iters'].iloc[0]})")
+        for i, col in enumerate(("hypervolume", "best_in_dist", "hypervolume_iters")):
             ax = axes[i][j]
             panel(ax, g, col, order)
-            ax.set_xticks(range(len(order)), labels if i == 1 else [c for c in order])
-            ax.set_ylabel("" if j else (
-                f"hypervolume (ref: CE {ref['ref_xentropy']:.2f}, act. {ref['ref_activation']:g})"
-                if i == 0 else f"best activation with CE < {ref['ref_xentropy']:.2f}"))
+            ax.set_xticks(range(len(order)), labels if i == 1 else names)
+            ax.set_ylabel(ylabels[i] if j == 0 else f"at {g['equal_iters'].iloc[0]} iterations"
+                          if i == 2 else "")
         axes[0][j].set_title(f"{neuron}: {g['seed'].nunique()} seeds per condition")
     return fig
 

@@ -84,6 +84,16 @@ def test_run_table_equals_a_direct_reading_of_each_run(results, tables):
         area = sum((b - a) * max([t for c, t in pts if c <= a], default=0.0)
                    for a, b in zip(edges, edges[1:]))
         assert r["hypervolume"] == pytest.approx(area)
+        # equal iterations: the fewest any run of the neuron made; the run's first k of them
+        k = r["equal_iters"]
+        assert k == runs.loc[runs["neuron"] == r["neuron"], "iterations"].min()
+        f, ce = (np.concatenate([np.asarray(t, float) for t in col[:k]])
+                 for col in (hist.target, hist.xentropy))
+        ok = np.isfinite(f) & (ce < limit)
+        assert r["best_in_dist_iters"] == pytest.approx(f[ok].max() if ok.any() else np.nan,
+                                                        nan_ok=True)
+        if k == r["iterations"]:     # (not monotone in k: the frontier is the convex one)
+            assert r["hypervolume_iters"] == pytest.approx(r["hypervolume"])
 
 
 def test_tests_equal_scipy_on_the_seed_pairs(tables):
