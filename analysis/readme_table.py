@@ -387,16 +387,20 @@ def _spread(n: Numbers) -> str:
 
 def _spread_holds(n: Numbers) -> str:
     """yes when some condition's spread is smaller than swap's (Mann-Whitney on absolute
-    deviations, p < 0.05) on every neuron; partly on some; no otherwise."""
+    deviations, p < 0.05) on every neuron; partly on some; no otherwise; significantly larger
+    spreads are named."""
     keys = n.keys("ops.", ".hypervolume.spread")
     smaller = sorted({k.split("_vs_swap.")[0][4:] for k in keys if n.significant(k, -1)})
+    larger = [k.split(".")[1].removesuffix("_vs_swap") + " on " + ".".join(k.split(".")[2:4])
+              for k in keys if n.significant(k, 1)]
     neurons = _ops_neurons(n)
     every = [c for c in smaller
              if all(n.significant(f"ops.{c}_vs_swap.{x}.hypervolume.spread", -1) for x in neurons)]
+    more = f"; larger: {', '.join(larger)}" if larger else ""
     if every:
-        return f"yes: {', '.join(every)} on all {len(neurons)} neurons"
-    return (f"partly: {', '.join(smaller)} on some neurons" if smaller
-            else f"no: no significantly smaller spread on any of {len(neurons)} neurons")
+        return f"yes: {', '.join(every)} on all {len(neurons)} neurons{more}"
+    return (f"partly: {', '.join(smaller)} on some neurons{more}" if smaller
+            else f"no: not smaller on any of {len(neurons)} neurons{more}")
 
 
 ROWS = (
