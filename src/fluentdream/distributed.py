@@ -121,9 +121,9 @@ def run_batch(lm, jobs: list[Job], s: Settings) -> list[JobResult]:
     try:
         specs = []
         for job in jobs:
-            (job.run_dir(s.out, s.model) / "error.json").unlink(missing_ok=True)
-            specs.append(RunSpec(parse_target(job.target, lm), s.config(job),
-                                 job.run_dir(s.out, s.model), resume=True,
+            run_dir = job.run_dir(s.out, s.model)
+            (run_dir / "error.json").unlink(missing_ok=True)
+            specs.append(RunSpec(parse_target(job.target, lm), s.config(job), run_dir, resume=True,
                                  checkpoint_every=s.checkpoint_every, make_tracker=tracker,
                                  extra=dict(sweep_group=s.group, batched=len(jobs))))
         results = run_many(lm, specs)

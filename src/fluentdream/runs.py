@@ -39,7 +39,7 @@ from .history import History
 # The run files' helpers live in runfiles.py; experiments and analysis import them from here.
 from .runfiles import (CHECKPOINT, config_diff, is_complete, load_checkpoint,  # noqa: F401
                        read_json, same_complete_run, save_history, write_json)
-from .session import MakeTracker, RunResult, RunSpec, run_many  # noqa: F401 (RunSpec: API)
+from .session import MakeTracker, RunResult, RunSpec, run_many
 from .tracking import CE_THRESHOLDS, FRONTIER_REF, Tracker
 
 if TYPE_CHECKING:
