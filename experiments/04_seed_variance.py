@@ -64,6 +64,10 @@ PRESETS = {
                        epo=fd.EPOConfig(iters=300, device="cpu", dtype=FAST)),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", target="L10.N5", seeds=60,
                     epo=fd.EPOConfig(iters=300, device="cuda", dtype="float16"), wandb="auto"),
+    # 8 seeds x T = 100 (800 run-iterations, the largest share of the smollm2 pipeline's 90
+    # minutes): enough for the spread's range and its median's interval, not the paper's 60.
+    "smollm2": Config(model="smollm2-135m", seeds=8,
+                      epo=fd.EPOConfig(iters=100, device="cpu", dtype=FAST)),
     "smoke": Config(model="embedded", seeds=3,
                     epo=fd.EPOConfig(iters=6, population_size=4, explore_per_pop=4, topk=16,
                                      restart_frequency=3, device="cpu", dtype="float32")),

@@ -6,10 +6,11 @@
 
 The paper mines the top 64 max-activating examples of Pythia-12B L10.N5 from 500M Pile tokens and
 finds that EPO dreams beat them by 1-1.5 activation units at CE ~4. Here:
-1. mine the top-64 examples of *every* neuron of one layer (fluentdream.mining; each example is
-   re-scored alone as the 12-token window ending at its max token, so it has a CE like a dream);
-2. choose the paper's analogs by a stated rule (RULE below) and write neuron_choices.json at once
-   (experiment 04 dreams on the example neuron, 06 on the polysemantic one);
+1. mine the top-64 examples of *every* neuron of one layer (fluentdream.mining);
+2. choose the paper's analogs by a stated rule (RULE below, read off the examples in context) and
+   write neuron_choices.json at once (experiment 04 dreams on the example neuron, 06 on the
+   polysemantic one); the chosen and sampled neurons' examples are then re-scored alone, each as
+   the 12-token window ending at its max token, so it has a CE like a dream;
 3. dream on the example neuron with `seeds` (none on the embedded preset: experiment 04 dreams on
    the same neuron with 32 seeds, and analysis/dataset.py reads those runs too), and once on each
    of `sample_neurons` neurons drawn among those the corpus fires (does a dream beat the best
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 import fluentdream as fd
 from fluentdream import calibration, mining, runs
 from fluentdream.corpus import STOPWORDS
+from fluentdream.progress import CountBar
 
 RULE = ("layer = round(0.28 * (n_layers - 1)) (the paper's L10 of 36). Per neuron, the 'family' of "
         "an example is its max token (the last token of its window), stripped and lower-cased. "
@@ -61,8 +63,8 @@ class Config:
     layer: int | None = None
     """Layer whose neurons are mined; None = round(0.28 * (n_layers - 1)) (paper: L10 of 36)."""
     mine_tokens: int | None = 500_000_000
-    """Dataset tokens scanned (paper §3.3: 500M Pile tokens). Embedded: 200k of the corpus's ~4M
-    (~20 s of scan plus ~25 s re-scoring the 64 x 1024 examples on one CPU core)."""
+    """Dataset tokens scanned (paper §3.3: 500M Pile tokens). Embedded and smollm2: 200k of the
+    corpus's ~4M (~20 s of scan on one CPU core for the embedded model, ~60 s for SmolLM2)."""
     top_k: int = 64
     """Examples kept per neuron (paper §3.3: the top 64)."""
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -90,6 +92,10 @@ PRESETS = {
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16",
                     dataset="monology/pile-uncopyrighted", layer=10, mine_tokens=500_000_000,
                     seeds=(0,), iters=300, sample_neurons=0),
+    # SmolLM2: L8 of 30 by the rule, 200k tokens of the embedded corpus, no example-neuron seeds
+    # (04 runs it with 8) and 6 sampled neurons at T = 100, what the 90-minute pipeline fits.
+    "smollm2": Config(model="smollm2-135m", mine_tokens=200_000, dtype=fd.fast_dtype("cpu"),
+                      seeds=(), iters=100, sample_neurons=6),
     "smoke": Config(mine_tokens=4000, top_k=8, seeds=(0, 1), iters=3, sample_neurons=2, population_size=4,
                     explore_per_pop=4, topk=16, calibration_slices=64),
 }
@@ -149,8 +155,39 @@ def choose(stats: pd.DataFrame, layer: int) -> dict:
 
 def sampled(stats: pd.DataFrame, n: int) -> list[str]:
     """`n` neurons drawn (seed 0) among RULE's candidates: neurons the corpus fires."""
+    if n == 0:
+        return []
     cand = stats[stats["top_activation"] >= stats["top_activation"].median()]
     return sorted(cand.sample(n=min(n, len(cand)), random_state=0)["target"])
+
+
+def mine(lm, cfg: Config, layer: int, out: Path) -> None:
+    """Scan for the top-k in-context examples of every neuron of `layer`, write their RULE stats
+    (neuron_stats.parquet), and re-score alone only the examples of the neurons RULE chooses and
+    of the sampled ones: on SmolLM2 the other ~1500 neurons' windows cost ~8 minutes of re-scoring
+    (LOG.md, 2026-12-02) and are never compared with a dream. mining/ gets examples.parquet
+    (the chosen neurons' rows) and summary.json (written last, with the chosen neurons)."""
+    features = [mining.neurons(layer)]
+    mcfg = mining.MineConfig(top_k=cfg.top_k, tokens=cfg.mine_tokens)
+    source = mining.DataSource(cfg.dataset)
+    t0 = time.perf_counter()
+    with tqdm(total=cfg.mine_tokens, desc=f"mine L{layer}", unit="tok") as bar:
+        tops, scan = mining.scan(lm, source, features, mcfg, progress=bar.update)
+    names = features[0].names(lm)
+    stats = neuron_stats(tops[0].frame(names), lm.tokenizer)
+    mining.write_parquet(stats, out / "neuron_stats.parquet")
+    choices = choose(stats, layer)
+    keep = {choices["example_neuron"], choices["polysemantic_neuron"],
+            *sampled(stats, cfg.sample_neurons)}
+    t1 = time.perf_counter()
+    with CountBar("re-score the chosen neurons' examples") as bar:
+        examples = mining.rescore(lm, features, [tops[0].only(torch.tensor([n in keep for n in names]))],
+                                  mcfg, bar)
+    summary = mining.summary(lm, source, features, mcfg, scan, "local", 1, t1 - t0,
+                             time.perf_counter() - t1)
+    mining.save(mining.MineResult(examples, dict(summary, rescored=sorted(keep))), out / "mining")
+    print(f"mined {scan.tokens} tokens in {t1 - t0:.0f} s; re-scored {len(keep)} neurons' "
+          f"examples in {time.perf_counter() - t1:.0f} s")
 
 
 def dream(lm, jobs: list[tuple[str, int]], cfg: Config, out: Path) -> list[Path]:
@@ -182,33 +219,24 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs.write_json(out / "config.json", dict(asdict(cfg), preset=args.preset, layer=layer))
 
-    # 1. Mine the top-k examples of every neuron of the layer (§3.3).
+    # 1-2. Mine the top-k examples of every neuron of the layer (§3.3); choose by RULE from the
+    #      in-context examples; re-score only the chosen neurons' examples (mine below).
     mine_dir = out / "mining"
     if not (mine_dir / "summary.json").exists():
-        t0 = time.perf_counter()
-        with tqdm(total=cfg.mine_tokens, desc=f"mine L{layer}", unit="tok") as bar:
-            res = mining.mine(lm, mining.DataSource(cfg.dataset), [mining.neurons(layer)],
-                              mining.MineConfig(top_k=cfg.top_k, tokens=cfg.mine_tokens),
-                              progress=bar.update)
-        mining.save(res, mine_dir)
-        print(f"mined {res.summary['tokens_scanned']} tokens in {time.perf_counter() - t0:.0f}s")
-    examples = pd.read_parquet(mine_dir / "examples.parquet")
-
-    # 2. Choose the paper's analogs by RULE; written before any dreaming (04 and 06 read it).
-    stats = neuron_stats(examples, lm.tokenizer)
-    mining.write_parquet(stats, out / "neuron_stats.parquet")
+        mine(lm, cfg, layer, out)
+    stats = pd.read_parquet(out / "neuron_stats.parquet")
     choices = choose(stats, layer)
-    runs.write_json(out / "neuron_choices.json", choices)
+    runs.write_json(out / "neuron_choices.json", choices)     # before any dreaming: 04, 06 read it
     print(f"example neuron {choices['example_neuron']} ({choices['example_family']!r}, "
           f"{choices['example_share']:.0%}); polysemantic {choices['polysemantic_neuron']} "
           f"{choices['polysemantic_families']}")
-    runs.write_json(out / "threshold.json", threshold(preset_dir, lm, cfg))
-    if args.only_mine:
+    if args.only_mine:      # the threshold waits for the full run: 01 may still be calibrating
         print(f"results in {out}")
         return 0
+    runs.write_json(out / "threshold.json", threshold(preset_dir, lm, cfg))
 
     # 3. Dream on the example neuron, and once on each sampled neuron.
-    sample = sampled(stats, cfg.sample_neurons) if cfg.sample_neurons else []
+    sample = sampled(stats, cfg.sample_neurons)
     runs.write_json(out / "sampled_neurons.json", dict(neurons=sample, seed=0, rule=(
         "drawn with pandas .sample(random_state=0) among neurons whose top example is at least "
         "the layer's median top activation")))

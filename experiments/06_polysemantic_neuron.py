@@ -52,6 +52,8 @@ class Config:
 PRESETS = {
     "embedded": Config(dtype=fd.fast_dtype("cpu"), seeds=(0, 1)),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16"),
+    # SmolLM2: 05's polysemantic neuron, 2 seeds at T = 100 (the 90-minute pipeline's share).
+    "smollm2": Config(model="smollm2-135m", dtype=fd.fast_dtype("cpu"), seeds=(0, 1), iters=100),
     "smoke": Config(seeds=(0, 1), iters=3, population_size=4, explore_per_pop=4, topk=16,
                     n_attributions=3, attribution_k=4),
 }
@@ -100,7 +102,12 @@ def main(argv=None) -> int:
         raise ValueError(f"{mined / 'neuron_choices.json'} is missing: run "
                          f"`python experiments/05_dream_vs_dataset.py --preset {args.preset} "
                          "--only-mine` first (it mines the examples and chooses the neuron)")
-    choices, limit = runs.read_json(mined / "neuron_choices.json"), runs.read_json(mined / "threshold.json")
+    calibrated = preset_dir / "01_fluency_calibration" / "thresholds.json"
+    if not calibrated.exists():
+        raise ValueError(f"{calibrated} is missing: run `python experiments/01_fluency_calibration.py "
+                         f"--preset {args.preset}` first (it sets the in-distribution CE limit)")
+    choices = runs.read_json(mined / "neuron_choices.json")
+    limit = dict(threshold=runs.read_json(calibrated)["in_distribution"], source=str(calibrated))
     torch.manual_seed(0)
 
     lm = fd.load_model(cfg.model, dtype=cfg.dtype)

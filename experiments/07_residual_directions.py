@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 import fluentdream as fd
 from fluentdream import calibration, mining, runs
+from fluentdream.progress import CountBar
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ PRESETS = {
     "embedded": Config(directions_per_layer=2, mine_tokens=200_000, dtype=fd.fast_dtype("cpu")),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16",
                     dataset="monology/pile-uncopyrighted", layers=(4, 8, 12, 16, 20, 24, 28)),
+    # SmolLM2: 4 of its 30 layers at the paper's relative depths (4..28 of 36 ~ 4, 12, 20, 28 of
+    # 30), 2 directions each, T = 50: 400 run-iterations, what the 90-minute pipeline fits.
+    "smollm2": Config(model="smollm2-135m", dtype=fd.fast_dtype("cpu"), layers=(4, 12, 20, 28),
+                      directions_per_layer=2, mine_tokens=100_000, iters=50),
     "smoke": Config(directions_per_layer=2, random_prompts=32, mine_tokens=3000, dataset_top_k=2,
                     iters=3, population_size=4, explore_per_pop=4, topk=16, calibration_slices=64),
 }
@@ -133,10 +138,11 @@ def main(argv=None) -> int:
     # 2. Dataset scan: top windows per direction, re-scored alone.
     if not (out / "mining" / "summary.json").exists():
         t0 = time.perf_counter()
-        with tqdm(total=cfg.mine_tokens, desc="scan", unit="tok") as bar:
+        with tqdm(total=cfg.mine_tokens, desc="scan", unit="tok") as bar, \
+                CountBar("re-score the kept windows") as rescored:
             res = mining.mine(lm, mining.DataSource(cfg.dataset), features,
                               mining.MineConfig(top_k=cfg.dataset_top_k, tokens=cfg.mine_tokens),
-                              progress=bar.update)
+                              progress=bar.update, rescore_progress=rescored)
         mining.save(res, out / "mining")
         print(f"scanned {res.summary['tokens_scanned']} tokens in {time.perf_counter() - t0:.0f}s")
 

@@ -52,6 +52,7 @@ class Config:
 PRESETS = {
     "embedded": Config(model=None),
     "paper": Config(),
+    "smollm2": Config(model=None),
     "smoke": Config(model=None, dtype=None, target="L1.N1", iters=3, restart_frequency=2,
                     population_size=4, explore_per_pop=4, topk=16, n_attributions=2,
                     attribution_k=4),
@@ -72,8 +73,8 @@ def main(argv=None) -> int:
         if args.preset == "smoke":
             raise ValueError("the smoke preset needs --model DIR (a tiny Phi model directory)")
         print("08_companion_phi2 needs Phi-2 (microsoft/phi-2, ~5.6 GB, a GPU); it does not run "
-              "on the embedded preset. Run it with --preset paper; experiments 05 and 06 do the "
-              "same steps on the embedded model.")
+              f"on the {args.preset} preset. Run it with --preset paper; experiments 05 and 06 do "
+              "the same steps on this preset's model.")
         return 0
     out = Path(args.results) / args.preset / "08_companion_phi2"
     torch.manual_seed(cfg.seed)

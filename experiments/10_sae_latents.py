@@ -90,6 +90,8 @@ PRESETS = {
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16", sae="",
                     dataset="monology/pile-uncopyrighted", mine_tokens=100_000_000, seeds=(0, 1),
                     iters=300, latents=16),
+    # No SAE of SmolLM2 ships, so `make figures PRESET=smollm2` skips 10; give --sae DIR to run it.
+    "smollm2": Config(model="smollm2-135m", dtype=fd.fast_dtype("cpu"), sae="", mine_tokens=100_000),
     "smoke": Config(mine_tokens=3000, top_k=4, latents=2, iters=3, population_size=4,
                     explore_per_pop=4, topk=16, calibration_slices=64),
 }
@@ -153,9 +155,7 @@ def mine(lm, sae, cfg: Config, mine_dir: Path, neuron_layer: int | None) -> tupl
     neurons = (sample_neurons(top[top.index.str.startswith("L")], cfg.latents)
                if neuron_layer is not None else [])
     keep = set(latents + neurons)
-    masked = [mining.TopK(torch.where(torch.tensor([n in keep for n in f.names(lm)])[:, None],
-                                      t.values, -torch.inf), t.doc, t.pos, t.windows)
-              for f, t in zip(features, tops)]          # -inf rows are not re-scored
+    masked = [t.only(torch.tensor([n in keep for n in f.names(lm)])) for f, t in zip(features, tops)]
     t1 = time.perf_counter()
     examples = mining.rescore(lm, features, masked, mcfg)
     summary = mining.summary(lm, source, features, mcfg, stats, "local", 1, t1 - t0,

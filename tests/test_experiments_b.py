@@ -15,9 +15,10 @@ from conftest import _tokenizer, build_model, load_experiment
 
 @pytest.fixture(scope="session")
 def b_results(tmp_path_factory, tiny_model_dir):
-    """results root holding smoke/05..07 on the tiny GPT-NeoX, smoke/08 on a tiny Phi."""
+    """results root holding smoke/01 and 05..07 on the tiny GPT-NeoX, smoke/08 on a tiny Phi."""
     root = tmp_path_factory.mktemp("results_b")
     common = ["--preset", "smoke", "--results", str(root), "--model", str(tiny_model_dir)]
+    load_experiment("01_fluency_calibration").main(common)     # the CE limits 05-07 read
     for name in ("05_dream_vs_dataset", "06_polysemantic_neuron", "07_residual_directions"):
         assert load_experiment(name).main(common) == 0
     phi = tmp_path_factory.mktemp("tiny_phi")
@@ -73,6 +74,14 @@ def test_06_attributes_frontier_prompts(b_results):
 
 def test_06_needs_05_first(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="--only-mine"):
+        load_experiment("06_polysemantic_neuron").main(
+            ["--preset", "smoke", "--results", str(tmp_path), "--model", str(tiny_model_dir)])
+
+
+def test_06_needs_01s_limits(tmp_path, b_results, tiny_model_dir):
+    import shutil
+    shutil.copytree(b_results / "smoke" / "05_dream_vs_dataset", tmp_path / "smoke" / "05_dream_vs_dataset")
+    with pytest.raises(ValueError, match="01_fluency_calibration.py --preset smoke"):
         load_experiment("06_polysemantic_neuron").main(
             ["--preset", "smoke", "--results", str(tmp_path), "--model", str(tiny_model_dir)])
 

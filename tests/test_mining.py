@@ -102,6 +102,26 @@ def test_examples_sit_on_the_dreams_axes(lm, corpus, mined):
     assert set(df["target"]) >= {"L1.N0", "resid:L2:v7", "resid:L2:v10"}
 
 
+def test_choose_in_context_then_rescore_only_the_chosen(lm, corpus, features, mined):
+    """The scan's own rows (TopK.frame) are the full mine's in-context columns, and re-scoring only
+    some features (TopK.only) gives exactly their rows of the full mine."""
+    tops, _ = mining.scan(lm, mining.DataSource(str(corpus)), features, CFG)
+    full = mined.examples
+    for f, t in zip(features, tops):
+        mine = full[full["site"] == f.site[0]].reset_index(drop=True)
+        frame = t.frame(f.names(lm))
+        pd.testing.assert_frame_equal(frame[["target", "feature", "rank", "activation"]],
+                                      mine[["target", "feature", "rank", "activation"]])
+        assert all((a == b).all() for a, b in zip(frame["window_ids"], mine["window_ids"]))
+    keep = ["L1.N3", "resid:L2:v9"]
+    masked = [t.only(torch.tensor([n in keep for n in f.names(lm)])) for f, t in zip(features, tops)]
+    some = mining.rescore(lm, features, masked, CFG)
+    assert sorted(some["target"].unique()) == sorted(keep)
+    want = full[full["target"].isin(keep)].reset_index(drop=True)
+    cols = ["target", "rank", "activation", "window_activation", "window_xentropy", "doc_id"]
+    pd.testing.assert_frame_equal(some[cols].reset_index(drop=True), want[cols], atol=1e-5, rtol=1e-5)
+
+
 def test_topk_merge_orders_ties_by_doc_then_position():
     top = mining.TopK.empty(1, 3, window=1)
     cand = dict(values=torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.5]]), doc=torch.tensor([[4, 9, 3, 3, 1]]),

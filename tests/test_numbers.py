@@ -130,6 +130,27 @@ def test_splice_replaces_only_the_marked_block():
         readme_table.splice("no markers", "x")
 
 
+def test_readme_has_a_column_group_per_model_and_keeps_the_ones_not_run_here(made, tmp_path):
+    found = numbers.build(made)
+    emb, s2 = numbers.document(found, "embedded"), numbers.document(found, "smollm2")
+    s2.update(git_sha="0123456789abcdef", git_dirty=False)
+    both = readme_table.render(emb, s2)
+    header = both.splitlines()[0].split(" | ")
+    assert header[3:9] == ["ours (embedded)", "runs", "holds?", "ours (smollm2)", "runs", "holds?"]
+    row = next(x for x in both.splitlines() if x.startswith("| Residual alignment")).split(" | ")
+    assert row[3:6] == row[6:9] and row[5] == "yes"          # same numbers: same cells, judged each
+    assert "`--preset smollm2`" in row[1] and "- `results/smollm2/numbers.json` (git 0123456789)" in both
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{readme_table.BEGIN}\n{both}{readme_table.END}\nrest\n")
+    (tmp_path / "embedded").mkdir()
+    (tmp_path / "embedded" / "numbers.json").write_text(json.dumps(emb))
+    # this clone ran only the embedded preset: the SmolLM2 cells and source line come back unchanged
+    readme_table.main(["--results", str(tmp_path), "--preset", "embedded", "--splice", str(readme)])
+    assert readme.read_text() == f"intro\n{readme_table.BEGIN}\n{both}{readme_table.END}\nrest\n"
+    alone = readme_table.render(emb)        # a README without a SmolLM2 column gets none
+    assert readme_table.readme_columns(tmp_path, f"{readme_table.BEGIN}\n{alone}{readme_table.END}") == alone
+
+
 def test_cli_without_numbers_exits_2_with_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "analysis.readme_table", "--results", str(tmp_path)],
                          cwd=REPO_ROOT, capture_output=True, text=True)

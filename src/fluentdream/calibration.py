@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -99,8 +99,10 @@ def _sample_slices(source: DataSource, tokenizer, length: int, n_slices: int, se
 
 def fluency_calibration(lm, source: DataSource, lengths: Sequence[int] = LENGTHS,
                         n_slices: int = 2048, seed: int = 0, tokens: int | None = None,
-                        batch_size: int = 256) -> pd.DataFrame:
-    """Self-CE of n-token corpus slices (paper Fig 5a) -> rows n, mean, sd, count (no BOS)."""
+                        batch_size: int = 256,
+                        progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Self-CE of n-token corpus slices (paper Fig 5a) -> rows n, mean, sd, count (no BOS).
+    progress(done, total) counts the slices scored."""
     lengths = sorted(set(lengths))
     if not lengths or lengths[0] < 2:
         raise UserError(f"slice lengths must be >= 2 tokens, got {lengths}")
@@ -112,6 +114,8 @@ def fluency_calibration(lm, source: DataSource, lengths: Sequence[int] = LENGTHS
             logits = lm.model(input_ids=ids, use_cache=False).logits.float()  # (b, Lmax, V)
         ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
         losses.append(ce.cpu().double())                                      # (b, Lmax - 1)
+        if progress is not None:
+            progress(a + len(ids), len(slices))
     losses = torch.cat(losses)
     rows = []
     for n in lengths:

@@ -167,6 +167,22 @@ class TopK:
     def to(self, device) -> "TopK":
         return TopK(*(t.to(device) for t in (self.values, self.doc, self.pos, self.windows)))
 
+    def only(self, keep: torch.Tensor) -> "TopK":
+        """The rows of features where keep (F,) is True; the others emptied (-inf), so `rescore`
+        scores none of their windows: choose from the scan's in-context values, re-score the chosen."""
+        return TopK(torch.where(keep[:, None], self.values, -torch.inf), self.doc, self.pos, self.windows)
+
+    def frame(self, names: Sequence[str]) -> pd.DataFrame:
+        """One row per kept example as the scan found it (in context): target, feature, rank,
+        activation, window_ids (w,)."""
+        F, k = self.values.shape
+        keep = torch.isfinite(self.values).reshape(-1).cpu()
+        feature = torch.arange(F).repeat_interleave(k)[keep].numpy()
+        return pd.DataFrame(dict(target=np.asarray(names, dtype=object)[feature], feature=feature,
+                                 rank=torch.arange(k).repeat(F)[keep].numpy(),
+                                 activation=self.values.reshape(-1).cpu()[keep].numpy(),
+                                 window_ids=list(self.windows.reshape(F * k, -1).cpu()[keep].numpy())))
+
 
 @dataclass(frozen=True)
 class MineConfig:

@@ -28,3 +28,24 @@ class ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class CountBar:
+    """A tqdm bar for a `progress(done, total)` callback, e.g. mining.mine's re-scoring of kept
+    windows, whose total is known only once the scan ends; the bar appears at the first call."""
+
+    def __init__(self, desc: str, unit: str = "window"):
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> "CountBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
