@@ -276,7 +276,8 @@ def main(argv=None) -> None:
 # Sections of the report file that other benchmark scripts write (benchmarks/reference.py and
 # time_to_quality.py): a re-run of this one keeps them.
 OTHER_SECTIONS = ("## Against the reference implementation",
-                  "## Time to quality against the reference implementation")
+                  "## Time to quality against the reference implementation",
+                  "## Where an iteration's time goes on a real model")
 
 
 def kept_sections(path: Path) -> str:

@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> Path:
     for neuron, run_dir in zip(neurons, dirs):
         target = fd.parse_target(neuron, lm)
         hist = fd.History.load(run_dir / CHECKPOINT)
+        context = fd.Context.of_run(lm, run_dir)
         for ids, _, ce in prompts_to_attribute(hist, limits):
-            att = fd.attribution.attribute(lm, target, ids, k=cfg.attribution_k)
+            att = fd.attribution.attribute(lm, target, ids, k=cfg.attribution_k, context=context)
             text = lm.tokenizer.decode(ids.tolist(), clean_up_tokenization_spaces=False)
             records.append(attribution_record(att, ce, neuron, text))
     write_json(out / "attribution.json", dict(k=cfg.attribution_k, prompts=records))

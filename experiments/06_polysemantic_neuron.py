@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     dirs = dream(lm, target, cfg, out / "runs")
     records = []
     for r in pick_prompts(dirs, limit["threshold"], cfg.n_attributions):
-        att = fd.attribution.attribute(lm, target, np.array(r["ids"]), k=cfg.attribution_k)
+        att = fd.attribution.attribute(lm, target, np.array(r["ids"]), k=cfg.attribution_k,
+                                       context=fd.Context.of_run(lm, out / "runs" / r["run"]))
         records.append(dict(run=r["run"], text=r["text"], xentropy=r["xentropy"], value=att.value,
                             ids=att.ids, tokens=att.tokens, swap_ids=att.swap_ids,
                             swap_values=att.swap_values, max_drop=att.max_drop,

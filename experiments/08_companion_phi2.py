@@ -98,7 +98,9 @@ def main(argv=None) -> int:
 
     # Attribution of the highest-activation frontier prompts (companion page; paper Figs 1, 4).
     best = sorted(front, key=lambda r: -r["target"])[:cfg.n_attributions]
-    atts = [fd.attribution.attribute(lm, target, np.array(r["ids"]), k=cfg.attribution_k) for r in best]
+    context = fd.Context.of_run(lm, run_dir)
+    atts = [fd.attribution.attribute(lm, target, np.array(r["ids"]), k=cfg.attribution_k,
+                                     context=context) for r in best]
     page = fd.attribution.to_html(atts, title=f"{target.name} on {lm.name}")
     atomic_write(out / "attribution.html", lambda fh: fh.write(page.encode()))
     print(f"results in {out}")

@@ -56,3 +56,25 @@ def test_benchmark_script_runs_the_pythia_configuration_shrunk(tmp_path):
               "--methods", "fluentdream", "--dtypes", "float32", "--out", str(out),
               "--json", str(tmp_path / "r.json")])
     assert "pythia-1.4b" in out.read_text()
+
+
+def test_phase_profile_adds_up(tiny_model_dir, tmp_path):
+    """benchmarks/phases.py on a tiny model: every phase measured, the parts of scoring within
+    it, and the section written into a report file beside another section."""
+    spec = importlib.util.spec_from_file_location("bench_phases", REPO / "benchmarks" / "phases.py")
+    phases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(phases)
+    report = tmp_path / "BENCH.md"
+    report.write_text("# Benchmarks\n\n## Other\nkept\n")
+    phases.main(["--model", str(tiny_model_dir), "--target", "L1.N3", "--dtype", "float32", "--iters", "2",
+                 "--warmup", "1", "--peak-size", "64", "--threads", "1", "--report", str(report),
+                 "--json", str(tmp_path / "phases.json")])
+    m = json.loads((tmp_path / "phases.json").read_text())
+    sec = m["seconds"]
+    parts = sum(sec.get(f"score/{p}", 0.0) for p in ("attention", "MLP", "unembedding + CE"))
+    assert 0 < parts < sec["score/total"] and sec["gradients/total"] > 0
+    assert sec["score/total"] + sec["gradients/total"] < m["wall"]
+    assert sec["gradients/attention"] > 0 and m["tokens"] > 0 and m["unembedded_rows"] > 0
+    text = report.read_text()
+    assert "## Other\nkept" in text and text.count(phases.SECTION) == 1
+    assert "| gradient pass (2 layers, forward + backward) |" in text

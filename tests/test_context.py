@@ -262,3 +262,35 @@ def test_cli_dream_with_prefix_and_suffix(tiny_model_dir, tmp_path, capsys):
     assert main(args + ["--prefix", "word " * 130, "--run-dir", str(tmp_path / "long")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "exceeds the 128 positions" in err
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+def test_attribution_in_a_context_is_the_definition(make_lm, arch):
+    """Swaps of x alone, each scored by a plain forward of prefix + swapped x + suffix; the
+    substitutes are the top k of the in-context gradient (own token and disallowed excluded)."""
+    from fluentdream.tokens import allowed_tokens
+    lm = make_lm(arch)
+    prefix, suffix = CONTEXTS["prefix and suffix"]
+    x, k = random_ids(seed=11, B=1)[0], 4
+    att = fd.attribution.attribute(lm, fd.Neuron(LAYER, NEURON), x.numpy(), k=k,
+                                   context=Context(prefix, suffix))
+    f0, _, grad = reference(lm.model, arch, prefix, x, suffix, 0.0)
+    assert att.value == pytest.approx(f0, rel=1e-4, abs=1e-5)
+    for i, j in [(0, 0), (2, 3), (5, 1)]:
+        y = x.clone()
+        y[i] = int(att.swap_ids[i, j])
+        assert att.swap_values[i, j] == pytest.approx(reference(lm.model, arch, prefix, y, suffix, 0.0)[0],
+                                                      rel=1e-4, abs=1e-5)
+    grad[:, ~allowed_tokens(lm)] = -torch.inf
+    grad[torch.arange(len(x)), x] = -torch.inf
+    for i in range(len(x)):
+        assert set(att.swap_ids[i].tolist()) == set(grad[i].topk(k).indices.tolist())
+
+
+def test_a_run_directory_gives_back_its_context(tiny_lm, tmp_path):
+    import json
+    (tmp_path / "config.json").write_text(json.dumps(dict(prefix="The answer", suffix=" is")))
+    cfg = SimpleNamespace(prefix="The answer", suffix=" is")
+    assert Context.of_run(tiny_lm, tmp_path) == Context.of(tiny_lm, cfg) != Context()
+    (tmp_path / "config.json").write_text(json.dumps(dict(seq_len=12)))     # made before contexts
+    assert Context.of_run(tiny_lm, tmp_path) == Context()

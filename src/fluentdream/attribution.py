@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .context import Context
 from .errors import UserError
 from .evaluate import Scorer
 from .tokens import allowed_tokens
@@ -49,9 +50,11 @@ class Attribution:
 
 
 def attribute(lm, target: Target, prompt: str | np.ndarray | list[int], k: int = 32,
-              batch_size: int = 256) -> Attribution:
+              batch_size: int = 256, context: Context = Context()) -> Attribution:
     """Score every single-token swap among each position's top-k gradient candidates. The
-    prompt may have any length (a frontier point of a run with insert and delete too)."""
+    prompt may have any length (a frontier point of a run with insert and delete too). A run
+    made inside a fixed prefix and suffix is attributed inside it too (`Context.of_run(lm,
+    run_dir)`): the model reads prefix + prompt + suffix and only the prompt's tokens are swapped."""
     if isinstance(prompt, str):
         ids = torch.tensor(lm.tokenizer.encode(prompt, add_special_tokens=False))
     else:                     # a frontier row may end in -1 padding (fluentdream.ragged)
@@ -61,7 +64,7 @@ def attribute(lm, target: Target, prompt: str | np.ndarray | list[int], k: int =
         raise UserError(f"attribution needs one prompt of at least 2 tokens, got shape {tuple(ids.shape)}")
     target.validate(lm)
     n = len(ids)
-    scorer = Scorer(lm, target, batch_size=batch_size, retokenize=False)
+    scorer = Scorer(lm, target, batch_size=batch_size, retokenize=False, context=context)
     grad = scorer.gradients(ids[None], torch.zeros(1))[0]            # (n, V), lambda = 0
     grad[:, ~allowed_tokens(lm)] = -torch.inf
     grad[torch.arange(n), ids] = -torch.inf                           # a swap must change the token

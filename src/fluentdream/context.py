@@ -19,7 +19,10 @@ x is what the optimizer can change.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -39,6 +42,13 @@ class Context:
         chat-template markers, are kept)."""
         return cls(_encode(lm.tokenizer, cfg.prefix, "prefix"),
                    _encode(lm.tokenizer, cfg.suffix, "suffix"))
+
+    @classmethod
+    def of_run(cls, lm, run_dir) -> "Context":
+        """The context a run directory's config.json records (none for a run made without one,
+        or before the fields existed)."""
+        cfg = json.loads((Path(run_dir) / "config.json").read_text())
+        return cls.of(lm, SimpleNamespace(prefix=cfg.get("prefix") or "", suffix=cfg.get("suffix") or ""))
 
     @property
     def P(self) -> int:
