@@ -119,6 +119,9 @@ def report(args, lm, m: dict, peak: float) -> str:
              2 * m["tokens"] * m["attention_weights"]),
             ("scoring: the rest (embeddings, norms, packing, padding, memo)",
              score - retok - unemb - attn - mlp, None),
+            ("**scoring in all** (the three above: their FLOPs over all of scoring's time)",
+             score - retok, 2 * m["unembedded_rows"] * m["d_model"] * m["vocab"]
+             + 2 * m["tokens"] * (m["mlp_weights"] + m["attention_weights"])),
             ("retokenization check (decode + encode of new children)", retok, None),
             (f"gradient pass ({lm.n_layers} layers, forward + backward)", grad, None),
             ("mutate, select, restart, bookkeeping", m["wall"] - score - grad, None)]

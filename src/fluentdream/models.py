@@ -15,14 +15,14 @@ import ctypes
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import UserError
-from .gguf_cache import SMOLLM2, dense_checkpoint, find_gguf, smollm2_gguf
+from .gguf_cache import SMOLLM2, dense_checkpoint, find_gguf, gguf_source, smollm2_gguf
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class LoadedModel:
     tokenizer: object
     name: str
     arch: Arch
+    source: dict = field(default_factory=dict)
+    """What identifies the weights, for a run's provenance.json (load_model fills it): a GGUF's
+    name, size, sha256 and package, or the model path and its hub revision when known."""
 
     @property
     def config(self):
@@ -241,5 +244,7 @@ def load_model(name_or_path: str, device: str | None = None, dtype: str | torch.
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.to(device)
     lm = wrap_model(model, tokenizer, name_or_path)
+    lm.source = (gguf_source(gguf_file, name_or_path) if gguf_file is not None else
+                 dict(path=name_or_path, revision=getattr(config, "_commit_hash", None)))
     log.info("loaded %r", lm)
     return lm

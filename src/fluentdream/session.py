@@ -105,7 +105,7 @@ class Session:
             old = read_json(self.run_dir / "provenance.json")
             earlier = old.pop("previous_sessions", []) + [old]
         prov = provenance(self.spec.cfg, device=str(lm.device), start_time=_now(), end_time=None,
-                          dtype=str(lm.dtype).removeprefix("torch."),
+                          dtype=str(lm.dtype).removeprefix("torch."), model_source=lm.source,
                           wandb_run_id=self.tracker.run_id,
                           wandb_mode=getattr(self.tracker, "mode", None),
                           resumed_from_iteration=len(self.saved) if self.saved is not None else None,
