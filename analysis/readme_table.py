@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> Path:
     out = args.results / args.preset / "readme_table.md"
     atomic_write(out, lambda fh: fh.write(own.encode()))
     if args.splice:
-        new = splice(args.splice.read_text(), readme_columns(args.results, args.splice.read_text()))
+        readme = args.splice.read_text()
+        new = splice(readme, readme_columns(args.results, readme))
         atomic_write(args.splice, lambda fh: fh.write(new.encode()))
     print(f"results table: {out}" + (f", spliced into {args.splice}" if args.splice else ""))
     return out

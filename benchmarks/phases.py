@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fluentdream as fd  # noqa: E402
 from fluentdream import evaluate, packed  # noqa: E402
 from fluentdream.history import atomic_write  # noqa: E402
-from run import matmul_peak  # noqa: E402
+from run import matmul_peak, replace_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Where an iteration's time goes on a real model"
@@ -58,13 +58,15 @@ class Clock:
                 self.phase = None
         return wrapper
 
-    def hook(self, module, part: str) -> None:
-        """Time `module`'s forward calls under `part` (pre-hook starts, post-hook stops)."""
+    def hook(self, module, part: str) -> list:
+        """Time `module`'s forward calls under `part` (pre-hook starts, post-hook stops);
+        returns the two hook handles."""
         start = []
-        module.register_forward_pre_hook(lambda m, a: start.append(time.perf_counter()))
-        module.register_forward_hook(
-            lambda m, a, o: self.seconds.__setitem__(
-                (self.phase, part), self.seconds[self.phase, part] + time.perf_counter() - start.pop()))
+
+        def stop(m, a, o):
+            self.seconds[self.phase, part] += time.perf_counter() - start.pop()
+        return [module.register_forward_pre_hook(lambda m, a: start.append(time.perf_counter())),
+                module.register_forward_hook(stop)]
 
 
 def weights(module) -> int:
@@ -79,9 +81,7 @@ def measure(lm, target, cfg: fd.EPOConfig, warmup: int) -> dict:
     blocks = {part: [m for name, m in lm.model.named_modules() if re.fullmatch(pattern, name)]
               for part, pattern in (("attention", r".*layers\.\d+\.(self_attn|attention)"),
                                     ("MLP", r".*layers\.\d+\.mlp"))}
-    for part, modules in blocks.items():
-        for module in modules:
-            clock.hook(module, part)
+    handles = [h for part, modules in blocks.items() for module in modules for h in clock.hook(module, part)]
     saved = evaluate.packed_nll, evaluate.retokenizes, packed.unembed_rows, scorer.score, scorer.gradients
 
     def counted(unembed, hidden, index):
@@ -99,6 +99,8 @@ def measure(lm, target, cfg: fd.EPOConfig, warmup: int) -> dict:
         wall = time.perf_counter() - t0
     finally:
         evaluate.packed_nll, evaluate.retokenizes, packed.unembed_rows = saved[:3]
+        for h in handles:
+            h.remove()
     return dict(wall=wall, iters=cfg.iters, seconds={f"{k[0]}/{k[1]}": v for k, v in clock.seconds.items()},
                 tokens=scorer.counts["model_tokens"] - tokens0, unembedded_rows=clock.rows,
                 attention_weights=sum(map(weights, blocks["attention"])),
@@ -112,16 +114,15 @@ def report(args, lm, m: dict, peak: float) -> str:
     score, grad, retok = get("score/total"), get("gradients/total"), get("score/retokenization")
     unemb = get("score/unembedding + CE")
     attn, mlp = get("score/attention"), get("score/MLP")
-    rows = [("scoring: unembedding + cross-entropy over the vocabulary", unemb,
-             2 * m["unembedded_rows"] * m["d_model"] * m["vocab"]),
-            ("scoring: MLP blocks", mlp, 2 * m["tokens"] * m["mlp_weights"]),
-            ("scoring: attention blocks (projections, n = 12 products)", attn,
-             2 * m["tokens"] * m["attention_weights"]),
+    flops = dict(unemb=2 * m["unembedded_rows"] * m["d_model"] * m["vocab"],
+                 mlp=2 * m["tokens"] * m["mlp_weights"], attn=2 * m["tokens"] * m["attention_weights"])
+    rows = [("scoring: unembedding + cross-entropy over the vocabulary", unemb, flops["unemb"]),
+            ("scoring: MLP blocks", mlp, flops["mlp"]),
+            ("scoring: attention blocks (projections, n = 12 products)", attn, flops["attn"]),
             ("scoring: the rest (embeddings, norms, packing, padding, memo)",
              score - retok - unemb - attn - mlp, None),
             ("**scoring in all** (the three above: their FLOPs over all of scoring's time)",
-             score - retok, 2 * m["unembedded_rows"] * m["d_model"] * m["vocab"]
-             + 2 * m["tokens"] * (m["mlp_weights"] + m["attention_weights"])),
+             score - retok, sum(flops.values())),
             ("retokenization check (decode + encode of new children)", retok, None),
             (f"gradient pass ({lm.n_layers} layers, forward + backward)", grad, None),
             ("mutate, select, restart, bookkeeping", m["wall"] - score - grad, None)]
@@ -162,11 +163,7 @@ def main(argv=None) -> None:
     atomic_write(args.json, lambda fh: fh.write(json.dumps(dict(m, peak=peak, command=args.command),
                                                            indent=1).encode()))
     if args.report:
-        old = args.report.read_text() if args.report.exists() else ""
-        head, _, tail = old.partition(SECTION)
-        after = tail[tail.find("\n## "):] if "\n## " in tail else ""
-        new = (head.rstrip() + "\n\n" if head.strip() else "") + text + after
-        atomic_write(args.report, lambda fh: fh.write(new.encode()))
+        replace_section(args.report, SECTION, text)
     print(text)
 
 

@@ -280,6 +280,19 @@ OTHER_SECTIONS = ("## Against the reference implementation",
                   "## Where an iteration's time goes on a real model")
 
 
+def replace_section(path: Path, heading: str, body: str) -> None:
+    """Replace the markdown section that starts with `heading` (up to the next "## ") in the file
+    at `path` with `body`, or append `body` when there is none."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find("\n" + heading)
+    if start < 0:
+        text = old.rstrip("\n") + "\n\n" + body
+    else:
+        end = old.find("\n## ", start + 1)
+        text = old[:start + 1] + body + (old[end:] if end >= 0 else "")
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
 def kept_sections(path: Path) -> str:
     """The part of an existing report from the first OTHER_SECTIONS heading on ("" if none)."""
     old = path.read_text() if path.exists() else ""

@@ -52,6 +52,7 @@ from fluentdream.history import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference as ref  # noqa: E402  (benchmarks/reference.py: the reference runner)
+from run import replace_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGETS = ("L1.N840", "logit: function", "resid:L2:0")   # a neuron, a logit, a direction
@@ -226,14 +227,7 @@ def splice_section(path: Path, result: dict) -> None:
             f"reference {meta['reference_sha']}). Definitions: the docstring of "
             f"benchmarks/time_to_quality.py.\n\n"
             + markdown(result["summary"], meta["config"]["iters"]) + "\n")
-    old = path.read_text() if path.exists() else ""
-    start = old.find("\n" + SECTION)
-    if start < 0:
-        text = old.rstrip("\n") + "\n\n" + body
-    else:
-        end = old.find("\n## ", start + 1)
-        text = old[:start + 1] + body + (old[end:] if end >= 0 else "")
-    atomic_write(path, lambda fh: fh.write(text.encode()))
+    replace_section(path, SECTION, body)
 
 
 def run(args) -> dict:

@@ -172,16 +172,20 @@ class TopK:
         scores none of their windows: choose from the scan's in-context values, re-score the chosen."""
         return TopK(torch.where(keep[:, None], self.values, -torch.inf), self.doc, self.pos, self.windows)
 
+    def kept(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keep (F*k,) bool: the filled entries in row-major order; their feature; their rank)."""
+        F, k = self.values.shape
+        keep = torch.isfinite(self.values).reshape(-1)
+        return keep, torch.arange(F).repeat_interleave(k)[keep.cpu()], torch.arange(k).repeat(F)[keep.cpu()]
+
     def frame(self, names: Sequence[str]) -> pd.DataFrame:
         """One row per kept example as the scan found it (in context): target, feature, rank,
         activation, window_ids (w,)."""
-        F, k = self.values.shape
-        keep = torch.isfinite(self.values).reshape(-1).cpu()
-        feature = torch.arange(F).repeat_interleave(k)[keep].numpy()
-        return pd.DataFrame(dict(target=np.asarray(names, dtype=object)[feature], feature=feature,
-                                 rank=torch.arange(k).repeat(F)[keep].numpy(),
-                                 activation=self.values.reshape(-1).cpu()[keep].numpy(),
-                                 window_ids=list(self.windows.reshape(F * k, -1).cpu()[keep].numpy())))
+        keep, feature, rank = self.kept()
+        return pd.DataFrame(dict(target=np.asarray(names, dtype=object)[feature.numpy()],
+                                 feature=feature.numpy(), rank=rank.numpy(),
+                                 activation=self.values.reshape(-1)[keep].cpu().numpy(),
+                                 window_ids=list(self.windows.reshape(len(keep), -1)[keep].cpu().numpy())))
 
 
 @dataclass(frozen=True)
@@ -324,9 +328,7 @@ def rescore(lm, features: Sequence[Features], tops: Sequence[TopK], cfg: MineCon
     Each distinct window runs once; progress(done, total) counts windows."""
     parts = []
     for f, t in zip(features, tops):
-        F, k = t.values.shape
-        keep = torch.isfinite(t.values).reshape(-1)
-        feature, rank = torch.arange(F).repeat_interleave(k)[keep], torch.arange(k).repeat(F)[keep]
+        keep, feature, rank = t.kept()
         parts.append(dict(feature=feature, rank=rank, activation=t.values.reshape(-1)[keep],
                           doc=t.doc.reshape(-1)[keep], pos=t.pos.reshape(-1)[keep],
                           windows=t.windows.reshape(-1, cfg.window)[keep]))
