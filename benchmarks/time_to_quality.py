@@ -3,6 +3,9 @@ frontier after its full run (issue 13's headline number).
 
     git clone https://github.com/Confirm-Solutions/dreamy /tmp/dreamy      # never vendored here
     python benchmarks/time_to_quality.py --reference /tmp/dreamy --threads 2        # BENCHMARKS.md
+    python benchmarks/time_to_quality.py --reference /tmp/dreamy --threads 2 --model smollm2-135m \
+        --target L8.N1371 --target "logit: dog" --target resid:L12:0 --seeds 3 \
+        --reference-seeds 1 --stop-at-goal 10 --report BENCHMARKS.md            # ~80 min
     python benchmarks/time_to_quality.py --reference /tmp/dreamy --iters 3 --seeds 2 \
         --target L1.N840                                                            # a smoke run
     python benchmarks/time_to_quality.py --from-json benchmarks/time_to_quality.json  # table again
@@ -11,28 +14,33 @@ A user asks how long until the frontier is as good as they need, not how fast on
 per target:
 
 1. the reference (`benchmarks/reference.py` runs it, optimizing fluentdream's target through the
-   same hooks and rejection rules) runs `--iters` iterations on every seed in fp32, its own best
-   setting on CPU (it cannot batch runs). The goal is the median over its seeds of the hypervolume
-   of its final frontier (all candidates): what the reference reaches after `--iters` iterations;
+   same hooks and rejection rules) runs `--iters` iterations on every seed in its best setting on
+   this machine: `fd.fast_dtype` too, since on a CPU with native bf16 its iterations take a third
+   of their fp32 time (LOG.md), one run at a time (it cannot batch runs). The goal is the median
+   over its seeds of the fp32 hypervolume of its final frontier (all candidates): what the
+   reference reaches after `--iters` iterations;
 2. fluentdream runs `--iters` iterations in its best setting: `fd.fast_dtype` (bf16 where the CPU
    computes it natively) and every seed of the target batched in one `fd.batched.epo_many` call.
    A run's clock at iteration t is its share of the call's set-up plus the sum of its iterations'
    seconds (already divided among the batched runs), so set-up is never free. The reference's
    clock at t is its wall time times t / `--iters` (its own per-iteration times leave out the
-   gradient pass);
+   gradient pass). With `--stop-at-goal K` the reference runs first and a fluentdream run stops
+   at the first multiple of K iterations whose fp32 frontier reaches the goal, which saves the
+   iterations after it (the time of those checks counts against fluentdream, in its set-up);
 3. each run's time to the goal is its clock at the first iteration whose frontier reaches the
-   goal, or infinity if it never does. fluentdream's quality is always measured in fp32: the
-   frontier of its candidates up to t, re-scored by an fp32 Scorer (bf16 values never enter a
-   comparison); since the fp32 frontier of all its candidates dominates any re-scored subset, this
-   is a lower bound and never flatters it. The first iteration is found by bisection, which
+   goal, or infinity if it never does. Quality is always measured in fp32, on both sides: the
+   frontier of a run's candidates up to t, re-scored by an fp32 Scorer when the run was not in
+   fp32 (bf16 values never enter a comparison); since the fp32 frontier of all its candidates
+   dominates any re-scored subset, this is a lower bound and flatters neither side. The first iteration is found by bisection, which
    assumes the hypervolume grows with t (candidates only accumulate).
 
 Speed-up per target = median time to the goal of the reference's seeds / fluentdream's (by the
 goal's definition about half the reference's runs reach it), with a 95% bootstrap interval
-resampling the seeds of each side; "all targets" is the geometric mean of the per-target ratios.
+resampling the seeds of each side (with one reference seed, `--reference-seeds 1`, the interval
+covers only fluentdream's seeds); "all targets" is the geometric mean of the per-target ratios.
 Hypervolumes share one corner per target: the worst CE and lowest activation among the fp32
-scores of fluentdream's random initial prompts (as benchmarks/reference.py does). Writes --json
-atomically after every target.
+scores of fluentdream's random initial prompts (as benchmarks/reference.py does), drawn before
+anything runs. Writes --json atomically after every target.
 """
 from __future__ import annotations
 
@@ -47,6 +55,7 @@ import numpy as np
 import torch
 
 import fluentdream as fd
+from fluentdream.epo import initial_prompts
 from fluentdream.evaluate import Scorer
 from fluentdream.history import atomic_write
 
@@ -82,11 +91,14 @@ def first_reaching(hv, T: int, goal: float) -> int | None:
     return hi
 
 
-def run_fluentdream(lm, target: fd.Target, cfg: fd.EPOConfig, seeds: list[int]) -> list[tuple]:
-    """Every seed batched in one call -> per seed (History, clock (T,): seconds at each
-    iteration)."""
+def run_fluentdream(lm, target: fd.Target, cfg: fd.EPOConfig, seeds: list[int],
+                    stop=None) -> list[tuple]:
+    """Every seed batched in one call -> per seed (History, clock (t,): seconds at each
+    iteration). stop(history) -> bool, if given, ends a run early (its time is counted: it falls
+    outside the iterations' seconds, so in the shared set-up)."""
     t0 = time.perf_counter()
-    hists = fd.batched.epo_many(lm, [(target, cfg.replace(seed=s)) for s in seeds])
+    hists = fd.batched.epo_many(lm, [(target, cfg.replace(seed=s)) for s in seeds],
+                                callback=None if stop is None else lambda i, r: stop(r.history))
     wall = time.perf_counter() - t0
     iter_sec = [np.asarray(h.arrays()["seconds"], float) for h in hists]
     setup = (wall - sum(s.sum() for s in iter_sec)) / len(seeds)   # shared set-up, split evenly
@@ -104,33 +116,59 @@ def run_reference(module, lm, target: fd.Target, cfg: fd.EPOConfig, seeds: list[
     return out
 
 
-def run_target(module, lm32, lm_fast, target_spec: str, cfg: fd.EPOConfig, seeds: list[int],
-               reference_first: bool) -> list[dict]:
-    """Both implementations on every seed of one target -> one row per (implementation, seed)."""
-    t32, t_fast = fd.parse_target(target_spec, lm32), fd.parse_target(target_spec, lm_fast)
-    rules = Scorer(lm32, t32, retokenize=cfg.retokenize)            # fp32: rules and re-scoring
-    runs = {}
-    for impl in (("reference", "fluentdream") if reference_first else ("fluentdream", "reference")):
-        runs[impl] = (run_reference(module, lm32, t32, cfg, seeds, rules) if impl == "reference"
-                      else run_fluentdream(lm_fast, t_fast, cfg, seeds))
-    initial = torch.cat([torch.tensor(h.ids[0][:cfg.population_size], dtype=torch.long)
-                         for h, _ in runs["fluentdream"]])
+def initial_corner(lm32, target: fd.Target, cfg: fd.EPOConfig, seeds: list[int],
+                   rules: Scorer) -> tuple[float, float]:
+    """(worst CE, lowest activation) among the fp32 scores of fluentdream's random initial prompts
+    of every seed: the same prompts a run draws first (fd.epo.initial_prompts, seeded as a run
+    seeds it), so the corner is known before anything runs."""
+    initial = torch.cat([initial_prompts(lm32, cfg.replace(seed=s),
+                                         torch.Generator().manual_seed(s))[:, :cfg.seq_len]
+                         for s in seeds])
     f0, ce0 = rules.score(initial)
     ok = torch.isfinite(f0)
-    corner = (float(ce0[ok].max()), float(f0[ok].min()))
-    goal = float(np.median([fp32_hypervolume(h, h.n_iters, None, corner)
-                            for h, _ in runs["reference"]]))
+    return float(ce0[ok].max()), float(f0[ok].min())
+
+
+def run_target(module, lms: dict, target_spec: str, cfg: fd.EPOConfig, seeds: dict,
+               reference_first: bool, check_every: int | None = None) -> list[dict]:
+    """Both implementations on one target -> one row per (implementation, seed). lms: the models
+    by role ("fp32" judges, "fluentdream" and "reference" run); seeds: per implementation. With
+    check_every, the reference runs first and each fluentdream run stops at the first multiple
+    of check_every iterations whose fp32 frontier reaches the reference's goal."""
+    t32 = fd.parse_target(target_spec, lms["fp32"])
+    rules = Scorer(lms["fp32"], t32, retokenize=cfg.retokenize)     # fp32: rules and re-scoring
+    rescore = {impl: rules if lms[impl].dtype != torch.float32 else None
+               for impl in ("reference", "fluentdream")}             # judged in fp32, always
+    corner = initial_corner(lms["fp32"], t32, cfg, seeds["fluentdream"], rules)
+    goal = None
+
+    def reached(hist: fd.History) -> bool:
+        t = hist.n_iters
+        return t % check_every == 0 and fp32_hypervolume(hist, t, rescore["fluentdream"],
+                                                         corner) >= goal
+    runs = {}
+    order = ("reference", "fluentdream") if reference_first or check_every else \
+        ("fluentdream", "reference")
+    for impl in order:
+        target = fd.parse_target(target_spec, lms[impl])
+        if impl == "reference":
+            runs[impl] = run_reference(module, lms[impl], target, cfg, seeds[impl], rules)
+            goal = float(np.median([fp32_hypervolume(h, h.n_iters, rescore[impl], corner)
+                                    for h, _ in runs[impl]]))
+        else:
+            runs[impl] = run_fluentdream(lms[impl], target, cfg, seeds[impl],
+                                         stop=reached if check_every else None)
     rows = []
     for impl, pairs in runs.items():
-        rescore = rules if impl == "fluentdream" else None          # the reference's are fp32
-        for s, (hist, clock) in zip(seeds, pairs):
-            t_hit = first_reaching(lambda t: fp32_hypervolume(hist, t, rescore, corner),
+        for s, (hist, clock) in zip(seeds[impl], pairs):
+            t_hit = first_reaching(lambda t: fp32_hypervolume(hist, t, rescore[impl], corner),
                                    hist.n_iters, goal)
             rows.append(dict(target=t32.name, implementation=impl, seed=s, goal=goal,
                              corner=list(corner), reached_iteration=t_hit,
                              seconds_to_goal=float(clock[t_hit - 1]) if t_hit else None,
-                             total_seconds=float(clock[-1]),
-                             hypervolume=fp32_hypervolume(hist, hist.n_iters, rescore, corner)))
+                             iterations_run=hist.n_iters, total_seconds=float(clock[-1]),
+                             hypervolume=fp32_hypervolume(hist, hist.n_iters, rescore[impl],
+                                                          corner)))
             print(f"{t32.name} {impl} seed {s}: " + (
                 f"goal {goal:.3f} at iteration {t_hit}, {clock[t_hit - 1]:.1f} s" if t_hit else
                 f"goal {goal:.3f} not reached in {clock[-1]:.1f} s"), file=sys.stderr, flush=True)
@@ -157,7 +195,7 @@ def speedup(rows: list[dict], seed: int = 0) -> dict:
                 fluentdream_median_s=float(np.median(ours)),
                 reached={impl: int(np.isfinite(_times(rows, impl)).sum())
                          for impl in ("reference", "fluentdream")},
-                runs=len(ours))
+                runs={"reference": len(theirs), "fluentdream": len(ours)})
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -180,8 +218,8 @@ def markdown(summary: dict, iters: int) -> str:
             continue
         lines.append(f"| {name} | {s['reference_median_s']:.1f} | {s['fluentdream_median_s']:.1f} "
                      f"| {s['ratio']:.2f}x [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] "
-                     f"| {s['reached']['reference']}, {s['reached']['fluentdream']} "
-                     f"of {s['runs']} |")
+                     f"| {s['reached']['reference']} of {s['runs']['reference']}, "
+                     f"{s['reached']['fluentdream']} of {s['runs']['fluentdream']} |")
     a = summary["all"]
     lines.append(f"| all targets (geometric mean of {a['targets']}) | | "
                  f"| {a['geometric_mean']:.2f}x | |")
@@ -202,16 +240,28 @@ def parser() -> argparse.ArgumentParser:
                     + ", ".join(repr(t) for t in DEFAULT_TARGETS))
     ap.add_argument("--seeds", type=int, default=5,
                     help="seeds 0..N-1 per target (default: %(default)s)")
+    ap.add_argument("--reference-seeds", type=int, metavar="N",
+                    help="the reference's seeds 0..N-1 per target, when fewer than --seeds fit "
+                    "the budget (default: --seeds)")
     ap.add_argument("--iters", type=int, default=300,
                     help="iterations of every run, both implementations (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch threads for both (default: %(default)s)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="fluentdream's dtype; auto = fd.fast_dtype (default: %(default)s)")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "time_to_quality.json"),
-                    help="where rows, summary and settings go (atomic; default: %(default)s)")
+    ap.add_argument("--reference-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="the reference's dtype; auto = fd.fast_dtype, its fastest here too "
+                    "(LOG.md; default: %(default)s)")
+    ap.add_argument("--stop-at-goal", type=int, metavar="K", help="run the reference first and "
+                    "stop each fluentdream run at the first multiple of K iterations whose fp32 "
+                    "frontier reaches the goal (saves the iterations after it; the checks' time "
+                    "counts against fluentdream)")
+    ap.add_argument("--json", help="where rows, summary and settings go (atomic; default: "
+                    "benchmarks/time_to_quality.json for the embedded model, "
+                    "benchmarks/time_to_quality_MODEL.json otherwise)")
     ap.add_argument("--report", metavar="MD", help="also write the table as the "
-                    f"'{SECTION}' section of this markdown file (e.g. BENCHMARKS.md), replacing it")
+                    f"'{SECTION}: MODEL' section of this markdown file (e.g. BENCHMARKS.md), "
+                    "replacing it")
     return ap
 
 
@@ -219,37 +269,54 @@ SECTION = "## Time to quality against the reference implementation"
 
 
 def splice_section(path: Path, result: dict) -> None:
-    """Replace (or append) SECTION in the markdown file at `path`: command, settings, table."""
+    """Replace (or append) the model's SECTION in the markdown file at `path`: command, settings,
+    table. Each model has its own section."""
     meta = result["meta"]
-    body = (f"{SECTION}\n\n`{meta['command']}` ({meta['model']}, {meta['threads']} thread(s), "
-            f"fluentdream in {meta['fluentdream_dtype']} with each target's {len(meta['seeds'])} "
-            f"seeds batched, the reference in float32; fluentdream {meta['fluentdream_sha']}, "
-            f"reference {meta['reference_sha']}). Definitions: the docstring of "
-            f"benchmarks/time_to_quality.py.\n\n"
+    heading = f"{SECTION}: {meta['model_name']}"
+    stop = (f"; each fluentdream run stopped at the first multiple of {meta['stop_at_goal']} "
+            "iterations that reached the goal" if meta.get("stop_at_goal") else "")
+    body = (f"{heading}\n\n`{meta['command']}` ({meta['model']}, {meta['threads']} thread(s), "
+            f"fluentdream in {meta['fluentdream_dtype']} with each target's "
+            f"{len(meta['seeds'])} seeds batched, the reference in {meta['reference_dtype']} "
+            f"with {len(meta['reference_seeds'])} seed(s){stop}; both judged in float32; "
+            f"fluentdream {meta['fluentdream_sha']}, reference {meta['reference_sha']}). "
+            "Definitions: the docstring of benchmarks/time_to_quality.py.\n\n"
             + markdown(result["summary"], meta["config"]["iters"]) + "\n")
-    replace_section(path, SECTION, body)
+    replace_section(path, heading + "\n", body)
 
 
 def run(args) -> dict:
     """Validate, load both models, measure every target; returns what --json holds."""
     ref.check_run_args(args)
+    n_ref = args.seeds if args.reference_seeds is None else args.reference_seeds
+    for name, value in (("--reference-seeds", n_ref), ("--stop-at-goal", args.stop_at_goal)):
+        if value is not None and value < 1:
+            raise fd.UserError(f"{name} must be at least 1, got {value}")
     module = ref.load_reference(args.reference)
     torch.set_num_threads(args.threads)
-    dtype = fd.fast_dtype("cpu") if args.dtype == "auto" else args.dtype
-    lm32 = fd.load_model(args.model, dtype="float32")
-    lm_fast = lm32 if dtype == "float32" else fd.load_model(args.model, dtype=dtype)
+    dtypes = {impl: fd.fast_dtype("cpu") if d == "auto" else d
+              for impl, d in (("fluentdream", args.dtype), ("reference", args.reference_dtype))}
+    lms = {"fp32": fd.load_model(args.model, dtype="float32")}
+    for impl, dtype in dtypes.items():                   # one copy of the weights per dtype
+        same = [lm for lm in lms.values() if lm.dtype == getattr(torch, dtype)]
+        lms[impl] = same[0] if same else fd.load_model(args.model, dtype=dtype)
     cfg = fd.EPOConfig(iters=args.iters)                  # Table 1 settings otherwise
-    seeds = list(range(args.seeds))
+    seeds = {"fluentdream": list(range(args.seeds)), "reference": list(range(n_ref))}
     meta = dict(command="python benchmarks/time_to_quality.py " + shlex.join(args.argv),
-                model=repr(lm32), threads=args.threads, fluentdream_dtype=dtype,
-                config=cfg.to_dict(), seeds=seeds, torch=torch.__version__,
+                model_name=args.model, model=repr(lms["fp32"]), threads=args.threads,
+                fluentdream_dtype=dtypes["fluentdream"], reference_dtype=dtypes["reference"],
+                stop_at_goal=args.stop_at_goal, config=cfg.to_dict(), seeds=seeds["fluentdream"],
+                reference_seeds=seeds["reference"], torch=torch.__version__,
                 reference_sha=ref._checkout_sha(args.reference),
                 fluentdream_sha=ref._checkout_sha(ROOT))
+    out = Path(args.json or ROOT / "benchmarks" / ("time_to_quality.json" if args.model == "embedded"
+               else f"time_to_quality_{Path(args.model).name}.json"))
     rows: list[dict] = []
     for i, spec in enumerate(args.targets or DEFAULT_TARGETS):  # who goes first alternates
-        rows += run_target(module, lm32, lm_fast, spec, cfg, seeds, reference_first=i % 2 == 0)
+        rows += run_target(module, lms, spec, cfg, seeds, reference_first=i % 2 == 0,
+                           check_every=args.stop_at_goal)
         doc = json.dumps(dict(meta=meta, runs=rows, summary=summarize(rows)), indent=1).encode()
-        atomic_write(Path(args.json), lambda fh: fh.write(doc))
+        atomic_write(out, lambda fh: fh.write(doc))
     return dict(meta=meta, runs=rows, summary=summarize(rows))
 
 

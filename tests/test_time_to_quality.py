@@ -45,7 +45,8 @@ def _rows(theirs, ours):
 def test_speedup_is_the_ratio_of_median_times_and_counts_runs_that_never_reach():
     s = ttq.speedup(_rows([10.0, 12.0, 30.0, None, 11.0], [2.0, 3.0, None, 2.5, 100.0]))
     assert s["ratio"] == pytest.approx(12.0 / 3.0)          # medians: 12 and 3 (None = infinity)
-    assert s["reached"] == {"reference": 4, "fluentdream": 4} and s["runs"] == 5
+    assert s["reached"] == {"reference": 4, "fluentdream": 4}
+    assert s["runs"] == {"reference": 5, "fluentdream": 5}
     assert s["ci"][0] <= s["ratio"] <= s["ci"][1]
     summary = ttq.summarize([dict(r, target="a") for r in _rows([10.0] * 3, [2.0] * 3)]
                             + [dict(r, target="b") for r in _rows([8.0] * 3, [4.0] * 3)])
@@ -75,19 +76,47 @@ def test_fluentdream_clock_and_fp32_hypervolume(tiny_lm):
     assert early <= late
 
 
+def test_unequal_seed_counts_are_reported_per_side():
+    summary = ttq.summarize([dict(r, target="a") for r in _rows([9.0], [1.0, 3.0, None])])
+    assert summary["a"]["ratio"] == pytest.approx(3.0)                # 9 / median(1, 3, inf)
+    assert "| 1 of 1, 2 of 3 |" in ttq.markdown(summary, 300)
+
+
+def test_the_corner_is_scored_on_the_prompts_each_run_draws_first(tiny_lm):
+    target, cfg = fd.Neuron(1, 4), fd.EPOConfig(iters=1, population_size=4, explore_per_pop=4,
+                                                seq_len=5, topk=16, batch_size=64)
+    rules = Scorer(tiny_lm, target)
+    hists = fd.batched.epo_many(tiny_lm, [(target, cfg.replace(seed=s)) for s in (3, 8)])
+    first = torch.cat([torch.tensor(h.ids[0][:4, :5], dtype=torch.long) for h in hists])
+    f0, ce0 = rules.score(first)
+    assert ttq.initial_corner(tiny_lm, target, cfg, [3, 8], rules) == (
+        float(ce0[torch.isfinite(f0)].max()), float(f0[torch.isfinite(f0)].min()))
+
+
+def test_a_stopped_run_ends_where_stop_says_and_its_clock_covers_it(tiny_lm):
+    target, cfg = fd.Neuron(1, 4), fd.EPOConfig(iters=9, population_size=4, explore_per_pop=4,
+                                                seq_len=5, topk=16, batch_size=64)
+    runs = ttq.run_fluentdream(tiny_lm, target, cfg, [0, 1], stop=lambda h: h.n_iters >= 3)
+    assert [h.n_iters for h, _ in runs] == [3, 3]
+    assert all(len(clock) == h.n_iters for h, clock in runs)
+
+
 def test_bad_arguments_are_one_line_errors(capsys):
     assert ttq.main(["--seeds", "2"]) == 2
     assert "give --reference" in capsys.readouterr().err
     assert ttq.main(["--reference", "/nonexistent"]) == 2
     assert "not a checkout" in capsys.readouterr().err
+    assert ttq.main(["--reference", "/nonexistent", "--stop-at-goal", "0"]) == 2
+    assert "--stop-at-goal must be at least 1" in capsys.readouterr().err
 
 
 def test_the_report_section_is_replaced_in_place_and_the_rest_kept(tmp_path):
     rows = [dict(r, target="a") for r in _rows([10.0] * 3, [2.0] * 3)]
-    result = dict(meta=dict(command="python benchmarks/time_to_quality.py", model="m", threads=2,
-                            fluentdream_dtype="bfloat16", seeds=[0, 1, 2], fluentdream_sha="x",
-                            reference_sha="y", config=dict(iters=300)),
-                  summary=ttq.summarize(rows))
+    meta = dict(command="python benchmarks/time_to_quality.py", model="m", threads=2,
+                model_name="embedded", fluentdream_dtype="bfloat16", reference_dtype="bfloat16",
+                seeds=[0, 1, 2], reference_seeds=[0, 1, 2], fluentdream_sha="x",
+                reference_sha="y", config=dict(iters=300))
+    result = dict(meta=meta, summary=ttq.summarize(rows))
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Speed\n\nbefore\n\n## Against the reference implementation\n\nkept\n")
     ttq.splice_section(md, result)
@@ -95,3 +124,9 @@ def test_the_report_section_is_replaced_in_place_and_the_rest_kept(tmp_path):
     text = md.read_text()
     assert text.count(ttq.SECTION) == 1 and "5.00x" in text
     assert text.startswith("# Speed\n\nbefore\n\n## Against the reference implementation\n\nkept\n")
+    other = dict(result, meta=dict(meta, model_name="smollm2-135m", stop_at_goal=10))
+    ttq.splice_section(md, other)                           # a second model: its own section
+    ttq.splice_section(md, result)
+    text = md.read_text()
+    assert text.count(ttq.SECTION) == 2 and text.count(f"{ttq.SECTION}: embedded\n") == 1
+    assert "stopped at the first multiple of 10" in text
