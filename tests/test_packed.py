@@ -7,7 +7,8 @@ import torch
 import fluentdream as fd
 from fluentdream.evaluate import Scorer
 from fluentdream.hooks import capture
-from fluentdream.packed import SHAPE_STEP, Plan, pad_rows, packed_attention, packed_nll, padded
+from fluentdream.packed import (SHAPE_STEP, Plan, pad_rows, packed_attention, packed_nll, padded,
+                                 row_nll)
 
 
 def test_plan_lays_rows_end_to_end_and_fills_from_the_source():
@@ -94,3 +95,14 @@ def test_block0_token_local_modules_run_once_per_distinct_token(make_lm):
     assert rows and rows[0] <= padded(12 + 40) < padded(int(sum(12 - i % 12 for i in range(40))) + 12)
     assert block.attention.query_key_value is qkv and block.mlp is mlp
     assert make_lm("gpt2").token_local == ()              # learned positions are added first
+
+
+def test_row_nll_is_minus_log_softmax_at_the_next_token_in_every_dtype():
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        logits = (4 * torch.randn(70, 5000, generator=gen)).to(dtype)      # (R, V)
+        y = torch.randint(5000, (70,), generator=gen)
+        exact = -logits.double().log_softmax(-1)[torch.arange(70), y]       # from the definition
+        got = row_nll(logits, y)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), exact, rtol=0, atol=2e-5)

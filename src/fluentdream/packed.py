@@ -250,6 +250,22 @@ def unembed_rows(unembed, hidden: torch.Tensor, index: torch.Tensor) -> torch.Te
     return unembed(hidden[torch.cat([index, pad])])[:len(index)]
 
 
+def row_nll(logits: torch.Tensor, y: torch.Tensor, rows: int = 32) -> torch.Tensor:
+    """(R, V) logits, (R,) next tokens -> (R,) float32 losses. Lower-precision logits take
+    logsumexp - logit, `rows` rows at a time: cross_entropy's float32 copy and (R, V) log-softmax
+    go through memory and cost more than the unembedding itself on a CPU, while a few rows' float
+    copy stays in cache (1.8x for this phase on SmolLM2; LOG.md). Float32 logits keep
+    cross_entropy, whose rounding the saved float32 histories were made with."""
+    if logits.dtype == torch.float32:
+        return F.cross_entropy(logits, y, reduction="none")
+    out = torch.empty(len(y), dtype=torch.float32, device=logits.device)
+    for a in range(0, len(y), rows):
+        part = logits[a:a + rows]
+        out[a:a + rows] = (torch.logsumexp(part.float(), dim=-1)
+                           - part.gather(1, y[a:a + rows, None])[:, 0].float())
+    return out
+
+
 def packed_nll(hidden: torch.Tensor, unembed, plan: Plan, ids: torch.Tensor, first: int = 1,
                stop: int | torch.Tensor | None = None) -> torch.Tensor:
     """Final hidden states (T, d) of the packed tokens -> (B, stop - first) float32 next-token
@@ -272,8 +288,7 @@ def packed_nll(hidden: torch.Tensor, unembed, plan: Plan, ids: torch.Tensor, fir
     chunk = max(256, (1 << 20) // unembed.out_features)
     for a in range(0, len(rows), chunk):
         r = rows[a:a + chunk]
-        own[r] = F.cross_entropy(unembed_rows(unembed, hidden, r).float(), nxt[a:a + chunk],
-                                 reduction="none")
+        own[r] = row_nll(unembed_rows(unembed, hidden, r), nxt[a:a + chunk])
     nll = own[plan.source.view(B, n)[:, first - 1:width - 1]]
     b = ((plan.start >= first) & (plan.start < stops)).nonzero().squeeze(1)
     if len(b):                              # the swapped token, read off the source's logits
