@@ -195,7 +195,19 @@ def speedup(rows: list[dict], seed: int = 0) -> dict:
                 fluentdream_median_s=float(np.median(ours)),
                 reached={impl: int(np.isfinite(_times(rows, impl)).sum())
                          for impl in ("reference", "fluentdream")},
-                runs={"reference": len(theirs), "fluentdream": len(ours)})
+                runs={"reference": len(theirs), "fluentdream": len(ours)},
+                **{key: {impl: _median(rows, impl, get) for impl in ("reference", "fluentdream")}
+                   for key, get in (("hypervolume", lambda r: r["hypervolume"]),
+                                    ("seconds_per_iteration",
+                                     lambda r: r["total_seconds"] / r["iterations_run"]))})
+
+
+def _median(rows: list[dict], impl: str, get) -> float:
+    """Median of get(row) over one implementation's rows (nan where a row lacks the fields)."""
+    try:
+        return float(np.median([get(r) for r in rows if r["implementation"] == impl]))
+    except KeyError:                                   # a results file from before the field
+        return float("nan")
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -212,17 +224,25 @@ def summarize(rows: list[dict]) -> dict:
 def markdown(summary: dict, iters: int) -> str:
     lines = [f"| target | reference: median s to its {iters}-iteration median hypervolume "
              "| fluentdream: median s to the same | speed-up [95% CI] | runs reaching it "
-             "(reference, fluentdream) |", "|---|---|---|---|---|"]
+             "(reference, fluentdream) | median hypervolume at the runs' end (reference, "
+             "fluentdream) | median s per iteration (reference, fluentdream) |",
+             "|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         if name == "all":
             continue
+        ratio = (f"{s['ratio']:.2f}x" if np.isfinite(s["fluentdream_median_s"]) else
+                 "none: fluentdream's median run never reaches it")
         lines.append(f"| {name} | {s['reference_median_s']:.1f} | {s['fluentdream_median_s']:.1f} "
-                     f"| {s['ratio']:.2f}x [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] "
+                     f"| {ratio} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] "
                      f"| {s['reached']['reference']} of {s['runs']['reference']}, "
-                     f"{s['reached']['fluentdream']} of {s['runs']['fluentdream']} |")
+                     f"{s['reached']['fluentdream']} of {s['runs']['fluentdream']} "
+                     f"| {s['hypervolume']['reference']:.2f}, {s['hypervolume']['fluentdream']:.2f} "
+                     f"| {s['seconds_per_iteration']['reference']:.3f}, "
+                     f"{s['seconds_per_iteration']['fluentdream']:.3f} |")
     a = summary["all"]
-    lines.append(f"| all targets (geometric mean of {a['targets']}) | | "
-                 f"| {a['geometric_mean']:.2f}x | |")
+    n = len(summary) - 1
+    lines.append(f"| all targets | | | {a['geometric_mean']:.2f}x: the geometric mean over the "
+                 f"{a['targets']} of {n} target(s) with a finite speed-up | | | |")
     return "\n".join(lines)
 
 
