@@ -31,13 +31,15 @@ per target:
    goal, or infinity if it never does. Quality is always measured in fp32, on both sides: the
    frontier of a run's candidates up to t, re-scored by an fp32 Scorer when the run was not in
    fp32 (bf16 values never enter a comparison); since the fp32 frontier of all its candidates
-   dominates any re-scored subset, this is a lower bound and flatters neither side. The first iteration is found by bisection, which
-   assumes the hypervolume grows with t (candidates only accumulate).
+   dominates any re-scored subset, this is a lower bound and flatters neither side. The first
+   iteration is found by bisection, which assumes the hypervolume grows with t (candidates only
+   accumulate).
 
 Speed-up per target = median time to the goal of the reference's seeds / fluentdream's (by the
 goal's definition about half the reference's runs reach it), with a 95% bootstrap interval
 resampling the seeds of each side (with one reference seed, `--reference-seeds 1`, the interval
-covers only fluentdream's seeds); "all targets" is the geometric mean of the per-target ratios.
+covers only fluentdream's seeds); "all targets" is the geometric mean of the finite per-target
+ratios, and says over how many of the targets.
 Hypervolumes share one corner per target: the worst CE and lowest activation among the fp32
 scores of fluentdream's random initial prompts (as benchmarks/reference.py does), drawn before
 anything runs. Writes --json atomically after every target.
