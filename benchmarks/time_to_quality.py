@@ -238,7 +238,8 @@ def markdown(summary: dict, iters: int) -> str:
                      f"| {ratio} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] "
                      f"| {s['reached']['reference']} of {s['runs']['reference']}, "
                      f"{s['reached']['fluentdream']} of {s['runs']['fluentdream']} "
-                     f"| {s['hypervolume']['reference']:.2f}, {s['hypervolume']['fluentdream']:.2f} "
+                     f"| {s['hypervolume']['reference']:.2f}, "
+                     f"{s['hypervolume']['fluentdream']:.2f} "
                      f"| {s['seconds_per_iteration']['reference']:.3f}, "
                      f"{s['seconds_per_iteration']['fluentdream']:.3f} |")
     a = summary["all"]
@@ -331,8 +332,9 @@ def run(args) -> dict:
                 reference_seeds=seeds["reference"], torch=torch.__version__,
                 reference_sha=ref._checkout_sha(args.reference),
                 fluentdream_sha=ref._checkout_sha(ROOT))
-    out = Path(args.json or ROOT / "benchmarks" / ("time_to_quality.json" if args.model == "embedded"
-               else f"time_to_quality_{Path(args.model).name}.json"))
+    name = ("time_to_quality.json" if args.model == "embedded"
+            else f"time_to_quality_{Path(args.model).name}.json")
+    out = Path(args.json or ROOT / "benchmarks" / name)
     rows: list[dict] = []
     for i, spec in enumerate(args.targets or DEFAULT_TARGETS):  # who goes first alternates
         rows += run_target(module, lms, spec, cfg, seeds, reference_first=i % 2 == 0,

@@ -51,7 +51,8 @@ def test_speedup_is_the_ratio_of_median_times_and_counts_runs_that_never_reach()
     summary = ttq.summarize([dict(r, target="a") for r in _rows([10.0] * 3, [2.0] * 3)]
                             + [dict(r, target="b") for r in _rows([8.0] * 3, [4.0] * 3)])
     assert summary["all"]["geometric_mean"] == pytest.approx(np.sqrt(5.0 * 2.0))
-    assert "5.00x" in ttq.markdown(summary, 300) and "over the 2 of 2 target(s)" in ttq.markdown(summary, 300)
+    table = ttq.markdown(summary, 300)
+    assert "5.00x" in table and "over the 2 of 2 target(s)" in table
 
 
 def test_fluentdream_clock_and_fp32_hypervolume(tiny_lm):
@@ -78,7 +79,8 @@ def test_fluentdream_clock_and_fp32_hypervolume(tiny_lm):
 
 def test_unequal_seed_counts_are_reported_per_side_with_quality_and_pace():
     rows = _rows([9.0], [1.0, 3.0, None])
-    for r, hv, sec, its in zip(rows, [60.0, 50.0, 70.0, 55.0], [30, 10, 20, 30], [300, 100, 100, 300]):
+    for r, hv, sec, its in zip(rows, [60.0, 50.0, 70.0, 55.0], [30, 10, 20, 30],
+                               [300, 100, 100, 300]):
         r.update(target="a", hypervolume=hv, total_seconds=sec, iterations_run=its)
     summary = ttq.summarize(rows)
     assert summary["a"]["ratio"] == pytest.approx(3.0)                # 9 / median(1, 3, inf)
