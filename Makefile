@@ -120,14 +120,18 @@ operators: $(RES)/.09_operators_and_restarts.done ## experiment 09 (~17 min): op
 
 # REFERENCE: a checkout of Confirm-Solutions/dreamy (read, never vendored) for the time-to-quality table
 REFERENCE ?=
-bench: install ## speed vs the plain algorithm (~30 min), SmolLM2 per phase (~2 min); with REFERENCE=PATH, time to quality vs the reference (embedded ~15 min, SmolLM2 ~80 min on 2 cores)
+bench: install ## speed vs the plain algorithm (~30 min), SmolLM2 per phase (~2 min), restart penalty (~15 min); with REFERENCE=PATH, time to quality vs the reference (embedded ~15 min, SmolLM2 ~80 min) and SmolLM2's restart penalty with the reference (~60 min), on 2 cores
 	$(PY) benchmarks/run.py --iters 300 --threads 2,1
 	$(PY) benchmarks/phases.py --model smollm2-135m --threads $(shell nproc) --report BENCHMARKS.md
+	$(PY) benchmarks/restart_penalty.py --threads $(shell nproc) --iters 300 --seeds 10 --report BENCHMARKS.md
 	$(if $(REFERENCE),$(PY) benchmarks/time_to_quality.py --reference $(REFERENCE) --threads $(shell nproc) \
 	  --report BENCHMARKS.md,@echo "time to quality skipped: give REFERENCE=PATH (git clone https://github.com/Confirm-Solutions/dreamy PATH)")
 	$(if $(REFERENCE),$(PY) benchmarks/time_to_quality.py --reference $(REFERENCE) --threads $(shell nproc) \
 	  --model smollm2-135m --target L8.N1371 --target "logit: dog" --target resid:L12:0 --seeds 3 \
 	  --reference-seeds 1 --stop-at-goal 10 --report BENCHMARKS.md)
+	$(if $(REFERENCE),$(PY) benchmarks/restart_penalty.py --model smollm2-135m --target L8.N1371 \
+	  --iters 100 --seeds 8 --threads $(shell nproc) --reference $(REFERENCE) --reference-seeds 6 \
+	  --report BENCHMARKS.md)
 
 embedded-model: install ## rebuild the embedded corpus, tokenizer and model (about 20-30 min)
 	$(PY) experiments/00_build_embedded_model.py

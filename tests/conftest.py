@@ -49,8 +49,9 @@ def tokenizer():
 
 
 def build_model(arch: str, vocab: int = VOCAB, hidden: int = 64, layers: int = 2, heads: int = 4,
-                seed: int = 0):
-    """A tiny random causal LM of the given architecture (eval mode, fp32)."""
+                seed: int = 0, kv_heads: int | None = None):
+    """A tiny random causal LM of the given architecture (eval mode, fp32); kv_heads < heads
+    makes the rotary architectures' attention grouped-query."""
     import transformers as tf
 
     common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
@@ -61,7 +62,7 @@ def build_model(arch: str, vocab: int = VOCAB, hidden: int = 64, layers: int = 2
         "phi": lambda: tf.PhiConfig(**common, num_key_value_heads=heads),
         "gpt2": lambda: tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers,
                                       n_head=heads, n_positions=128),
-        "llama": lambda: tf.LlamaConfig(**common, num_key_value_heads=heads),
+        "llama": lambda: tf.LlamaConfig(**common, num_key_value_heads=kv_heads or heads),
         "mistral": lambda: tf.MistralConfig(**common, num_key_value_heads=heads),
         "qwen2": lambda: tf.Qwen2Config(**common, num_key_value_heads=heads),
     }

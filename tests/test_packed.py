@@ -7,8 +7,8 @@ import torch
 import fluentdream as fd
 from fluentdream.evaluate import Scorer
 from fluentdream.hooks import capture
-from fluentdream.packed import (SHAPE_STEP, Plan, pad_rows, packed_attention, packed_nll, padded,
-                                 row_nll)
+from fluentdream.packed import (SHAPE_STEP, Plan, attention_implementation, pad_rows,
+                                 packed_attention, packed_nll, padded, row_nll)
 
 
 def test_plan_lays_rows_end_to_end_and_fills_from_the_source():
@@ -60,6 +60,28 @@ def test_packed_pass_equals_a_plain_forward(make_lm):
         torch.testing.assert_close(packed_mlp, acts["mlp", 1][plan.row, plan.pos], atol=1e-4, rtol=1e-4)
         logits = lm.unembed(hidden)
         torch.testing.assert_close(logits, out.logits[plan.row, plan.pos], atol=1e-4, rtol=1e-4)
+
+
+def test_written_out_attention_equals_the_model_with_grouped_query_heads(make_lm):
+    """The written-out attention (layers whose probabilities a target reads; low precision on
+    CPU) on a grouped-query model (8 query heads, 2 key-value heads): hidden states and every
+    layer's probabilities against the model's own eager forward of each full prompt."""
+    lm = make_lm("llama", heads=8, kv_heads=2)
+    g = torch.Generator().manual_seed(3)
+    parent = torch.randint(lm.vocab_size, (2, 12), generator=g)
+    kids = parent[[0, 0, 1, 1]].clone()
+    kids[torch.arange(4), torch.tensor([1, 6, 0, 11])] = torch.randint(lm.vocab_size, (4,), generator=g)
+    ids = torch.cat([parent, kids])
+    plan = Plan.build(torch.tensor([0, 0, 1, 6, 0, 11]), torch.tensor([0, 1, 0, 0, 1, 1]), 12,
+                      probs_layers={0, 1})
+    with torch.no_grad(), packed_attention(lm.model, plan):
+        out = lm.trunk(input_ids=plan.tokens(ids), position_ids=plan.pos[None], output_attentions=True)
+    with torch.no_grad(), attention_implementation(lm.model, "eager"):
+        plain = lm.model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    torch.testing.assert_close(out.last_hidden_state[0],
+                               plain.hidden_states[-1][plan.row, plan.pos])
+    for layer in (0, 1):                                  # (B, heads, n, n) each
+        torch.testing.assert_close(out.attentions[layer], plain.attentions[layer])
 
 
 def test_scorer_counts_half_the_tokens_of_a_full_pass(tiny_lm):

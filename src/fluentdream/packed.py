@@ -126,24 +126,35 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     # Explicit attention where a target reads the probabilities, and for low precision on CPU,
     # where it beats the SDPA kernels at these tiny (n x n) blocks by ~1.5x (LOG.md).
     if module.layer_idx in plan.probs_layers or (Q.device.type == "cpu" and Q.dtype != torch.float32):
-        groups = heads // K.shape[0]                 # grouped-query attention
-        K, V = K.repeat_interleave(groups, 0), V.repeat_interleave(groups, 0)
-        causal = torch.full((n, n), -torch.inf, dtype=Q.dtype, device=Q.device).triu(1)
-        scores = torch.baddbmm(causal.expand(heads * B, n, n), Q.reshape(-1, n, hd),
-                               K.reshape(-1, n, hd).transpose(1, 2),
-                               alpha=scaling if scaling is not None else hd ** -0.5)
-        # softmax written out: torch's kernel is ~3x slower on rows of only n = 12 entries
-        weights = (scores.float() - scores.amax(-1, keepdim=True).float()).exp_()
-        weights = (weights / weights.sum(-1, keepdim=True)).to(Q.dtype)  # (heads * B, n, n)
-        out = torch.bmm(weights, V.reshape(-1, n, hd)).view(heads, B, n, hd)
-        if module.layer_idx in plan.probs_layers:
-            probs = weights.view(heads, B, n, n).transpose(0, 1)         # (B, heads, n, n)
+        out, weights = _explicit(Q, K, V, scaling if scaling is not None else hd ** -0.5)
+        if module.layer_idx in plan.probs_layers:                       # (B, heads, n, n)
+            probs = weights.view(K.shape[0], B, -1, n, n).transpose(0, 1).reshape(B, heads, n, n)
     else:
         out = F.scaled_dot_product_attention(Q.transpose(0, 1), K.transpose(0, 1), V.transpose(0, 1),
                                              is_causal=True, scale=scaling,
-                                             enable_gqa=heads != K.shape[0]).transpose(0, 1)
-    out = out.reshape(heads, B * n, hd).index_select(1, plan.flat).transpose(0, 1)  # (T, heads, hd)
+                                             enable_gqa=heads != K.shape[0]).permute(0, 2, 1, 3)
+    out = out.reshape(B * n, heads, hd).index_select(0, plan.flat)      # (T, heads, hd)
     return out[None], probs
+
+
+def _explicit(Q, K, V, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention written out: Q (heads, B, n, hd), K and V (kv_heads, B, n, hd) ->
+    outputs (B, n, heads, hd) and probabilities (kv_heads * B, g * n, n). Grouped-query heads
+    share their key-value head's product: the g = heads / kv_heads query heads of a group are
+    stacked as g * n rows against its n keys (head h reads key-value head h // g, as
+    transformers' repeat_kv lays them out), so keys and values are never copied g times."""
+    heads, B, n, hd = Q.shape
+    kv = K.shape[0]
+    g = heads // kv
+    Qg = Q.view(kv, g, B, n, hd).transpose(1, 2).reshape(kv * B, g * n, hd)
+    causal = torch.full((n, n), -torch.inf, dtype=Q.dtype, device=Q.device).triu(1).repeat(g, 1)
+    scores = torch.baddbmm(causal.expand(kv * B, g * n, n), Qg,
+                           K.reshape(kv * B, n, hd).transpose(1, 2), alpha=scale)
+    # softmax written out: torch's kernel is ~3x slower on rows of only n = 12 entries
+    weights = (scores.float() - scores.amax(-1, keepdim=True).float()).exp_()
+    weights = (weights / weights.sum(-1, keepdim=True)).to(Q.dtype)     # (kv * B, g * n, n)
+    out = torch.bmm(weights, V.reshape(kv * B, n, hd))                  # (kv * B, g * n, hd)
+    return out.view(kv, B, g, n, hd).permute(1, 3, 0, 2, 4), weights    # (B, n, kv, g, hd)
 
 
 def _no_mask(**kwargs):
