@@ -58,13 +58,20 @@ def run_target(lm, lm32, spec: str, cfg: fd.EPOConfig, seeds: list[int], fixed: 
     rescore = Scorer(lm32, target32)
     corner = ttq.initial_corner(lm32, target32, cfg, seeds, rescore)
     jobs = [(rule, s, c.replace(seed=s)) for rule, c in rules_of(cfg, fixed).items() for s in seeds]
-    hists = fd.batched.epo_many(lm, [(target, c) for *_, c in jobs])
+    print(f"{spec}: {len(jobs)} runs of {cfg.iters} iterations, batched", flush=True)
+    every = max(1, cfg.iters // 10)
+
+    def progress(job: int, report) -> None:                  # long work shows progress
+        if job == 0 and (report.iteration + 1) % every == 0:
+            print(f"{spec}: iteration {report.iteration + 1} of {cfg.iters}", flush=True)
+    hists = fd.batched.epo_many(lm, [(target, c) for *_, c in jobs], callback=progress)
     at = sorted({max(1, cfg.iters * k // 3) for k in (1, 2, 3)})
     hv: dict[str, list] = {rule: [] for rule in rules_of(cfg, fixed)}
     for (rule, _, _), h in zip(jobs, hists):
         hv[rule].append([ttq.fp32_hypervolume(h, t, None if lm.dtype == torch.float32 else rescore,
                                               corner) for t in at])
     if module is not None:
+        print(f"{spec}: the reference on seeds 0..{ref_seeds[-1]}", flush=True)
         runs = ttq.run_reference(module, lm, target, cfg, list(ref_seeds), rescore)
         hv["reference"] = [[ttq.fp32_hypervolume(h, t, None if lm.dtype == torch.float32
                                                  else rescore, corner) for t in at]

@@ -90,6 +90,15 @@ def test_unequal_seed_counts_are_reported_per_side_with_quality_and_pace():
     assert "| 1 of 1, 2 of 3 | 60.00, 55.00 | 0.100, 0.100 |" in ttq.markdown(summary, 300)
 
 
+def test_when_no_target_has_a_finite_speedup_the_all_row_says_so():
+    rows = _rows([9.0, 7.0, None], [None, None, None])
+    for r in rows:
+        r.update(target="a", hypervolume=50.0, total_seconds=30, iterations_run=300)
+    table = ttq.markdown(ttq.summarize(rows), 300)
+    assert "| all targets | | | none: no target of 1 has a finite speed-up |" in table
+    assert "nan" not in table
+
+
 def test_the_corner_is_scored_on_the_prompts_each_run_draws_first(tiny_lm):
     target, cfg = fd.Neuron(1, 4), fd.EPOConfig(iters=1, population_size=4, explore_per_pop=4,
                                                 seq_len=5, topk=16, batch_size=64)

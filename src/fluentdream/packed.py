@@ -139,7 +139,8 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
 def _explicit(Q, K, V, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention written out: Q (heads, B, n, hd), K and V (kv_heads, B, n, hd) ->
-    outputs (B, n, heads, hd) and probabilities (kv_heads * B, g * n, n). Grouped-query heads
+    outputs (B, n, kv_heads, g, hd), i.e. (B, n, heads, hd) with head h = kv * g + j, and
+    probabilities (kv_heads * B, g * n, n). Grouped-query heads
     share their key-value head's product: the g = heads / kv_heads query heads of a group are
     stacked as g * n rows against its n keys (head h reads key-value head h // g, as
     transformers' repeat_kv lays them out), so keys and values are never copied g times."""
