@@ -8,6 +8,9 @@ frontier after its full run (issue 13's headline number).
         --reference-seeds 1 --stop-at-goal 10 --report BENCHMARKS.md            # ~80 min
     python benchmarks/time_to_quality.py --reference /tmp/dreamy --iters 3 --seeds 2 \
         --target L1.N840                                                            # a smoke run
+    python benchmarks/time_to_quality.py --reference /tmp/dreamy --threads 2 --restart-mode frontier \
+        --operators swap=0.5,swap2=0.1,insert=0.2,delete=0.2 --min-len 8 --max-len 16 \
+        --report BENCHMARKS.md                           # fluentdream with its own options
     python benchmarks/time_to_quality.py --from-json benchmarks/time_to_quality.json  # table again
 
 A user asks how long until the frontier is as good as they need, not how fast one iteration is. So
@@ -35,6 +38,14 @@ per target:
    iteration is found by bisection, which assumes the hypervolume grows with t (candidates only
    accumulate).
 
+fluentdream runs the paper's EPO by default, as the reference does, so the ratio is the speed of
+one algorithm in two implementations. --restart-mode, --operators, --min-len and --max-len add
+fluentdream's own options beyond the paper (its §4 proposals; experiment 09 measures them at equal
+wall time) to fluentdream's runs only: the ratio then says how much sooner a user of those options
+reaches the reference's frontier. Such a run writes its own JSON file and its own BENCHMARKS.md
+section, and its prompts may leave the paper's n = 12 (--min-len, --max-len): the hypervolume
+compares (CE per token, activation) points whatever the length.
+
 Speed-up per target = median time to the goal of the reference's seeds / fluentdream's (by the
 goal's definition about half the reference's runs reach it), with a 95% bootstrap interval
 resampling the seeds of each side (with one reference seed, `--reference-seeds 1`, the interval
@@ -49,6 +60,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 import shlex
 import sys
 import time
@@ -58,16 +70,18 @@ import numpy as np
 import torch
 
 import fluentdream as fd
+from fluentdream.config import RESTART_MODES, parse_operators
 from fluentdream.epo import initial_prompts
 from fluentdream.evaluate import Scorer
 from fluentdream.history import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference as ref  # noqa: E402  (benchmarks/reference.py: the reference runner)
-from run import replace_section  # noqa: E402
+from ttq_table import SECTION, markdown, options_text, splice_section, summarize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGETS = ("L1.N840", "logit: function", "resid:L2:0")   # a neuron, a logit, a direction
+OWN_OPTIONS = ("restart_mode", "operators", "min_len", "max_len")  # fluentdream's, beyond the paper
 
 
 def fp32_hypervolume(hist: fd.History, t: int, rescore: Scorer | None,
@@ -134,12 +148,14 @@ def initial_corner(lm32, target: fd.Target, cfg: fd.EPOConfig, seeds: list[int],
     return float(ce0[ok].max()), float(f0[ok].min())
 
 
-def run_target(module, lms: dict, target_spec: str, cfg: fd.EPOConfig, seeds: dict,
+def run_target(module, lms: dict, target_spec: str, cfgs: dict, seeds: dict,
                reference_first: bool, check_every: int | None = None) -> list[dict]:
-    """Both implementations on one target -> one row per (implementation, seed). lms: the models
-    by role ("fp32" judges, "fluentdream" and "reference" run); seeds: per implementation. With
-    check_every, the reference runs first and each fluentdream run stops at the first multiple
-    of check_every iterations whose fp32 frontier reaches the reference's goal."""
+    """Both implementations on one target -> one row per (implementation, seed). lms, cfgs and
+    seeds by role: the models ("fp32" judges, "fluentdream" and "reference" run), the EPO
+    settings (the reference's are the paper's; fluentdream's may add its own options), the
+    seeds. With check_every, the reference runs first and each fluentdream run stops at the
+    first multiple of check_every iterations whose fp32 frontier reaches the reference's goal."""
+    cfg = cfgs["reference"]                    # the corner and the rules: the paper's settings
     t32 = fd.parse_target(target_spec, lms["fp32"])
     rules = Scorer(lms["fp32"], t32, retokenize=cfg.retokenize)     # fp32: rules and re-scoring
     rescore = {impl: rules if lms[impl].dtype != torch.float32 else None
@@ -161,10 +177,10 @@ def run_target(module, lms: dict, target_spec: str, cfg: fd.EPOConfig, seeds: di
     for impl in order:
         target = fd.parse_target(target_spec, lms[impl])
         if impl == "reference":
-            runs[impl] = run_reference(module, lms[impl], target, cfg, seeds[impl], rules)
+            runs[impl] = run_reference(module, lms[impl], target, cfgs[impl], seeds[impl], rules)
             goal = float(np.median([curve(h, impl)(h.n_iters) for h, _ in runs[impl]]))
         else:
-            runs[impl] = run_fluentdream(lms[impl], target, cfg, seeds[impl],
+            runs[impl] = run_fluentdream(lms[impl], target, cfgs[impl], seeds[impl],
                                          stop=reached if check_every else None)
     rows = []
     for impl, pairs in runs.items():
@@ -180,79 +196,6 @@ def run_target(module, lms: dict, target_spec: str, cfg: fd.EPOConfig, seeds: di
                 f"goal {goal:.3f} at iteration {t_hit}, {clock[t_hit - 1]:.1f} s" if t_hit else
                 f"goal {goal:.3f} not reached in {clock[-1]:.1f} s"), file=sys.stderr, flush=True)
     return rows
-
-
-def _times(rows: list[dict], impl: str) -> np.ndarray:
-    """(S,) seconds to the goal of one implementation's runs, inf where never reached."""
-    return np.array([r["seconds_to_goal"] if r["seconds_to_goal"] is not None else np.inf
-                     for r in rows if r["implementation"] == impl], float)
-
-
-def speedup(rows: list[dict], seed: int = 0) -> dict:
-    """Median time to the goal, reference / fluentdream, with a bootstrap interval over seeds."""
-    theirs, ours = _times(rows, "reference"), _times(rows, "fluentdream")
-    rng = np.random.default_rng(seed)
-    with np.errstate(invalid="ignore", divide="ignore"):     # a median may be inf (never reached)
-        boot = (np.median(rng.choice(theirs, (10_000, len(theirs))), 1)
-                / np.median(rng.choice(ours, (10_000, len(ours))), 1))           # inf/inf -> nan
-        ratio = np.median(theirs) / np.median(ours)
-    ci = np.nanquantile(boot, [0.025, 0.975], method="inverted_cdf")     # no interpolating infs
-    return dict(ratio=float(ratio), ci=[float(x) for x in ci],
-                reference_median_s=float(np.median(theirs)),
-                fluentdream_median_s=float(np.median(ours)),
-                reached={impl: int(np.isfinite(_times(rows, impl)).sum())
-                         for impl in ("reference", "fluentdream")},
-                runs={"reference": len(theirs), "fluentdream": len(ours)},
-                **{key: {impl: _median(rows, impl, get) for impl in ("reference", "fluentdream")}
-                   for key, get in (("hypervolume", lambda r: r["hypervolume"]),
-                                    ("seconds_per_iteration",
-                                     lambda r: r["total_seconds"] / r["iterations_run"]))})
-
-
-def _median(rows: list[dict], impl: str, get) -> float:
-    """Median of get(row) over one implementation's rows (nan where a row lacks the fields)."""
-    try:
-        return float(np.median([get(r) for r in rows if r["implementation"] == impl]))
-    except KeyError:                                   # a results file from before the field
-        return float("nan")
-
-
-def summarize(rows: list[dict]) -> dict:
-    """Per target: the speed-up; "all": geometric mean of the finite per-target ratios."""
-    out = {name: speedup([r for r in rows if r["target"] == name])
-           for name in dict.fromkeys(r["target"] for r in rows)}
-    ratios = [s["ratio"] for s in out.values() if np.isfinite(s["ratio"]) and s["ratio"] > 0]
-    out["all"] = dict(geometric_mean=(float(np.exp(np.mean(np.log(ratios)))) if ratios
-                                      else float("nan")),
-                      targets=len(ratios))
-    return out
-
-
-def markdown(summary: dict, iters: int) -> str:
-    lines = [f"| target | reference: median s to its {iters}-iteration median hypervolume "
-             "| fluentdream: median s to the same | speed-up [95% CI] | runs reaching it "
-             "(reference, fluentdream) | median hypervolume at the runs' end (reference, "
-             "fluentdream) | median s per iteration (reference, fluentdream) |",
-             "|---|---|---|---|---|---|---|"]
-    for name, s in summary.items():
-        if name == "all":
-            continue
-        ratio = (f"{s['ratio']:.2f}x" if np.isfinite(s["fluentdream_median_s"]) else
-                 "none: fluentdream's median run never reaches it")
-        lines.append(f"| {name} | {s['reference_median_s']:.1f} | {s['fluentdream_median_s']:.1f} "
-                     f"| {ratio} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] "
-                     f"| {s['reached']['reference']} of {s['runs']['reference']}, "
-                     f"{s['reached']['fluentdream']} of {s['runs']['fluentdream']} "
-                     f"| {s['hypervolume']['reference']:.2f}, "
-                     f"{s['hypervolume']['fluentdream']:.2f} "
-                     f"| {s['seconds_per_iteration']['reference']:.3f}, "
-                     f"{s['seconds_per_iteration']['fluentdream']:.3f} |")
-    a = summary["all"]
-    n = len(summary) - 1
-    lines.append(f"| all targets | | | {a['geometric_mean']:.2f}x: the geometric mean over the "
-                 f"{a['targets']} of {n} target(s) with a finite speed-up | | | |" if a["targets"]
-                 else f"| all targets | | | none: no target of {n} has a finite speed-up | | | |")
-    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -281,37 +224,39 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--reference-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="the reference's dtype; auto = fd.fast_dtype, its fastest here too "
                     "(LOG.md; default: %(default)s)")
+    own = ap.add_argument_group("fluentdream's own options (beyond the paper's EPO; the reference "
+                                "keeps the paper's rules, fluentdream.EPOConfig documents them)")
+    own.add_argument("--restart-mode", choices=RESTART_MODES,
+                     help="fluentdream's restart (default: collapse, the paper's)")
+    own.add_argument("--operators", type=_operators, metavar="NAME=P,...",
+                     help="fluentdream's mutation operators (default: swap=1, the paper's)")
+    own.add_argument("--min-len", type=int, help="fluentdream's shortest prompt (default: n)")
+    own.add_argument("--max-len", type=int, help="fluentdream's longest prompt (default: n)")
     ap.add_argument("--stop-at-goal", type=int, metavar="K", help="run the reference first and "
                     "stop each fluentdream run at the first multiple of K iterations whose fp32 "
                     "frontier reaches the goal (saves the iterations after it; the checks' time "
                     "counts against fluentdream)")
     ap.add_argument("--json", help="where rows, summary and settings go (atomic; default: "
                     "benchmarks/time_to_quality.json for the embedded model, "
-                    "benchmarks/time_to_quality_MODEL.json otherwise)")
+                    "benchmarks/time_to_quality_MODEL.json otherwise, with a tag of "
+                    "fluentdream's own options before .json when they are given)")
     ap.add_argument("--report", metavar="MD", help="also write the table as the "
                     f"'{SECTION}: MODEL' section of this markdown file (e.g. BENCHMARKS.md), "
                     "replacing it")
     return ap
 
 
-SECTION = "## Time to quality against the reference implementation"
+def _operators(text: str) -> dict[str, float]:
+    """--operators NAME=P,... -> probabilities by name; a bad value is argparse's one-line error."""
+    try:
+        return parse_operators(text)
+    except fd.UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def splice_section(path: Path, result: dict) -> None:
-    """Replace (or append) the model's SECTION in the markdown file at `path`: command, settings,
-    table. Each model has its own section."""
-    meta = result["meta"]
-    heading = f"{SECTION}: {meta['model_name']}"
-    stop = (f"; each fluentdream run stopped at the first multiple of {meta['stop_at_goal']} "
-            "iterations that reached the goal" if meta.get("stop_at_goal") else "")
-    body = (f"{heading}\n\n`{meta['command']}` ({meta['model']}, {meta['threads']} thread(s), "
-            f"fluentdream in {meta['fluentdream_dtype']} with each target's "
-            f"{len(meta['seeds'])} seeds batched, the reference in {meta['reference_dtype']} "
-            f"with {len(meta['reference_seeds'])} seed(s){stop}; both judged in float32; "
-            f"fluentdream {meta['fluentdream_sha']}, reference {meta['reference_sha']}). "
-            "Definitions: the docstring of benchmarks/time_to_quality.py.\n\n"
-            + markdown(result["summary"], meta["config"]["iters"]) + "\n")
-    replace_section(path, heading + "\n", body)
+def own_options(args) -> dict:
+    """fluentdream's own options the command line set (OWN_OPTIONS), by EPOConfig field."""
+    return {k: getattr(args, k) for k in OWN_OPTIONS if getattr(args, k, None) is not None}
 
 
 def run(args) -> dict:
@@ -321,6 +266,9 @@ def run(args) -> dict:
     for name, value in (("--reference-seeds", n_ref), ("--stop-at-goal", args.stop_at_goal)):
         if value is not None and value < 1:
             raise fd.UserError(f"{name} must be at least 1, got {value}")
+    cfg = fd.EPOConfig(iters=args.iters)                  # Table 1 settings otherwise
+    options = own_options(args)
+    cfgs = {"reference": cfg, "fluentdream": cfg.replace(**options)}   # validated here
     module = ref.load_reference(args.reference)
     torch.set_num_threads(args.threads)
     dtypes = {impl: fd.fast_dtype("cpu") if d == "auto" else d
@@ -329,21 +277,24 @@ def run(args) -> dict:
     for impl, dtype in dtypes.items():                   # one copy of the weights per dtype
         same = [lm for lm in lms.values() if lm.dtype == getattr(torch, dtype)]
         lms[impl] = same[0] if same else fd.load_model(args.model, dtype=dtype)
-    cfg = fd.EPOConfig(iters=args.iters)                  # Table 1 settings otherwise
     seeds = {"fluentdream": list(range(args.seeds)), "reference": list(range(n_ref))}
     meta = dict(command="python benchmarks/time_to_quality.py " + shlex.join(args.argv),
                 model_name=args.model, model=repr(lms["fp32"]), threads=args.threads,
                 fluentdream_dtype=dtypes["fluentdream"], reference_dtype=dtypes["reference"],
-                stop_at_goal=args.stop_at_goal, config=cfg.to_dict(), seeds=seeds["fluentdream"],
+                stop_at_goal=args.stop_at_goal, config=cfg.to_dict(),
+                fluentdream_options=options, seeds=seeds["fluentdream"],
                 reference_seeds=seeds["reference"], torch=torch.__version__,
                 reference_sha=ref._checkout_sha(args.reference),
                 fluentdream_sha=ref._checkout_sha(ROOT))
     name = ("time_to_quality.json" if args.model == "embedded"
             else f"time_to_quality_{Path(args.model).name}.json")
+    if options:                                          # never overwrite the paper-rules file
+        name = name.replace(".json", "_" + re.sub(r"[^A-Za-z0-9.]+", "-", options_text(options))
+                            + ".json")
     out = Path(args.json or ROOT / "benchmarks" / name)
     rows: list[dict] = []
     for i, spec in enumerate(args.targets or DEFAULT_TARGETS):  # who goes first alternates
-        rows += run_target(module, lms, spec, cfg, seeds, reference_first=i % 2 == 0,
+        rows += run_target(module, lms, spec, cfgs, seeds, reference_first=i % 2 == 0,
                            check_every=args.stop_at_goal)
         doc = json.dumps(dict(meta=meta, runs=rows, summary=summarize(rows)), indent=1).encode()
         atomic_write(out, lambda fh: fh.write(doc))

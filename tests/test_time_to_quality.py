@@ -13,6 +13,7 @@ import torch
 import fluentdream as fd
 from conftest import REPO
 from fluentdream.evaluate import Scorer
+from fluentdream.ragged import rows
 
 
 def _load():
@@ -25,6 +26,7 @@ def _load():
 
 
 ttq = _load()
+import ttq_table  # noqa: E402  (benchmarks/, on the path once ttq is loaded)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -43,7 +45,7 @@ def _rows(theirs, ours):
 
 
 def test_speedup_is_the_ratio_of_median_times_and_counts_runs_that_never_reach():
-    s = ttq.speedup(_rows([10.0, 12.0, 30.0, None, 11.0], [2.0, 3.0, None, 2.5, 100.0]))
+    s = ttq_table.speedup(_rows([10.0, 12.0, 30.0, None, 11.0], [2.0, 3.0, None, 2.5, 100.0]))
     assert s["ratio"] == pytest.approx(12.0 / 3.0)          # medians: 12 and 3 (None = infinity)
     assert s["reached"] == {"reference": 4, "fluentdream": 4}
     assert s["runs"] == {"reference": 5, "fluentdream": 5}
@@ -75,6 +77,34 @@ def test_fluentdream_clock_and_fp32_hypervolume(tiny_lm):
         assert ttq.fp32_hypervolume(hist, t, rules, corner) == pytest.approx(everything, rel=1e-5)
     early, late = (ttq.fp32_hypervolume(hist, t, None, corner) for t in (1, 4))
     assert early <= late
+
+
+def test_prompts_of_several_lengths_are_rescored_one_by_one(tiny_lm):
+    """fluentdream's own operators (--operators, --min-len, --max-len) make padded prompts of
+    several lengths; their fp32 hypervolume must be that of each prompt scored alone."""
+    target = fd.Neuron(1, 4)
+    cfg = fd.EPOConfig(iters=4, population_size=4, explore_per_pop=4, seq_len=5, topk=16,
+                       batch_size=64, operators=dict(swap=0.4, insert=0.3, delete=0.3),
+                       min_len=3, max_len=7, restart_mode="frontier", restart_frequency=2)
+    hist = ttq.run_fluentdream(tiny_lm, target, cfg, [0])[0][0]
+    ids, _, _ = hist.candidates()
+    assert len({len(r) for r in rows(ids)}) > 1                    # the run did vary the length
+    alone = [Scorer(tiny_lm, target).score(torch.tensor([row]))
+             for row in rows(fd.pareto_frontier([hist]).ids)]
+    f = np.array([float(a[0][0]) for a in alone])
+    ce = np.array([float(a[1][0]) for a in alone])
+    corner = (float(np.nanmax(ce)) + 0.1, float(f[np.isfinite(f)].min()) - 0.1)
+    keep = np.isfinite(f)
+    expected = fd.frontier_quality((f[keep], ce[keep]), *corner)
+    assert ttq.fp32_hypervolume(hist, 4, Scorer(tiny_lm, target), corner) == pytest.approx(
+        expected, rel=1e-5)
+
+
+def test_fluentdreams_own_options_are_checked_before_anything_loads(capsys):
+    assert ttq.main(["--reference", "/nonexistent", "--operators", "insert=1"]) == 2
+    assert "min_len < max_len" in capsys.readouterr().err
+    assert ttq.main(["--reference", "/nonexistent", "--operators", "jump=1"]) == 2
+    assert "unknown operators ['jump']" in capsys.readouterr().err
 
 
 def test_unequal_seed_counts_are_reported_per_side_with_quality_and_pace():
@@ -147,3 +177,10 @@ def test_the_report_section_is_replaced_in_place_and_the_rest_kept(tmp_path):
     text = md.read_text()
     assert text.count(ttq.SECTION) == 2 and text.count(f"{ttq.SECTION}: embedded\n") == 1
     assert "stopped at the first multiple of 10" in text
+    own = dict(result, meta=dict(meta, fluentdream_options=dict(
+        restart_mode="frontier", operators=dict(swap=0.5, insert=0.25, delete=0.25))))
+    ttq.splice_section(md, own)                             # a variant: its own section too
+    text = md.read_text()
+    assert text.count(ttq.SECTION) == 3 and text.count(f"{ttq.SECTION}: embedded\n") == 1
+    assert (f"{ttq.SECTION}: embedded, fluentdream with restart_mode=frontier, "
+            "operators=swap=0.5+insert=0.25+delete=0.25\n") in text
