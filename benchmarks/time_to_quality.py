@@ -70,7 +70,8 @@ import numpy as np
 import torch
 
 import fluentdream as fd
-from fluentdream.config import RESTART_MODES, parse_operators
+from fluentdream.cli import operators_arg
+from fluentdream.config import RESTART_MODES
 from fluentdream.epo import initial_prompts
 from fluentdream.evaluate import Scorer
 from fluentdream.history import atomic_write
@@ -228,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
                                 "keeps the paper's rules, fluentdream.EPOConfig documents them)")
     own.add_argument("--restart-mode", choices=RESTART_MODES,
                      help="fluentdream's restart (default: collapse, the paper's)")
-    own.add_argument("--operators", type=_operators, metavar="NAME=P,...",
+    own.add_argument("--operators", type=operators_arg, metavar="NAME=P,...",
                      help="fluentdream's mutation operators (default: swap=1, the paper's)")
     own.add_argument("--min-len", type=int, help="fluentdream's shortest prompt (default: n)")
     own.add_argument("--max-len", type=int, help="fluentdream's longest prompt (default: n)")
@@ -244,14 +245,6 @@ def parser() -> argparse.ArgumentParser:
                     f"'{SECTION}: MODEL' section of this markdown file (e.g. BENCHMARKS.md), "
                     "replacing it")
     return ap
-
-
-def _operators(text: str) -> dict[str, float]:
-    """--operators NAME=P,... -> probabilities by name; a bad value is argparse's one-line error."""
-    try:
-        return parse_operators(text)
-    except fd.UserError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def own_options(args) -> dict:

@@ -48,7 +48,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         elif name in ("min_len", "max_len"):
             p.add_argument(flag, type=int, default=None, help=f"{text} [default: seq_len]")
         elif name == "operators":
-            p.add_argument(flag, type=_operators, default=None, metavar="NAME=P,...",
+            p.add_argument(flag, type=operators_arg, default=None, metavar="NAME=P,...",
                            help=f"{text} [default: swap=1]")
         else:
             kind = type(default) if default is not None else str
@@ -224,7 +224,9 @@ def _add_tracking_args(p: argparse.ArgumentParser) -> None:
                    "target lower limit [default: 6,0]")
 
 
-def _operators(text: str) -> dict[str, float]:
+def operators_arg(text: str) -> dict[str, float]:
+    """argparse type of --operators NAME=P,...: probabilities by name, or argparse's one-line
+    error (also used by benchmarks/time_to_quality.py)."""
     try:
         return parse_operators(text)
     except UserError as e:                 # argparse prints it as one line, exit status 2
