@@ -11,6 +11,8 @@ frontier after its full run (issue 13's headline number).
     python benchmarks/time_to_quality.py --reference /tmp/dreamy --threads 2 --restart-mode frontier \
         --operators swap=0.5,swap2=0.1,insert=0.2,delete=0.2 --min-len 8 --max-len 16 \
         --report BENCHMARKS.md                           # fluentdream with its own options
+    python benchmarks/time_to_quality.py --reference /tmp/dreamy --threads 2 --topk 64 \
+        --reference-topk 64 --report BENCHMARKS.md       # both sides at k = 64
     python benchmarks/time_to_quality.py --from-json benchmarks/time_to_quality.json  # table again
 
 A user asks how long until the frontier is as good as they need, not how fast one iteration is. So
@@ -44,7 +46,11 @@ fluentdream's own options beyond the paper (its §4 proposals; experiment 09 mea
 wall time) to fluentdream's runs only: the ratio then says how much sooner a user of those options
 reaches the reference's frontier. Such a run writes its own JSON file and its own BENCHMARKS.md
 section, and its prompts may leave the paper's n = 12 (--min-len, --max-len): the hypervolume
-compares (CE per token, activation) points whatever the length.
+compares (CE per token, activation) points whatever the length. --topk and --reference-topk set
+each side's k, candidate tokens per position (the paper's 512 was chosen for Pythia; a greedier k
+grows these frontiers sooner on both models here, LOG.md): the reference's k defines the goal
+(its frontier at that k), so "--topk 64 --reference-topk 64" is one setting in two
+implementations, and "--topk 64" alone races the reference's paper setting.
 
 Speed-up per target = median time to the goal of the reference's seeds / fluentdream's (by the
 goal's definition about half the reference's runs reach it), with a 95% bootstrap interval
@@ -82,7 +88,7 @@ from ttq_table import SECTION, markdown, options_text, splice_section, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGETS = ("L1.N840", "logit: function", "resid:L2:0")   # a neuron, a logit, a direction
-OWN_OPTIONS = ("restart_mode", "operators", "min_len", "max_len")  # fluentdream's, beyond the paper
+OWN_OPTIONS = ("topk", "restart_mode", "operators", "min_len", "max_len")   # fluentdream's
 
 
 def fp32_hypervolume(hist: fd.History, t: int, rescore: Scorer | None,
@@ -225,8 +231,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--reference-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="the reference's dtype; auto = fd.fast_dtype, its fastest here too "
                     "(LOG.md; default: %(default)s)")
-    own = ap.add_argument_group("fluentdream's own options (beyond the paper's EPO; the reference "
-                                "keeps the paper's rules, fluentdream.EPOConfig documents them)")
+    ap.add_argument("--reference-topk", type=int, metavar="K", help="the reference's k, "
+                    "candidate tokens per position (default: the paper's 512); the goal is its "
+                    "frontier at this k")
+    own = ap.add_argument_group("fluentdream's settings beyond the paper's (the reference keeps "
+                                "the paper's; fluentdream.EPOConfig documents them)")
+    own.add_argument("--topk", type=int, metavar="K", help="fluentdream's k (default: the "
+                     "paper's 512)")
     own.add_argument("--restart-mode", choices=RESTART_MODES,
                      help="fluentdream's restart (default: collapse, the paper's)")
     own.add_argument("--operators", type=operators_arg, metavar="NAME=P,...",
@@ -248,8 +259,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def own_options(args) -> dict:
-    """fluentdream's own options the command line set (OWN_OPTIONS), by EPOConfig field."""
+    """fluentdream's settings the command line set (OWN_OPTIONS), by EPOConfig field."""
     return {k: getattr(args, k) for k in OWN_OPTIONS if getattr(args, k, None) is not None}
+
+
+def configs(args) -> tuple[dict, dict, dict]:
+    """-> (EPO settings by role, the reference's settings off Table 1, fluentdream's), validated
+    (a bad value is a UserError before anything loads). fluentdream's start from Table 1, not
+    from the reference's: --topk alone races the reference's paper setting."""
+    theirs = {} if args.reference_topk is None else dict(topk=args.reference_topk)
+    options = own_options(args)
+    paper = fd.EPOConfig(iters=args.iters)                 # Table 1 settings otherwise
+    return ({"reference": paper.replace(**theirs), "fluentdream": paper.replace(**options)},
+            theirs, options)
 
 
 def run(args) -> dict:
@@ -259,9 +281,8 @@ def run(args) -> dict:
     for name, value in (("--reference-seeds", n_ref), ("--stop-at-goal", args.stop_at_goal)):
         if value is not None and value < 1:
             raise fd.UserError(f"{name} must be at least 1, got {value}")
-    cfg = fd.EPOConfig(iters=args.iters)                  # Table 1 settings otherwise
-    options = own_options(args)
-    cfgs = {"reference": cfg, "fluentdream": cfg.replace(**options)}   # validated here
+    cfgs, theirs, options = configs(args)
+    cfg = cfgs["reference"]
     module = ref.load_reference(args.reference)
     torch.set_num_threads(args.threads)
     dtypes = {impl: fd.fast_dtype("cpu") if d == "auto" else d
@@ -274,16 +295,16 @@ def run(args) -> dict:
     meta = dict(command="python benchmarks/time_to_quality.py " + shlex.join(args.argv),
                 model_name=args.model, model=repr(lms["fp32"]), threads=args.threads,
                 fluentdream_dtype=dtypes["fluentdream"], reference_dtype=dtypes["reference"],
-                stop_at_goal=args.stop_at_goal, config=cfg.to_dict(),
+                stop_at_goal=args.stop_at_goal, config=cfg.to_dict(), reference_options=theirs,
                 fluentdream_options=options, seeds=seeds["fluentdream"],
                 reference_seeds=seeds["reference"], torch=torch.__version__,
                 reference_sha=ref._checkout_sha(args.reference),
                 fluentdream_sha=ref._checkout_sha(ROOT))
     name = ("time_to_quality.json" if args.model == "embedded"
             else f"time_to_quality_{Path(args.model).name}.json")
-    if options:                                          # never overwrite the paper-rules file
-        name = name.replace(".json", "_" + re.sub(r"[^A-Za-z0-9.]+", "-", options_text(options))
-                            + ".json")
+    if theirs or options:                                # never overwrite the paper-rules file
+        tag = options_text({f"reference_{k}": v for k, v in theirs.items()} | options)
+        name = name.replace(".json", "_" + re.sub(r"[^A-Za-z0-9.]+", "-", tag) + ".json")
     out = Path(args.json or ROOT / "benchmarks" / name)
     rows: list[dict] = []
     for i, spec in enumerate(args.targets or DEFAULT_TARGETS):  # who goes first alternates

@@ -98,6 +98,8 @@ def splice_section(path: Path, result: dict) -> None:
     table. Each model has its own section."""
     meta = result["meta"]
     heading = f"{SECTION}: {meta['model_name']}"
+    if meta.get("reference_options"):                    # the reference off Table 1
+        heading += f", the reference with {options_text(meta['reference_options'])}"
     if meta.get("fluentdream_options"):                  # a variant gets its own section
         heading += f", fluentdream with {options_text(meta['fluentdream_options'])}"
     stop = (f"; each fluentdream run stopped at the first multiple of {meta['stop_at_goal']} "

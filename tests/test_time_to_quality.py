@@ -105,6 +105,19 @@ def test_fluentdreams_own_options_are_checked_before_anything_loads(capsys):
     assert "min_len < max_len" in capsys.readouterr().err
     assert ttq.main(["--reference", "/nonexistent", "--operators", "jump=1"]) == 2
     assert "unknown operators ['jump']" in capsys.readouterr().err
+    for flag in ("--topk", "--reference-topk"):
+        assert ttq.main(["--reference", "/nonexistent", flag, "0"]) == 2
+        assert "topk must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_topk_is_each_sides_own_and_the_reference_keeps_the_papers_unless_told():
+    cfgs, theirs, ours = ttq.configs(ttq.parser().parse_args(["--topk", "64"]))
+    assert (cfgs["reference"].topk, cfgs["fluentdream"].topk) == (512, 64)
+    assert (theirs, ours) == ({}, {"topk": 64})
+    cfgs, theirs, _ = ttq.configs(ttq.parser().parse_args(["--reference-topk", "64",
+                                                            "--restart-mode", "frontier"]))
+    assert (cfgs["reference"].topk, cfgs["fluentdream"].topk) == (64, 512)
+    assert cfgs["reference"].restart_mode == "collapse" and theirs == {"topk": 64}
 
 
 def test_unequal_seed_counts_are_reported_per_side_with_quality_and_pace():
@@ -184,3 +197,8 @@ def test_the_report_section_is_replaced_in_place_and_the_rest_kept(tmp_path):
     assert text.count(ttq.SECTION) == 3 and text.count(f"{ttq.SECTION}: embedded\n") == 1
     assert (f"{ttq.SECTION}: embedded, fluentdream with restart_mode=frontier, "
             "operators=swap=0.5+insert=0.25+delete=0.25\n") in text
+    both = dict(own, meta=dict(own["meta"], reference_options=dict(topk=64)))
+    ttq.splice_section(md, both)                            # the reference off Table 1: its own
+    assert md.read_text().count(ttq.SECTION) == 4
+    assert (f"{ttq.SECTION}: embedded, the reference with topk=64, fluentdream with "
+            "restart_mode=frontier" in md.read_text())
