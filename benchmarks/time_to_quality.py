@@ -282,7 +282,6 @@ def run(args) -> dict:
         if value is not None and value < 1:
             raise fd.UserError(f"{name} must be at least 1, got {value}")
     cfgs, theirs, options = configs(args)
-    cfg = cfgs["reference"]
     module = ref.load_reference(args.reference)
     torch.set_num_threads(args.threads)
     dtypes = {impl: fd.fast_dtype("cpu") if d == "auto" else d
@@ -295,7 +294,8 @@ def run(args) -> dict:
     meta = dict(command="python benchmarks/time_to_quality.py " + shlex.join(args.argv),
                 model_name=args.model, model=repr(lms["fp32"]), threads=args.threads,
                 fluentdream_dtype=dtypes["fluentdream"], reference_dtype=dtypes["reference"],
-                stop_at_goal=args.stop_at_goal, config=cfg.to_dict(), reference_options=theirs,
+                stop_at_goal=args.stop_at_goal, config=cfgs["reference"].to_dict(),
+                reference_options=theirs,
                 fluentdream_options=options, seeds=seeds["fluentdream"],
                 reference_seeds=seeds["reference"], torch=torch.__version__,
                 reference_sha=ref._checkout_sha(args.reference),
