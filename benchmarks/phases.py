@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fluentdream as fd  # noqa: E402
 from fluentdream import evaluate, packed  # noqa: E402
+from fluentdream.hardware import cpu_name  # noqa: E402
 from fluentdream.history import atomic_write  # noqa: E402
 from run import matmul_peak, replace_section  # noqa: E402
 
@@ -126,7 +127,7 @@ def report(args, lm, m: dict, peak: float) -> str:
             ("retokenization check (decode + encode of new children)", retok, None),
             (f"gradient pass ({lm.n_layers} layers, forward + backward)", grad, None),
             ("mutate, select, restart, bookkeeping", m["wall"] - score - grad, None)]
-    lines = [SECTION, "",
+    lines = [f"{SECTION} on {cpu_name()}", "",
              f"`{args.command}`: {lm.name} ({lm.n_layers} layers, d_model {lm.d_model}, vocabulary "
              f"{lm.vocab_size:,}) in {args.dtype}, {args.threads} thread(s), target {args.target}, "
              f"paper settings (M = 8, r = 32, k = 512, n = 12), {it} iterations after "
@@ -160,10 +161,10 @@ def main(argv=None) -> None:
     m = measure(lm, target, fd.EPOConfig(iters=args.iters, seed=0, dtype=args.dtype), args.warmup)
     peak = matmul_peak(fd.models.DTYPES[args.dtype], "cpu", args.peak_size)
     text = report(args, lm, m, peak)
-    atomic_write(args.json, lambda fh: fh.write(json.dumps(dict(m, peak=peak, command=args.command),
-                                                           indent=1).encode()))
-    if args.report:
-        replace_section(args.report, SECTION, text)
+    atomic_write(args.json, lambda fh: fh.write(json.dumps(
+        dict(m, peak=peak, command=args.command, cpu=cpu_name()), indent=1).encode()))
+    if args.report:                                      # a section per CPU: peaks differ
+        replace_section(args.report, text.split("\n", 1)[0] + "\n", text)
     print(text)
 
 

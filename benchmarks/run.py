@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fluentdream as fd  # noqa: E402
 from fluentdream.evaluate import Scorer  # noqa: E402
+from fluentdream.hardware import cpu_name  # noqa: E402
 from fluentdream.history import atomic_write  # noqa: E402
 from plain_epo import plain_epo, plain_score  # noqa: E402
 
@@ -185,7 +185,7 @@ def report(args, cfg, lm32, target, rows) -> str:
              f"Model: {lm32!r}", f"Target: {target.name}; EPO settings: M={cfg.population_size}, "
              f"r={cfg.explore_per_pop}, k={cfg.topk}, n={cfg.seq_len}, T={cfg.iters} iterations, "
              f"seeds {list(range(args.seeds))}; restart every {cfg.restart_frequency}.",
-             f"Machine: {platform.processor() or platform.machine()}, {args.device}, torch "
+             f"Machine: {cpu_name()}, {args.device}, torch "
              f"{torch.__version__}; load average at start {args.load}.", ""]
     for threads in sorted({r["threads"] for r in rows}, reverse=True):
         these = [r for r in rows if r["threads"] == threads]

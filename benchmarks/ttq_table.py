@@ -60,7 +60,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def markdown(summary: dict, iters: int) -> str:
-    lines = [f"| target | reference: median s to its {iters}-iteration median hypervolume "
+    lines = [f"| target | reference: median s to its {iters}-iteration (lower) median hypervolume "
              "| fluentdream: median s to the same | speed-up [95% CI] | runs reaching it "
              "(reference, fluentdream) | median hypervolume at the runs' end (reference, "
              "fluentdream) | median s per iteration (reference, fluentdream) |",
@@ -95,9 +95,11 @@ def options_text(options: dict) -> str:
 
 def splice_section(path: Path, result: dict) -> None:
     """Replace (or append) the model's SECTION in the markdown file at `path`: command, settings,
-    table. Each model has its own section."""
+    table. Each model, CPU and setting has its own section."""
     meta = result["meta"]
     heading = f"{SECTION}: {meta['model_name']}"
+    if meta.get("cpu"):                                  # a ratio on another CPU is another result
+        heading += f" on {meta['cpu']}"
     if meta.get("reference_options"):                    # the reference off Table 1
         heading += f", the reference with {options_text(meta['reference_options'])}"
     if meta.get("fluentdream_options"):                  # a variant gets its own section

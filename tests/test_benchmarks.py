@@ -10,6 +10,7 @@ import numpy as np
 
 import fluentdream as fd
 from conftest import REPO
+from fluentdream.hardware import cpu_name
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from plain_epo import plain_epo  # noqa: E402
@@ -77,4 +78,5 @@ def test_phase_profile_adds_up(tiny_model_dir, tmp_path):
     assert sec["gradients/attention"] > 0 and m["tokens"] > 0 and m["unembedded_rows"] > 0
     text = report.read_text()
     assert "## Other\nkept" in text and text.count(phases.SECTION) == 1
+    assert f"{phases.SECTION} on {cpu_name()}\n" in text and m["cpu"] == cpu_name()
     assert "| gradient pass (2 layers, forward + backward) |" in text

@@ -202,3 +202,19 @@ def test_the_report_section_is_replaced_in_place_and_the_rest_kept(tmp_path):
     assert md.read_text().count(ttq.SECTION) == 4
     assert (f"{ttq.SECTION}: embedded, the reference with topk=64, fluentdream with "
             "restart_mode=frontier" in md.read_text())
+    on_other_cpu = dict(result, meta=dict(meta, cpu="AMD EPYC (avx512_bf16)"))
+    ttq.splice_section(md, on_other_cpu)                    # another CPU: another result
+    text = md.read_text()
+    assert text.count(ttq.SECTION) == 5
+    assert f"{ttq.SECTION}: embedded on AMD EPYC (avx512_bf16)\n" in text
+
+
+@pytest.mark.parametrize("n", range(1, 12))
+def test_more_than_half_the_reference_runs_reach_its_goal_so_its_median_time_is_finite(n):
+    final = np.random.default_rng(n).uniform(40, 80, n)
+    goal = ttq.reference_goal(list(final))
+    assert goal in final and (final >= goal).sum() > n / 2
+    times = np.where(final >= goal, 1.0, np.inf)              # a run reaching it takes 1 s
+    assert np.isfinite(np.median(times))
+    if n % 2:
+        assert goal == np.median(final)                          # odd: the plain median

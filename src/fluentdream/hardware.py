@@ -19,17 +19,29 @@ log = logging.getLogger(__name__)
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags Linux reports (empty elsewhere)."""
+def _cpuinfo(field: str) -> str:
+    """The first `field` line of Linux's /proc/cpuinfo ("" elsewhere)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return ""
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if line.split(":", 1)[0].strip() == field:
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (empty elsewhere)."""
+    return frozenset(_cpuinfo("flags").split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its bf16 flags, e.g. "AMD EPYC (avx512_bf16)": what a timing
+    ran on (a ratio measured on one CPU need not hold on another)."""
+    found = sorted(set(BF16_CPU_FLAGS) & cpu_flags())
+    return f"{_cpuinfo('model name') or 'unknown CPU'} ({', '.join(found) or 'no bf16 flags'})"
 
 
 def fast_dtype(device: str | torch.device = "cpu") -> str:
