@@ -1,4 +1,5 @@
-"""Which dtype is fast on this machine (DESIGN §10: bf16 where the hardware is fast at it).
+"""Which dtype is fast on this machine (DESIGN §10: bf16 where the hardware is fast at it), and
+which CPU it is (`cpu_name`, which the speed benchmarks record with their timings).
 
     dtype = fd.fast_dtype("cpu")     # "bfloat16" on CPUs with AMX or AVX512-BF16, else "float32"
     lm = fd.load_model("embedded", dtype=dtype)
