@@ -109,6 +109,11 @@ def measure(lm, target, cfg: fd.EPOConfig, warmup: int) -> dict:
                 vocab=lm.vocab_size)
 
 
+def heading() -> str:
+    """This CPU's section: a fraction of peak holds for the CPU that measured it."""
+    return f"{SECTION} on {cpu_name()}"
+
+
 def report(args, lm, m: dict, peak: float) -> str:
     it, sec = m["iters"], m["seconds"]
     get = lambda key: sec.get(key, 0.0)                                  # noqa: E731
@@ -127,7 +132,7 @@ def report(args, lm, m: dict, peak: float) -> str:
             ("retokenization check (decode + encode of new children)", retok, None),
             (f"gradient pass ({lm.n_layers} layers, forward + backward)", grad, None),
             ("mutate, select, restart, bookkeeping", m["wall"] - score - grad, None)]
-    lines = [f"{SECTION} on {cpu_name()}", "",
+    lines = [heading(), "",
              f"`{args.command}`: {lm.name} ({lm.n_layers} layers, d_model {lm.d_model}, vocabulary "
              f"{lm.vocab_size:,}) in {args.dtype}, {args.threads} thread(s), target {args.target}, "
              f"paper settings (M = 8, r = 32, k = 512, n = 12), {it} iterations after "
@@ -163,8 +168,8 @@ def main(argv=None) -> None:
     text = report(args, lm, m, peak)
     atomic_write(args.json, lambda fh: fh.write(json.dumps(
         dict(m, peak=peak, command=args.command, cpu=cpu_name()), indent=1).encode()))
-    if args.report:                                      # a section per CPU: peaks differ
-        replace_section(args.report, text.split("\n", 1)[0] + "\n", text)
+    if args.report:
+        replace_section(args.report, heading() + "\n", text)
     print(text)
 
 

@@ -38,6 +38,7 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(_cpuinfo("flags").split())
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_name() -> str:
     """The CPU's model name and its bf16 flags, e.g. "AMD EPYC (avx512_bf16)": what a timing
     ran on (a ratio measured on one CPU need not hold on another)."""
