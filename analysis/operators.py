@@ -9,9 +9,9 @@
     tabs["operators_tests"]     # per condition other than swap and neuron, against swap
     operators.claims(tables, index)   # numbers.json entries (analysis/numbers.py)
 
-Hypervolume: fd.frontier_quality of each run's frontier (frontier.json) with the reference point
-study.json states, (CE = 01's in-distribution limit, activation 0): the area the frontier
-dominates inside the in-distribution, firing region. Best in distribution: the highest activation
+Hypervolume: fd.frontier_quality of all of each run's candidates (its Pareto staircase, which
+never shrinks as a run goes on) with the reference point study.json states, (CE = 01's
+in-distribution limit, activation 0): the area the candidates dominate inside the in-distribution, firing region. Best in distribution: the highest activation
 of any candidate with CE below that limit (04's rule). Both as run (equal wall time: a busy shared
 machine moves a budget's iteration count, see the iterations column) and over each run's first
 `equal_iters` iterations, the fewest any run of that neuron made (equal iterations: free of load;
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fluentdream.frontier import frontier_quality, pareto_frontier
+from fluentdream.frontier import frontier_quality
 from fluentdream.history import History
 from fluentdream.runs import CHECKPOINT, read_json
 
@@ -47,10 +47,10 @@ MEASURES = {"hypervolume": "frontier hypervolume",
             "best_in_dist_iters": "best activation in distribution at equal iterations"}
 
 
-def _measures(f: np.ndarray, ce: np.ndarray, front_f, front_ce, ref: dict) -> tuple[float, float]:
-    """(hypervolume of the frontier, best activation of a candidate with CE below the limit)."""
+def _measures(f: np.ndarray, ce: np.ndarray, ref: dict) -> tuple[float, float]:
+    """(hypervolume of all candidates, best activation of a candidate with CE below the limit)."""
     inside = np.isfinite(f) & (ce < ref["xentropy"])
-    return (frontier_quality((front_f, front_ce), ref["xentropy"], ref["activation"]),
+    return (frontier_quality((f, ce), ref["xentropy"], ref["activation"]),
             float(f[inside].max()) if inside.any() else np.nan)
 
 
@@ -63,11 +63,8 @@ def run_row(run_dir: Path, condition: str, ref: dict, equal_iters: int) -> dict:
     hist = History.load(run_dir / CHECKPOINT)
     _, f, ce = hist.candidates()
     front = read_json(run_dir / "frontier.json")
-    hv, best = _measures(f, ce, np.array([p["target"] for p in front], float),
-                         np.array([p["xentropy"] for p in front], float), ref)
-    early = hist.truncated(equal_iters)
-    head = pareto_frontier([early])
-    hv_k, best_k = _measures(*early.candidates()[1:], head.target, head.xentropy, ref)
+    hv, best = _measures(f, ce, ref)
+    hv_k, best_k = _measures(*hist.truncated(equal_iters).candidates()[1:], ref)
     return dict(condition=condition, neuron=config["target"], seed=config["seed"], run=run_dir.name,
                 iterations=len(hist), seconds=float(np.sum(hist.seconds)), hypervolume=hv,
                 best_in_dist=best, equal_iters=equal_iters, hypervolume_iters=hv_k,

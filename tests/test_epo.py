@@ -69,19 +69,24 @@ def test_objective_is_f_minus_lambda_ce_and_minus_inf_when_rejected():
     torch.testing.assert_close(got, want)
 
 
-def test_select_with_replacement_ties_to_parents_and_never_rejected():
-    # pool: 2 parents then children.  (f, ce)
-    f = torch.tensor([2.0, 1.0, 2.0, 9.0, -INF, 1.5])
-    ce = torch.tensor([1.0, 0.5, 1.0, 8.5, NAN, 0.5])
+def test_select_with_replacement_ties_to_the_own_parent_and_never_rejected():
+    # pool: the 4 slots' own prompts (rows 0-3), then children.  (f, ce)
+    f = torch.tensor([2.0, 1.0, 2.0, 0.0, 9.0, -INF, 1.5, 2.0])
+    ce = torch.tensor([1.0, 0.5, 1.0, 5.0, 8.5, NAN, 0.5, 1.0])
     lambdas = torch.tensor([0.0, 0.1, 1.0, 5.0])
     kept = epo_steps.select(f, ce, lambdas)
-    # lambda 0 and 0.1: row 3 (9 - 0.85) for both slots -> one prompt holds two slots;
-    # lambda 1: rows 0, 2 and 5 tie at 1.0 (row 3: 0.5): the parent, row 0, wins;
-    # lambda 5: row 5 (1.5 - 2.5 = -1) beats row 1 (1 - 2.5 = -1.5) and row 0 (-3).
-    assert kept.tolist() == [3, 3, 0, 5]
+    # lambda 0 and 0.1: row 4 (9 - 0.85) for both slots -> one prompt holds two slots;
+    # lambda 1: rows 0, 2, 6 and 7 tie at 1.0: slot 2's own prompt, row 2, stays;
+    # lambda 5: row 6 (1.5 - 2.5 = -1) beats row 1 (1 - 2.5 = -1.5) and row 0 (-3).
+    assert kept.tolist() == [4, 4, 2, 6]
+    # Slot 1 (lambda 1) whose own prompt (row 1: 0.5) is beaten by a tie of rows 0 and 3
+    # (1.0): the lowest index.
+    f = torch.tensor([2.0, 1.0, 0.0, 2.0])
+    ce = torch.tensor([1.0, 0.5, 9.0, 1.0])
+    assert epo_steps.select(f, ce, torch.tensor([1.0, 1.0])).tolist() == [0, 0]
     # A rejected candidate (-inf, nan) is never kept, even at lambda 0 where -inf - 0*nan = nan.
-    f = torch.tensor([-1.0, -INF, -INF])
-    ce = torch.tensor([50.0, NAN, NAN])
+    f = torch.tensor([-1.0, -INF, -INF, -INF])
+    ce = torch.tensor([50.0, NAN, NAN, NAN])
     assert epo_steps.select(f, ce, torch.tensor([0.0, 1.0, 10.0])).tolist() == [0, 0, 0]
 
 
@@ -97,10 +102,11 @@ def test_a_nan_cross_entropy_never_wins_selection_or_restart():
 
 
 def test_select_prefers_the_slots_own_parent_on_exact_ties():
-    # Both parents hold the same prompt (same scores): each slot keeps the first one.
+    # Both slots hold the same prompt (same scores): each keeps its own, so neither slot has a
+    # new prompt and no gradient is recomputed (DESIGN §4 step 7).
     f = torch.tensor([1.0, 1.0, 0.5])
     ce = torch.tensor([2.0, 2.0, 3.0])
-    assert epo_steps.select(f, ce, torch.tensor([0.1, 10.0])).tolist() == [0, 0]
+    assert epo_steps.select(f, ce, torch.tensor([0.1, 10.0])).tolist() == [0, 1]
 
 
 def test_restart_draws_lambda_in_range_and_takes_its_argmax():
@@ -236,7 +242,20 @@ def test_candidates_are_allowed_tokens_one_swap_from_their_parent(counted_run, t
         assert ((pool[M:] != parents).sum(1) <= 1).all()
         ok = retokenizes(tiny_lm.tokenizer, torch.tensor(pool, dtype=torch.long))
         np.testing.assert_array_equal(np.isfinite(hist.target[t]), ok)
-    assert hist.n_scored.tolist() == [M * r] * len(hist)
+    # n_scored: the distinct children never seen before that were not rejected; n_memo: the
+    # other accepted children (seen in an earlier pool, or a repeat within this one).
+    seen = {tuple(row) for row in hist.ids[0][:M]}
+    for t in range(len(hist)):
+        fresh, looked_up = set(), 0
+        for row, f in zip(map(tuple, hist.ids[t][M:]), hist.target[t][M:]):
+            if not np.isfinite(f):
+                continue
+            if row in seen or row in fresh:
+                looked_up += 1
+            else:
+                fresh.add(row)
+        assert (hist.n_scored[t], hist.n_memo[t]) == (len(fresh), looked_up)
+        seen |= fresh | {tuple(row) for row in hist.ids[t][M:]}
 
 
 def test_callback_reports(counted_run):
@@ -249,7 +268,7 @@ def test_callback_reports(counted_run):
         seen = np.concatenate(hist.target[:t + 1])
         assert rep.best_target == pytest.approx(float(seen[np.isfinite(seen)].max()))
         assert (rep.restart_lambda is None) == (t % cfg.restart_frequency != 0)
-        assert rep.n_scored == cfg.children and rep.seconds > 0
+        assert rep.n_scored == hist.n_scored[t] <= cfg.children and rep.seconds > 0
 
 
 # ---- determinism, GCG, resume, interruption ---------------------------------------------------
@@ -342,3 +361,20 @@ def test_reported_best_target_counts_the_initial_parents(tiny_lm):
                       callback=reports.append)
         for t, rep in enumerate(reports):
             assert rep.best_target == float(np.concatenate(hist.target[:t + 1]).max())
+
+
+def test_a_reused_scorer_must_compute_what_the_run_asks_for(tiny_lm):
+    # A scorer made for L1.N5 and given to a run of L1.N7 would optimize L1.N5 under L1.N7's
+    # name; one built with other rejection rules would change what the search may hold.
+    cfg = fd.EPOConfig(iters=1, population_size=2, explore_per_pop=2, topk=8, seq_len=4)
+    n5, n7 = fd.Neuron(1, 5), fd.Neuron(1, 7)
+    with pytest.raises(fd.UserError, match="scores L1.N5, not L1.N7"):
+        fd.epo(tiny_lm, n7, cfg, scorer=fd.Scorer(tiny_lm, n5), progress=False)
+    with pytest.raises(fd.UserError, match="retokenize=False"):
+        fd.epo(tiny_lm, n5, cfg, scorer=fd.Scorer(tiny_lm, n5, retokenize=False), progress=False)
+    # the right scorer is used, and a scorer of several targets serves any of them
+    both = fd.Scorer(tiny_lm, [n5, n7])
+    hist = fd.epo(tiny_lm, n7, cfg, scorer=both, progress=False)
+    alone = fd.epo(tiny_lm, n7, cfg, progress=False)
+    np.testing.assert_array_equal(hist.ids, alone.ids)
+    np.testing.assert_allclose(hist.target, alone.target, rtol=1e-5, atol=1e-6)

@@ -124,14 +124,62 @@ def test_frontier_quality_on_staircases():
     assert fd.frontier_quality((np.zeros(0), np.zeros(0)), 4.0, 0.0) == 0.0
 
 
-def test_frontier_quality_of_a_frontier_object_and_monotonicity():
+def test_frontier_quality_of_a_frontier_object_counts_its_whole_staircase():
     ids, f, ce = triple(list(POINTS))
     front = fd.pareto_frontier([(ids, f, ce)])
-    # G is below the reference activation; A, B, D: 1*1 + 2*4 + 2*8 = 25 (reference CE 6).
-    assert fd.frontier_quality(front, ref_xentropy=6.0, ref_target=0.0) == pytest.approx(25.0)
-    # Adding a candidate that moves the frontier out can only increase the area.
-    better = fd.pareto_frontier([(ids, f, ce), (np.zeros((1, 2), int), np.array([9.0]), np.array([3.0]))])
-    assert fd.frontier_quality(better, 6.0, 0.0) > 25.0
+    assert len(front) == 4                           # displayed: the hull corners G, A, B, D
+    # The staircase also holds M and C (not dominated, off the hull); G is below the reference
+    # activation: A 0.5*1 + M 0.5*2.5 + B 1*4 + C 1*4.5 + D 2*8 = 26.25 (reference CE 6).
+    assert fd.frontier_quality(front, ref_xentropy=6.0, ref_target=0.0) == pytest.approx(26.25)
+    assert fd.frontier_quality(front, 6.0, 0.0) == pytest.approx(union_area(f, ce, 6.0, 0.0))
+
+
+def test_a_new_hull_corner_never_lowers_the_quality():
+    # The hand-made case where the hull corners' area falls: A = (CE 1, f 1), B = (2, 1.5),
+    # corner (3, 0): 2.5; C = (2.9, 2.4) hides B from every lambda (hull A, C: 2.14), while the
+    # staircase A, B, C dominates 1 + 1.35 + 0.24 = 2.59.
+    ids = np.array([[0], [1], [2]])
+    f, ce = np.array([1.0, 1.5, 2.4]), np.array([1.0, 2.0, 2.9])
+    before = fd.pareto_frontier([(ids[:2], f[:2], ce[:2])])
+    after = fd.pareto_frontier([(ids, f, ce)])
+    assert len(after) == 2 and 1.5 not in after.target          # B left the displayed frontier
+    assert fd.frontier_quality(before, 3.0, 0.0) == pytest.approx(2.5)
+    assert fd.frontier_quality(after, 3.0, 0.0) == pytest.approx(2.59)
+
+
+def union_area(f, ce, ref_ce, ref_f) -> float:
+    """The area of the union of the rectangles [ce_i, ref_ce] x [ref_f, f_i], written out: between
+    consecutive breakpoints of CE, the height is the best f of any point at or left of the strip."""
+    pts = [(c, v) for c, v in zip(ce, f) if np.isfinite(c) and np.isfinite(v)]
+    xs = sorted({c for c, _ in pts if c < ref_ce} | {ref_ce})
+    area = 0.0
+    for left, right in zip(xs, xs[1:]):
+        height = max([v - ref_f for c, v in pts if c <= left] + [0.0])
+        area += (right - left) * height
+    return area
+
+
+def test_frontier_quality_equals_the_union_of_rectangles_and_never_falls():
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        n = int(rng.integers(1, 60))
+        ce, f = rng.uniform(0, 8, n), rng.normal(2, 2, n)
+        if trial % 3 == 0:                    # ties and duplicates
+            ce, f = np.round(ce), np.round(f)
+        ids = np.arange(n)[:, None]
+        previous = 0.0
+        for k in range(1, n + 1):             # candidates arrive one by one
+            q = fd.frontier_quality(fd.pareto_frontier([(ids[:k], f[:k], ce[:k])]), 6.0, 0.0)
+            assert q == pytest.approx(union_area(f[:k], ce[:k], 6.0, 0.0), abs=1e-9)
+            assert q >= previous - 1e-12
+            previous = q
+
+
+def test_a_frontier_without_its_staircase_refuses_to_be_measured():
+    front = fd.Frontier(np.array([1.0]), np.array([2.0]), np.zeros((1, 1), int), ["x"],
+                        np.zeros(1))
+    with pytest.raises(ValueError, match="staircase"):
+        fd.frontier_quality(front, 6.0, 0.0)
 
 
 def sweep_by_brute_force(f, ce, sweep):

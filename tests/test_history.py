@@ -93,7 +93,7 @@ def test_schema_version_is_checked(tmp_path):
     arrays["schema_version"] = np.array(SCHEMA_VERSION + 1)
     np.savez(tmp_path / "future.npz", **arrays)
     with pytest.raises(ValueError, match=f"history schema {SCHEMA_VERSION + 1}, this version "
-                                         f"reads 1, {SCHEMA_VERSION}"):
+                                         f"reads 1, 2, {SCHEMA_VERSION}"):
         fd.History.load(tmp_path / "future.npz")
 
 

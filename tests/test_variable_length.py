@@ -1,5 +1,5 @@
 """Prompts of several lengths downstream of the operators (issue 14): ragged scoring and gradients
-against each prompt alone, the memo, History schema 2, the frontier over mixed lengths, resume,
+against each prompt alone, the memo, the History's ragged schema, the frontier over mixed lengths, resume,
 the W&B length metric, attribution, and the command line end to end.
 
 The reference (test_context.reference) uses nothing of fluentdream: a plain HF forward of prefix +
@@ -107,7 +107,7 @@ def test_the_memo_key_holds_the_length(make_lm):
     assert float(f1[0]) != float(f1[1])                   # a prompt and its extension differ
 
 
-def test_history_v2_holds_ragged_pools_and_the_insertion_state(tmp_path, make_lm):
+def test_a_saved_history_holds_ragged_pools_and_the_insertion_state(tmp_path, make_lm):
     lm = make_lm("gpt_neox")
     hist = fd.epo(lm, fd.Neuron(1, 5), fd.EPOConfig(iters=6, seed=2, **SMALL), progress=False)
     lengths = hist.lengths
@@ -115,7 +115,7 @@ def test_history_v2_holds_ragged_pools_and_the_insertion_state(tmp_path, make_lm
     assert hist.ids.shape[2] == 9 and ((hist.ids >= 0).sum(-1) == lengths).all()
     back = fd.History.load(hist.save(tmp_path / "h.npz"))
     with np.load(tmp_path / "h.npz") as z:
-        assert int(z["schema_version"]) == 2
+        assert int(z["schema_version"]) == 3
     np.testing.assert_array_equal(back.ids, hist.ids)
     assert back.state.next_ids.shape == (4, 10, 16)
     np.testing.assert_array_equal(back.state.next_probs, hist.state.next_probs)
@@ -198,3 +198,18 @@ def test_dream_with_operators_end_to_end_with_resume(tiny_model_dir, tmp_path, c
     assert all(4 <= len(p["ids"]) <= 9 for p in front)
     lengths = candidates(run)["length"]                  # the dream-vs-dataset tables' input
     assert lengths.between(4, 9).all() and lengths.nunique() > 1
+
+
+def test_runs_of_different_max_len_batch_like_each_alone(make_lm):
+    # One epo_many call with max_len 9 and 11: the proposal pass pads to the widest and each
+    # run takes its own width back; every run's History is the one it gives alone (its tokens
+    # exactly, its scores up to the rounding of another batch composition).
+    lm = make_lm("gpt_neox")
+    target = fd.Neuron(1, 5)
+    cfgs = [fd.EPOConfig(iters=4, seed=3, **SMALL), fd.EPOConfig(iters=4, seed=4, **{**SMALL, "max_len": 11})]
+    together = fd.batched.epo_many(lm, [(target, c) for c in cfgs])
+    for cfg, hist in zip(cfgs, together):
+        alone = fd.epo(lm, target, cfg, progress=False)
+        assert hist.ids.shape[2] == cfg.length_range[1]
+        np.testing.assert_array_equal(hist.ids, alone.ids)
+        np.testing.assert_allclose(hist.target, alone.target, rtol=1e-4, atol=1e-5)

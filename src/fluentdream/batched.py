@@ -33,13 +33,44 @@ from .ragged import widen
 from .targets import Target
 
 
+def _same(a: Target, b: Target) -> bool:
+    return a is b or (type(a) is type(b) and a == b)
+
+
 def _target_index(targets: list[Target], target: Target) -> int:
     """Position of `target` among `targets` (equal targets share one memo), appending if new."""
     for i, known in enumerate(targets):
-        if known is target or (type(known) is type(target) and known == target):
+        if _same(known, target):
             return i
     targets.append(target)
     return len(targets) - 1
+
+
+def _reuse(scorer: Scorer, lm, fluency, cfg: EPOConfig, context: Context,
+           targets: list[Target]) -> list[int]:
+    """Each job's target index in a given scorer, after checking that the scorer computes what
+    these jobs ask for (its model, fluency model, retokenize rule, context and targets); a
+    UserError names the first difference."""
+    same = [("model", scorer.lm is lm, "another model"),
+            ("fluency model", scorer.fluency is (fluency if fluency is not None else lm),
+             "another fluency model"),
+            ("retokenize", scorer.retokenize == cfg.retokenize,
+             f"retokenize={scorer.retokenize}, the config {cfg.retokenize}"),
+            ("context", scorer.context == context,
+             f"context {scorer.context}, the config's prefix and suffix {context}")]
+    for what, ok, detail in same:
+        if not ok:
+            raise UserError(f"the given scorer was built for {detail}; build a new Scorer for "
+                            f"this {what} (or leave scorer=None)")
+    which = []
+    for target in targets:
+        known = [i for i, t in enumerate(scorer.targets) if _same(t, target)]
+        if not known:
+            raise UserError(f"the given scorer scores {', '.join(t.name for t in scorer.targets)}, "
+                            f"not {target.name}; build a Scorer for this target (or leave "
+                            "scorer=None)")
+        which.append(known[0])
+    return which
 
 
 def _check_jobs(lm, jobs) -> None:
@@ -88,7 +119,8 @@ def _start(lm, target: Target, cfg: EPOConfig, which: int, fluency,
                 new=resume is None)
 
 
-def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float) -> IterationReport:
+def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float,
+                      counts: tuple[int, int]) -> IterationReport:
     """Steps 4-8 of DESIGN §4 for one run: evaluate the pool, select, restart, record."""
     old, cfg, t = run["state"], run["cfg"], run["state"].iteration
     M = cfg.population_size
@@ -105,12 +137,12 @@ def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float) -> I
                      fresh=old.fresh & (kept == torch.arange(M)).numpy(),  # gradients survive in place
                      rng_state=run["gen"].get_state().numpy(), next_ids=old.next_ids,
                      next_probs=old.next_probs)
-    run["hist"].append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r, seconds, len(children))
+    run["hist"].append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r, seconds, *counts)
     run["hist"].state = run["state"] = state
     finite = f[torch.isfinite(f)]      # parents too: iteration 0's are new candidates
     run["best"] = max(run["best"], float(finite.max())) if len(finite) else run["best"]
     return IterationReport(t, state.slot_target.copy(), state.slot_xentropy.copy(), run["best"],
-                           None if np.isnan(lam_r) else lam_r, seconds, len(children), run["hist"])
+                           None if np.isnan(lam_r) else lam_r, seconds, counts[0], run["hist"])
 
 
 def _score_initial(scorer: Scorer, runs: list[dict]) -> None:
@@ -146,14 +178,17 @@ def _iterate(scorer: Scorer, live: list[dict], allowed: torch.Tensor) -> list[It
                for run in live]
     which = torch.cat([torch.full((len(k),), run["which"]) for k, run in zip(kids, live)])
     W = max(k.shape[1] for k in kids)                                 # runs' max_len may differ
-    f, ce = scorer.score(torch.cat([widen(k, W) for k in kids]),
-                         parents=torch.cat([widen(p, W) for p in parents]), which=which)
+    f, ce, computed = scorer.score_counted(torch.cat([widen(k, W) for k in kids]),
+                                           parents=torch.cat([widen(p, W) for p in parents]),
+                                           which=which)
+    memo = ~computed & torch.isfinite(ce).numpy()       # looked up: neither computed nor rejected
     seconds = (time.perf_counter() - t0) / len(live)
     reports, start = [], 0
     for run, children in zip(live, kids):
-        B = len(children)
-        reports.append(_finish_iteration(run, children, f[start:start + B], ce[start:start + B], seconds))
-        start += B
+        rows = slice(start, start + len(children))
+        counts = int(computed[rows].sum()), int(memo[rows].sum())
+        reports.append(_finish_iteration(run, children, f[rows], ce[rows], seconds, counts))
+        start += len(children)
     return reports
 
 
@@ -170,15 +205,15 @@ def epo_many(lm, jobs: Sequence[tuple[Target, EPOConfig]], *, fluency=None,
     jobs = list(jobs)
     _check_jobs(lm, jobs)
     resume = list(resume) if resume is not None else [None] * len(jobs)
-    targets: list[Target] = []
-    which = [_target_index(targets, target) for target, _ in jobs]
     cfg0 = jobs[0][1]
     context = Context.of(lm, cfg0)
-    scorer = scorer or Scorer(lm, targets, fluency, max(c.batch_size for _, c in jobs),
-                              cfg0.retokenize, context=context)
-    if scorer.context != context:
-        raise UserError(f"the given scorer's context {scorer.context} differs from the config's "
-                        f"prefix and suffix {context}; build it with context=Context.of(lm, cfg)")
+    if scorer is None:
+        targets: list[Target] = []
+        which = [_target_index(targets, target) for target, _ in jobs]
+        scorer = Scorer(lm, targets, fluency, max(c.batch_size for _, c in jobs),
+                        cfg0.retokenize, context=context)
+    else:
+        which = _reuse(scorer, lm, fluency, cfg0, context, [target for target, _ in jobs])
     runs = [_start(lm, target, cfg, w, fluency, saved, context)
             for (target, cfg), w, saved in zip(jobs, which, resume)]
     _score_initial(scorer, runs)

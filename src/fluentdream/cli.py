@@ -104,26 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_dream(args: argparse.Namespace) -> int:
+    """Take the run directory's lock first (one writer per run directory, lock.py), so a
+    second writer is refused in one line before it loads anything, and hold it to the end."""
     from .checks import check_device, writable_dir
-    from .tokens import check_same_vocab
-    from .models import load_model
-    from .runfiles import CHECKPOINT, config_diff, is_complete, read_json
-    from .runs import load_run, run_config, run_dir_for, run_dream
-    from .targets import parse_target
-    from .tracking import start_tracker
+    from .lock import RunLock
+    from .runs import run_dir_for
 
     cfg = config_from_args(args)
     run_dir = (Path(args.run_dir) if args.run_dir
                else run_dir_for(Path(args.out), args.model, args.target, cfg.seed))
+    check_device(cfg.device)
+    if args.resume and not run_dir.exists():
+        raise UserError(f"--resume: {run_dir} does not exist, so there is nothing to resume; "
+                        "drop --resume to start a new run")
+    writable_dir(run_dir.parent)
+    with RunLock.acquire(run_dir, command=_command(args, resume=args.resume)) as lock:
+        return _dream(args, cfg, run_dir, lock)
+
+
+def _dream(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path, lock) -> int:
+    from .tokens import check_same_vocab
+    from .models import load_model
+    from .runfiles import CHECKPOINT, config_diff, is_complete, read_json
+    from .runs import load_run, run_config, run_dream
+    from .targets import parse_target
+    from .tracking import start_tracker
+
     if args.resume:
         cfg = _resume_settings(args, cfg, run_dir)
     elif (run_dir / CHECKPOINT).exists():
         done = "a complete" if is_complete(run_dir) else "an unfinished"
         raise UserError(f"{run_dir} already holds {done} run; pass --resume to continue an "
                         "unfinished one, or choose another --run-dir/--out")
-    check_device(cfg.device)
     cfg = _resolve_dtype(cfg)
-    writable_dir(run_dir.parent)
     lm = load_model(args.model, device=cfg.device, dtype=cfg.dtype)
     fluency = None
     if args.fluency_model:
@@ -143,7 +156,8 @@ def cmd_dream(args: argparse.Namespace) -> int:
     try:
         result = run_dream(lm, target, cfg, run_dir, fluency=fluency, resume=args.resume,
                            checkpoint_every=args.checkpoint_every, make_tracker=tracker,
-                           frontier_ref=args.frontier_ref, progress=not args.no_progress)
+                           frontier_ref=args.frontier_ref, progress=not args.no_progress,
+                           lock=lock)
     except OSError as e:
         if (full := _os_error(e, DISK_FULL)) is None:
             raise
@@ -169,9 +183,8 @@ def _resume_settings(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path) ->
 
     saved = run_dir / "config.json"
     if not saved.exists() and not (run_dir / CHECKPOINT).exists():
-        what = "does not exist" if not run_dir.exists() else "holds no run (no config.json)"
-        raise UserError(f"--resume: {run_dir} {what}, so there is nothing to resume; drop "
-                        "--resume to start a new run")
+        raise UserError(f"--resume: {run_dir} holds no run (no config.json), so there is "
+                        "nothing to resume; drop --resume to start a new run")
     if not (run_dir / CHECKPOINT).exists():
         print(f"note: {run_dir} stopped before its first checkpoint; starting it from "
               "iteration 0", file=sys.stderr)
@@ -301,13 +314,27 @@ def _add_run_commands(sub) -> None:
 
 
 def cmd_frontier(args: argparse.Namespace) -> int:
+    """Merge the saved runs; runs that other processes are writing are listed as running and
+    left out (never read half-way), and the others are held against writers while read."""
+    from .lock import reading
     from .runs import merged_frontier
-    records, runs = merged_frontier([Path(d) for d in args.run_dirs])
+
+    dirs = [Path(d) for d in args.run_dirs]
+    with reading(dirs) as running:
+        for d, owner in running.items():
+            print(f"running: {d} (being written by {owner}); left out until it is saved",
+                  file=sys.stderr)
+        saved = [d for d in dirs if d not in running]
+        if not saved:
+            raise UserError(f"every run given is still running (e.g. {dirs[0]}, being written "
+                            f"by {running[dirs[0]]}); wait until one is saved")
+        records, runs = merged_frontier(saved)
     if args.json:
         print(json.dumps([dict(r, run=run) for r, run in zip(records, runs)], indent=2))
     else:
         print(_records_table(records, runs))
-        print(f"\n{len(records)} frontier points from {len(args.run_dirs)} runs")
+        left_out = f" ({len(running)} running, left out)" if running else ""
+        print(f"\n{len(records)} frontier points from {len(saved)} runs{left_out}")
     return 0
 
 

@@ -3,7 +3,8 @@
     jobs = make_jobs(["L1.N5", "L1.N6"], seeds=range(4), overrides=[{"iters": 50}])
     results = run_jobs("embedded", jobs, Path("results/sweep"), EPOConfig(), executor="ray",
                        workers=2, wandb="offline")
-    [r.status for r in results]        # "done", "skipped" (already complete) or "failed"
+    [r.status for r in results]        # "done", "skipped" (already complete), "taken" (done by
+                                       # another process) or "failed"
 
 Each job writes its own run directory under `out` (runs.py). A complete one (summary.json) made
 with the same settings is skipped, one made with fewer iterations is extended, an unfinished one
@@ -17,6 +18,12 @@ raises during its run is recorded in RUN_DIR/error.json and the others go on. Al
 one group. With Ray, each worker is an actor that loads the model once and runs jobs one after
 another; `out` must be a filesystem every worker sees (one machine, or a shared mount), and
 fluentdream must be installed on every node. `ray` is imported only for executor="ray".
+
+Several sweeps may share `out` (other terminals, machines, Ray clusters): a job is claimed by
+taking its run directory's lock (lock.py) before anything is written there, so a job another
+process holds is skipped ("taken"); once a sweep has nothing left to claim it waits for those
+jobs, and runs any that their process left unfinished (it died: resumed from the checkpoint).
+Every job is then computed once, and every sweep ends with every job complete.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ from pathlib import Path
 
 from .config import EPOConfig
 from .errors import UserError
+from .lock import RunLock, claim, command_line, wait_free
 from .runfiles import config_diff, is_complete, read_json, write_json
 from .runs import run_config, run_dream, run_dir_for, slug
 from .tracking import FRONTIER_REF
@@ -37,29 +45,6 @@ from .tracking import FRONTIER_REF
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class Job:
-    target: str                                   # a target spec, e.g. "L1.N5"
-    seed: int
-    overrides: dict = field(default_factory=dict)  # EPOConfig fields that differ from the base
-
-    def run_dir(self, out: Path, model: str) -> Path:
-        base = run_dir_for(out, model, self.target, self.seed)
-        if not self.overrides:
-            return base
-        tag = "_".join(f"{k}{v}" for k, v in sorted(self.overrides.items()))
-        return base.with_name(f"{base.name}__{slug(tag)}")
-
-
-@dataclass
-class JobResult:
-    job: Job
-    run_dir: Path
-    status: str                   # "done", "skipped", "failed" or "interrupted"
-    error: str | None = None
-    summary: dict | None = None
 
 
 def make_jobs(targets, seeds, overrides=({},)) -> list[Job]:
@@ -79,109 +64,6 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds:
         raise UserError(f"no seeds in {text!r}")
     return seeds
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How every job of a sweep is run and tracked (the same for all jobs)."""
-    model: str
-    out: Path
-    base: EPOConfig
-    wandb: str = "disabled"
-    project: str = "fluentdream"
-    group: str | None = None
-    checkpoint_every: int | None = None
-    batch: int = 8            # local executor: jobs run in lockstep
-
-    def config(self, job: Job) -> EPOConfig:
-        return self.base.replace(seed=job.seed, **job.overrides)
-
-    def expected(self, job: Job, target_name: str | None) -> dict:
-        """The config.json this job's run writes (run_dream)."""
-        cfg = self.config(job)
-        every = (cfg.restart_frequency or 30) if self.checkpoint_every is None else self.checkpoint_every
-        return run_config(cfg, self.model, target_name, None, FRONTIER_REF, every)
-
-
-def _batch_key(cfg: EPOConfig) -> tuple:
-    """Settings every run of one batched loop must share (one Scorer serves them)."""
-    return (cfg.seq_len, cfg.retokenize, cfg.prefix, cfg.suffix)
-
-
-def run_batch(lm, jobs: list[Job], s: Settings) -> list[JobResult]:
-    """Jobs in one batched loop; if the batch raises, each job again alone (run_job), so one
-    bad job fails only itself. Ctrl-C returns every job as far as it got ("interrupted")."""
-    from .session import RunSpec, run_many
-    from .targets import parse_target
-    from .tracking import start_tracker
-
-    if len(jobs) == 1:
-        return [run_job(lm, jobs[0], s)]
-    tracker = functools.partial(start_tracker, s.wandb, project=s.project, group=s.group)
-    try:
-        specs = []
-        for job in jobs:
-            run_dir = job.run_dir(s.out, s.model)
-            (run_dir / "error.json").unlink(missing_ok=True)
-            specs.append(RunSpec(parse_target(job.target, lm), s.config(job), run_dir, resume=True,
-                                 checkpoint_every=s.checkpoint_every, make_tracker=tracker,
-                                 extra=dict(sweep_group=s.group, batched=len(jobs))))
-        results = run_many(lm, specs)
-    except Exception as e:  # noqa: BLE001 - one failed job must not stop the others
-        log.warning("a batch of %d jobs failed (%s: %s); running them one by one", len(jobs),
-                    type(e).__name__, e)
-        return [run_job(lm, job, s) for job in jobs]
-    return [JobResult(job, r.run_dir, "done", summary=read_json(r.run_dir / "summary.json"))
-            if r.complete else JobResult(job, r.run_dir, "interrupted")
-            for job, r in zip(jobs, results)]
-
-
-def run_job(lm, job: Job, s: Settings) -> JobResult:
-    """One dream into its run directory (resumed or extended if it holds a run of this job);
-    any exception becomes a failed JobResult + error.json."""
-    from .targets import parse_target
-    from .tracking import start_tracker
-
-    run_dir = job.run_dir(s.out, s.model)
-    (run_dir / "error.json").unlink(missing_ok=True)
-    try:
-        cfg = s.config(job)
-        target = parse_target(job.target, lm)
-        tracker = functools.partial(start_tracker, s.wandb, project=s.project, group=s.group)
-        result = run_dream(lm, target, cfg, run_dir, resume=True, make_tracker=tracker,
-                           checkpoint_every=s.checkpoint_every, sweep_group=s.group)
-    except Exception as e:  # noqa: BLE001 - one failed job must not stop the sweep
-        return _failed(job, s, f"{type(e).__name__}: {e}", traceback.format_exc())
-    if not result.complete:
-        return JobResult(job, run_dir, "interrupted")
-    return JobResult(job, run_dir, "done", summary=read_json(run_dir / "summary.json"))
-
-
-class Worker:
-    """Holds one loaded model and runs jobs on it (a Ray actor, or the local executor)."""
-
-    def __init__(self, model: str, device: str | None, dtype: str | None):
-        from .models import load_model
-        self.lm = load_model(model, device=device, dtype=dtype)
-
-    def run(self, job: Job, s: Settings) -> JobResult:
-        return run_job(self.lm, job, s)
-
-    def run_batch(self, jobs: list[Job], s: Settings) -> list[JobResult]:
-        return run_batch(self.lm, jobs, s)
-
-    def check(self, jobs: list[Job], s: Settings) -> list[str]:
-        """What is wrong with each job's target or settings on this model (empty: all fine)."""
-        from .epo import check_run
-        from .targets import parse_target
-
-        problems = []
-        for job in jobs:
-            try:
-                check_run(self.lm, s.config(job), parse_target(job.target, self.lm))
-            except UserError as e:
-                problems.append(f"{job.target} (seed {job.seed}): {e}")
-        return problems
 
 
 class SweepProgress:
@@ -241,33 +123,6 @@ def run_jobs(model: str, jobs: list[Job], out: Path, base: EPOConfig | None = No
     finally:
         bar.close()
     return [results[i] for i in sorted(results)]
-
-
-def finished_runs(jobs: list[Job], s: Settings) -> dict[int, dict]:
-    """{job index: summary} of the jobs whose run directory holds a finished run of the same
-    settings (nothing to do). Raises UserError, before anything runs, if any job's run directory
-    holds a run made with other settings; a finished run with fewer iterations is to be
-    extended, not reused."""
-    done, stale = {}, []
-    for i, job in enumerate(jobs):
-        run_dir = job.run_dir(s.out, s.model)
-        if not (run_dir / "config.json").exists():
-            continue
-        saved = read_json(run_dir / "config.json")
-        # the directory name is the target's, so only the other settings need comparing
-        expected = s.expected(job, saved.get("target"))
-        if diff := config_diff(saved, expected, ignore=("iters",)):
-            stale.append(f"{run_dir}: {'; '.join(diff)}")
-        elif is_complete(run_dir) and saved.get("iters") == expected["iters"]:
-            done[i] = read_json(run_dir / "summary.json")
-        elif is_complete(run_dir) and saved.get("iters", 0) > expected["iters"]:
-            stale.append(f"{run_dir}: iters (saved {saved.get('iters')}, requested "
-                         f"{expected['iters']})")
-    if stale:
-        raise UserError(f"{len(stale)} run directories in {s.out} hold runs made with other "
-                        f"settings, e.g. {stale[0]}; nothing was run: use another --out, or the "
-                        "settings they were made with")
-    return done
 
 
 def _check_all(problems: list[str], n: int) -> None:
@@ -332,10 +187,3 @@ def _run_ray(jobs, todo, s: Settings, results, bar: SweepProgress, address: str 
             ray.kill(actor)
 
 
-def _failed(job: Job, s: Settings, error: str, tb: str | None = None) -> JobResult:
-    """Record a failed job in RUN_DIR/error.json (removed when the job is next attempted)."""
-    run_dir = job.run_dir(s.out, s.model)
-    write_json(run_dir / "error.json", dict(error=error, traceback=tb, job=job.__dict__,
-                                            time=datetime.now(timezone.utc).isoformat()))
-    log.warning("job %s failed: %s", run_dir.name, error)
-    return JobResult(job, run_dir, "failed", error=error)

@@ -42,7 +42,7 @@ class IterationReport:
     best_target: float           # best finite target of any candidate so far
     restart_lambda: float | None
     seconds: float
-    n_scored: int
+    n_scored: int                # children the model computed this iteration (not looked up)
     history: History             # the run so far; history.state resumes after this iteration
 
 
@@ -78,25 +78,28 @@ def propose_many(scorer: Scorer, runs: list[tuple[EPOState, torch.Tensor, int, i
     """Refresh the top-k candidate tokens (M, W, k) of every slot whose prompt is new to it
     (steps 2, 7), for runs (state, lambdas (M,), k, target index) in one gradient pass; for runs
     that insert (state.next_ids not empty), also the insertion candidates (M, W + 1, k) from the
-    same pass (fluentdream.operators)."""
+    same pass (fluentdream.operators). Runs may differ in W (their max_len): rows are padded to
+    the widest for the pass and each run takes back its own width."""
     stale = [np.flatnonzero(~state.fresh) for state, *_ in runs]
     if sum(len(s) for s in stale) == 0:
         return
-    ids = torch.cat([torch.from_numpy(state.slot_ids[s]) for (state, *_), s in zip(runs, stale)])
+    width = max(state.slot_ids.shape[1] for state, *_ in runs)
+    ids = torch.cat([widen(torch.from_numpy(state.slot_ids[s]), width)
+                     for (state, *_), s in zip(runs, stale)])
     lams = torch.cat([lambdas[s] for (_, lambdas, _, _), s in zip(runs, stale)])
     which = torch.cat([torch.full((len(s),), w) for (*_, w), s in zip(runs, stale)])
     inserts = any(state.next_ids.size for state, *_ in runs)
-    logp = torch.empty(len(ids), ids.shape[1] + 1, scorer.lm.vocab_size) if inserts else None
-    grads = scorer.gradients(ids, lams, which, next_logprobs=logp)       # (S, W, V)
+    logp = torch.empty(len(ids), width + 1, scorer.lm.vocab_size) if inserts else None
+    grads = scorer.gradients(ids, lams, which, next_logprobs=logp)       # (S, width, V)
     grads[..., ~allowed] = -torch.inf
     start = 0
     for (state, _, k, _), s in zip(runs, stale):
         if len(s):
-            rows = slice(start, start + len(s))
-            state.topk[s] = grads[rows].topk(k, dim=-1).indices.to(torch.int32).numpy()
+            rows, W = slice(start, start + len(s)), state.slot_ids.shape[1]
+            state.topk[s] = grads[rows, :W].topk(k, dim=-1).indices.to(torch.int32).numpy()
             if state.next_ids.size:
                 state.next_ids[s], state.next_probs[s] = insertion_table(
-                    logp[rows], allowed, k, torch.from_numpy(state.topk[s][:, 0]),
+                    logp[rows, :W + 1], allowed, k, torch.from_numpy(state.topk[s][:, 0]),
                     prefixed=scorer.context.P > 0)
             state.fresh[s] = True
             start += len(s)
@@ -117,8 +120,12 @@ def objective(f: torch.Tensor, ce: torch.Tensor, lam: torch.Tensor) -> torch.Ten
 
 def select(f: torch.Tensor, ce: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
     """(P,), (P,), (M,) -> (M,) pool index maximizing each slot's objective, with replacement
-    (step 5). Ties go to the lowest index, so a parent is kept over an equal child."""
-    return objective(f, ce, lambdas).argmax(dim=1)
+    (step 5). The pool's first M rows are the slots' own prompts: a slot whose own prompt ties
+    the best keeps it (its gradient stays valid, step 7); other ties go to the lowest index."""
+    value = objective(f, ce, lambdas)                                    # (M, P)
+    best = value.argmax(dim=1)
+    own = torch.arange(len(lambdas))
+    return torch.where(value[own, own] >= value[own, best], own, best)
 
 
 def restart(f: torch.Tensor, ce: torch.Tensor, M: int, cfg: EPOConfig, gen: torch.Generator,

@@ -237,6 +237,15 @@ class Scorer:
         difference are then reused from the parent instead of recomputed; the numbers are the
         same up to floating-point rounding. Prompts this scorer has scored before are looked up.
         """
+        f, ce, _ = self.score_counted(ids, parents, which)
+        return f, ce
+
+    @torch.no_grad()
+    def score_counted(self, ids: torch.Tensor, parents: torch.Tensor | None = None,
+                      which=None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """score(), also returning (B,) bool: the rows the model computed (a finite CE came
+        back). The others were looked up (scored before, or a repeat of an earlier row of this
+        call) or rejected."""
         B = len(ids)
         which = self._which(which, B)
         keys = _keys(ids, which)
@@ -249,15 +258,17 @@ class Scorer:
                 todo.setdefault(key, i)
             else:
                 known[key] = hit
+        computed = np.zeros(B, dtype=bool)
         if todo:
             rows = torch.tensor(list(todo.values()))
             f_new, ce_new = self._score_new(ids[rows], None if parents is None else parents[rows],
                                             which[rows])
+            computed[rows.numpy()] = torch.isfinite(ce_new).numpy()   # rejected: CE nan
             new = dict(zip(todo, zip(f_new.tolist(), ce_new.tolist())))
             known.update(new)
             self.memo.add(new)
         values = torch.tensor([known[key] for key in keys], dtype=torch.float32).view(B, 2)
-        return values[:, 0].contiguous(), values[:, 1].contiguous()
+        return values[:, 0].contiguous(), values[:, 1].contiguous(), computed
 
     def remember(self, ids: torch.Tensor, f, ce, which=None) -> None:
         """Enter prompts (B, n) scored earlier, with their f (B,) and ce (B,), into the memo exactly

@@ -5,9 +5,13 @@
     fd.frontier_quality(front, ref_xentropy=6.0, ref_target=0.0)   # dominated area (hypervolume)
     front.post                # (K,) post-activation values of a pre-activation run, else None
 
-The frontier is built from all recorded candidates: for each lambda of a dense sweep, the candidate
-minimizing -f + lambda * CE; the unique winners, sorted by CE, are the points. These are the
-corners of the upper convex hull of the (CE, f) cloud, which is what EPO's penalties can reach.
+Two sets of points come out of all recorded candidates:
+- the displayed frontier, the lambda-sweep winners (paper §2): for each lambda of a dense sweep
+  the candidate minimizing -f + lambda * CE; the unique winners, sorted by CE. They are the
+  corners of the upper convex hull of the (CE, f) cloud, what EPO's penalties can reach;
+- the Pareto staircase, every non-dominated candidate (`front.staircase_*`). Frontier quality is
+  the hypervolume of the staircase, so it never falls when candidates are added. The hull's
+  corners alone would not do: a new corner can hide an old one and shrink their area.
 """
 from __future__ import annotations
 
@@ -28,6 +32,10 @@ class Frontier:
     ids: np.ndarray         # (K, W) tokens, -1 after a shorter prompt (fluentdream.ragged)
     text: list[str]         # K decoded prompts
     lambdas: np.ndarray     # (K,) smallest sweep lambda at which each point wins
+    # (S,) every non-dominated candidate (the Pareto staircase, which holds the K points above),
+    # sorted by CE: what frontier_quality measures. None for a Frontier rebuilt from its K points.
+    staircase_target: np.ndarray | None = None
+    staircase_xentropy: np.ndarray | None = None
     # (K,) for a pre-activation target (`L1.N5:pre`, `sae:DIR:j:pre`): each point re-scored by
     # the target's post-activation twin (runs.with_post), so reports stay comparable with the
     # paper's post-activation numbers (DESIGN §5); None for every other target.
@@ -66,6 +74,18 @@ class Frontier:
             lines.append(f"{f:10.3f}  " + (f"{self.post[i]:8.3f}  " if post else "")
                          + f"{c:8.3f}  {np.exp(c):10.1f}  {shown}")
         return "\n".join(lines)
+
+
+def staircase_indices(target: np.ndarray, xentropy: np.ndarray) -> np.ndarray:
+    """(N,), (N,) -> indices of the non-dominated finite candidates (the Pareto staircase),
+    sorted by CE: no other candidate has CE <= and activation >= with one of them strict. Of
+    exact duplicates the earliest stays. O(N log N)."""
+    ok = np.flatnonzero(np.isfinite(target) & np.isfinite(xentropy))
+    f, ce = target[ok].astype(np.float64), xentropy[ok].astype(np.float64)
+    order = np.lexsort((-f, ce))                     # by CE, then by higher f; stable
+    f = f[order]
+    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(f)[:-1]])
+    return ok[order[f > best_before]]
 
 
 def frontier_indices(target: np.ndarray, xentropy: np.ndarray,
@@ -167,24 +187,36 @@ def pareto_frontier(histories, tokenizer=None, sweep: np.ndarray = DEFAULT_SWEEP
     parts = [h.candidates() if hasattr(h, "candidates") else h for h in histories]
     parts = [p for p in parts if len(p[1])]
     if not parts:
-        return Frontier(np.zeros(0), np.zeros(0), np.zeros((0, 0), np.int32), [], np.zeros(0))
+        return Frontier(np.zeros(0), np.zeros(0), np.zeros((0, 0), np.int32), [], np.zeros(0),
+                        staircase_target=np.zeros(0), staircase_xentropy=np.zeros(0))
     W = max(p[0].shape[1] for p in parts)
     ids = np.concatenate([np.pad(p[0], ((0, 0), (0, W - p[0].shape[1])), constant_values=PAD)
                           for p in parts])
     f = np.concatenate([p[1] for p in parts])
     ce = np.concatenate([p[2] for p in parts])
     idx, lams = frontier_indices(f, ce, sweep)
+    stair = staircase_indices(f, ce)
     texts = (tokenizer.batch_decode(rows(ids[idx]), clean_up_tokenization_spaces=False)
              if tokenizer is not None else [" ".join(map(str, row)) for row in rows(ids[idx])])
-    return Frontier(f[idx].astype(np.float64), ce[idx].astype(np.float64), ids[idx], texts, lams)
+    return Frontier(f[idx].astype(np.float64), ce[idx].astype(np.float64), ids[idx], texts, lams,
+                    staircase_target=f[stair].astype(np.float64),
+                    staircase_xentropy=ce[stair].astype(np.float64))
 
 
 def frontier_quality(front: Frontier | tuple[np.ndarray, np.ndarray], ref_xentropy: float,
                      ref_target: float) -> float:
-    """Area of (CE, activation) space dominated by the frontier: CE in [point, ref_xentropy],
-    activation in [ref_target, point] (hypervolume; larger is better). The reference point must
-    be stated, so numbers from different runs are comparable only under the same one."""
-    f, ce = (front.target, front.xentropy) if isinstance(front, Frontier) else front
+    """Area of (CE, activation) space dominated by the candidates: every (c, a) with c in
+    [CE of some candidate, ref_xentropy] and a in [ref_target, its activation] (hypervolume;
+    larger is better). A Frontier counts its whole Pareto staircase, not only the displayed
+    lambda-sweep winners; (f, ce) arrays count all their points. Adding candidates never lowers
+    it. The reference point must be stated: numbers compare only under the same one."""
+    if isinstance(front, Frontier):
+        if front.staircase_target is None:
+            raise ValueError("this Frontier carries only its displayed points, not the Pareto "
+                             "staircase that frontier_quality measures; build it with "
+                             "fd.pareto_frontier from the runs' histories")
+        front = (front.staircase_target, front.staircase_xentropy)
+    f, ce = front
     f, ce = np.asarray(f, float), np.asarray(ce, float)
     ok = np.isfinite(f) & np.isfinite(ce) & (ce < ref_xentropy) & (f > ref_target)
     f, ce = f[ok], ce[ok]

@@ -6,12 +6,17 @@
     hist.target, hist.xentropy  # (T, P) float32; rejected candidates are -inf / nan
     hist.kept                 # (T, M) pool index held by each slot after the iteration
     hist.restart_lambda       # (T,) lambda_r where a restart happened, else nan
-    hist.seconds, hist.n_scored  # (T,) wall seconds, model-scored candidates
+    hist.seconds             # (T,) wall seconds
+    hist.n_scored, hist.n_memo  # (T,) children the model scored; children looked up instead
     hist.save("run/history.npz"); fd.History.load("run/history.npz")
 
 Pool layout of iteration t: rows 0..M-1 are the slots' prompts entering t, then r children of
 slot 0, r children of slot 1, ... Saved as compressed .npz with a schema version; writes are
 atomic (temporary file + rename).
+
+Schema 3 adds n_memo, the children answered from the scorer's memo (scored before, or repeats);
+n_scored counts only what the model computed. In schemas 1 and 2 n_scored counted every child
+(memo hits and rejected ones too), and n_memo loads as -1 (not recorded).
 
 Schema 2 (issue 14) holds prompts of several lengths: ids is (T, P, W) with W = the run's max_len,
 each prompt's tokens first and -1 after them (fluentdream.ragged; a fixed-length run has no -1,
@@ -33,12 +38,13 @@ import numpy as np
 
 from .errors import UserError
 
-SCHEMA_VERSION = 2
-READS = (1, 2)             # schema versions load() accepts
+SCHEMA_VERSION = 3
+READS = (1, 2, 3)            # schema versions load() accepts
 
 # Per-iteration arrays, in save order, with the dtype each row is stored in.
 COLUMNS = dict(ids=np.int32, target=np.float32, xentropy=np.float32, kept=np.int32,
-               restart_lambda=np.float64, seconds=np.float64, n_scored=np.int64)
+               restart_lambda=np.float64, seconds=np.float64, n_scored=np.int64,
+               n_memo=np.int64)
 # Row shapes of an empty History, so its arrays have the documented number of axes.
 _EMPTY_ROW = dict(ids=(0, 0), target=(0,), xentropy=(0,), kept=(0,))
 
@@ -61,7 +67,7 @@ class EPOState:
 
 class History:
     """Every pool of an EPO run: ids (T, P, W) (-1 after each prompt), target and xentropy
-    (T, P), kept (T, M), restart_lambda, seconds and n_scored (T,); `lambdas` (M,) the slots'
+    (T, P), kept (T, M), restart_lambda, seconds, n_scored and n_memo (T,); `lambdas` (M,) the slots'
     penalties, `meta` the config and names, `state` the loop state to resume from (or None)."""
 
     def __init__(self, lambdas: np.ndarray, meta: dict | None = None,
@@ -72,10 +78,13 @@ class History:
         self._rows: dict[str, np.ndarray] | None = None   # name -> (capacity, ...) buffer
         self._n = 0
 
-    def append(self, ids, target, xentropy, kept, restart_lambda, seconds, n_scored) -> None:
-        """Add one iteration: ids (P, W), target and xentropy (P,), kept (M,), three scalars."""
+    def append(self, ids, target, xentropy, kept, restart_lambda, seconds, n_scored,
+               n_memo=-1) -> None:
+        """Add one iteration: ids (P, W), target and xentropy (P,), kept (M,), four scalars
+        (n_memo -1: not recorded)."""
         row = dict(ids=ids, target=target, xentropy=xentropy, kept=kept,
-                   restart_lambda=restart_lambda, seconds=seconds, n_scored=n_scored)
+                   restart_lambda=restart_lambda, seconds=seconds, n_scored=n_scored,
+                   n_memo=n_memo)
         row = {k: np.asarray(v, dtype=COLUMNS[k]) for k, v in row.items()}
         if self._rows is None:
             self._rows = {k: np.empty((16,) + v.shape, v.dtype) for k, v in row.items()}
@@ -113,7 +122,9 @@ class History:
                               doc="(T,) float64 lambda_r at restarts, else nan")
     seconds = property(lambda self: self._column("seconds"), doc="(T,) float64 wall seconds")
     n_scored = property(lambda self: self._column("n_scored"),
-                        doc="(T,) int64 candidates the model scored")
+                        doc="(T,) int64 children the model scored")
+    n_memo = property(lambda self: self._column("n_memo"),
+                      doc="(T,) int64 children looked up in the scorer's memo; -1 not recorded")
 
     def __len__(self) -> int:
         return self._n
@@ -134,7 +145,7 @@ class History:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """lambdas (M,) and the per-iteration arrays: ids (T, P, W), target/xentropy (T, P),
-        kept (T, M), restart_lambda/seconds/n_scored (T,)."""
+        kept (T, M), restart_lambda/seconds/n_scored/n_memo (T,)."""
         return dict(lambdas=np.asarray(self.lambdas, dtype=np.float64),
                     **{k: self._column(k) for k in COLUMNS})
 
@@ -189,7 +200,9 @@ class History:
             if version not in READS:
                 raise UserError(f"{path}: history schema {version}, this version reads "
                                 f"{', '.join(map(str, READS))}")
-            columns = {k: z[k] for k in COLUMNS}
+            columns = {k: z[k] for k in COLUMNS if k in z}
+            if "n_memo" not in columns:                        # schemas 1 and 2
+                columns["n_memo"] = np.full(len(columns["seconds"]), -1, np.int64)
             if len({len(a) for a in columns.values()}) != 1:
                 raise UserError(f"{path}: the history's arrays disagree on the number of "
                                 f"iterations ({ {k: len(a) for k, a in columns.items()} })")

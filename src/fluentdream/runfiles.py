@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import UserError
 from .history import History, atomic_write
+from .lock import other_writer
 
 CHECKPOINT = "history.npz"
 # run_config keys that may differ between a run and its resumption
@@ -25,7 +26,9 @@ NOT_COMPARED = ("extra", "checkpoint_every", "frontier_ref_xentropy", "frontier_
 
 
 def is_complete(run_dir: Path) -> bool:
-    return (Path(run_dir) / "summary.json").exists()
+    """Whether run_dir holds a saved run: summary.json, written last, is there and no other
+    process is writing the directory (a run being extended is unfinished until it is saved)."""
+    return (Path(run_dir) / "summary.json").exists() and other_writer(run_dir) is None
 
 
 @contextmanager

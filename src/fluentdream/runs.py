@@ -13,13 +13,17 @@ A run directory holds
   frontier.json    the final Pareto frontier         } written only when the run is complete,
   summary.json     best targets, frontier quality... } summary.json last: it marks completion
   wandb/           the W&B run's local files (offline runs: `wandb sync RUN_DIR/wandb/offline-run-*`)
+  .lock, .owner.json  the one writer's lock and who holds it (lock.py; the record only while held)
 A directory with history.npz but no summary.json is an unfinished run: resume it. Every file is
 written atomically (temporary file + rename), so a reader never sees half a file, and a run killed
-at any instant resumes from its last checkpoint to the same History as an uninterrupted run.
+at any instant resumes from its last checkpoint to the same History as an uninterrupted run. One
+process writes a run directory at a time; readers (load_run, merged_frontier) hold it against
+writers while they read and refuse a run another process is writing.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import platform
 import re
 import subprocess
@@ -36,6 +40,7 @@ from .config import EPOConfig
 from .errors import UserError
 from .frontier import Frontier, frontier_indices, frontier_quality
 from .history import History
+from .lock import RunLock, claim, reading, wait_free
 # The run files' helpers live in runfiles.py; experiments and analysis import them from here.
 from .runfiles import (CHECKPOINT, config_diff, is_complete, load_checkpoint,  # noqa: F401
                        read_json, same_complete_run, save_history, write_json)
@@ -45,6 +50,7 @@ from .tracking import CE_THRESHOLDS, FRONTIER_REF, Tracker
 if TYPE_CHECKING:
     from .epo import IterationReport
 
+log = logging.getLogger(__name__)
 PACKAGES = ("numpy", "torch", "transformers", "tokenizers", "datasets", "wandb", "ray")
 
 
@@ -104,6 +110,7 @@ def summary(hist: History, front: Frontier, frontier_ref: tuple[float, float] = 
                seconds_total=float(np.sum(hist.seconds)),
                seconds_per_iteration=float(np.mean(hist.seconds)) if len(hist) else None,
                candidates_scored=int(np.sum(hist.n_scored)),
+               candidates_looked_up=int(np.sum(hist.n_memo)) if (hist.n_memo >= 0).all() else None,
                interrupted=bool(hist.meta.get("interrupted", False)))
     for limit in CE_THRESHOLDS:
         below = f[ce < limit]
@@ -162,7 +169,13 @@ def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str 
     True ends that run there (a time budget, say); it is saved as finished with the iterations
     it made.
 
-    Returns all the jobs' run directories, finished ones included (sweeps resume, STYLE §7).
+    Processes that share `parent` share its jobs (lock.py): each runs the jobs no other process
+    holds ("taken by ..." in the log), then waits for the others' to be saved, and takes over
+    any left unfinished (its process died: resumed from the checkpoint). So every job is
+    computed once however many processes run the same jobs.
+
+    Returns all the jobs' run directories, finished ones included (sweeps resume, STYLE §7);
+    after Ctrl-C, as soon as the runs of this process are saved.
     """
     from .tracking import start_tracker
 
@@ -170,23 +183,70 @@ def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str 
         return start_tracker(wandb, d, config, project=project, group=group)
 
     dirs = [run_dir_for(parent, lm.name, target.name, cfg.seed) for target, cfg in jobs]
-    todo = [(d, target, cfg) for d, (target, cfg) in zip(dirs, jobs)
-            if not same_complete_run(d, run_config(cfg, lm.name, target.name))]
-    specs = [RunSpec(target, cfg, d, resume=True, make_tracker=tracker,
-                     extra=dict(batched=len(todo)),
-                     stop=None if stop is None else functools.partial(stop, d))
-             for d, target, cfg in todo]
-    if specs:
-        run_many(lm, specs, progress=True, desc=desc)
+    configs = [run_config(cfg, lm.name, target.name) for target, cfg in jobs]
+    pending = [i for i in range(len(jobs)) if not same_complete_run(dirs[i], configs[i])]
+    told: set[int] = set()
+    while pending:
+        claimed = _claim_jobs(dirs, configs, pending, told)
+        if not claimed:
+            log.warning("waiting for %d runs that other processes are writing in %s",
+                        len(pending), parent)
+            wait_free([dirs[i] for i in pending])
+        else:
+            specs = [RunSpec(jobs[i][0], jobs[i][1], dirs[i], resume=True, make_tracker=tracker,
+                             extra=dict(batched=len(claimed)), lock=lock,
+                             stop=None if stop is None else functools.partial(stop, dirs[i]))
+                     for i, lock in claimed.items()]
+            try:
+                results = run_many(lm, specs, progress=True, desc=desc)
+            finally:
+                for lock in claimed.values():
+                    lock.release()
+            if not all(r.complete for r in results):      # Ctrl-C: saved; a rerun resumes
+                return dirs
+        pending = [i for i in pending if not same_complete_run(dirs[i], configs[i])]
     return dirs
 
 
+def _claim_jobs(dirs: list[Path], configs: list[dict], pending: list[int],
+                told: set[int]) -> dict[int, RunLock]:
+    """{job index: its lock} for the pending jobs no other process holds and none has saved
+    meanwhile; the taken ones are logged once (their index joins `told`)."""
+    claimed: dict[int, RunLock] = {}
+    try:
+        for i in pending:
+            lock = claim(dirs[i])
+            if isinstance(lock, str):
+                if i not in told:
+                    log.warning("%s: taken by %s; left to it", dirs[i], lock)
+                    told.add(i)
+            elif same_complete_run(dirs[i], configs[i]):
+                lock.release()
+            else:
+                claimed[i] = lock
+    except BaseException:
+        for lock in claimed.values():
+            lock.release()
+        raise
+    return claimed
+
+
 def load_run(run_dir: Path) -> tuple[History, list[dict], dict]:
+    """A saved run's History, frontier records and summary, read with writers kept out."""
     run_dir = Path(run_dir)
-    if not is_complete(run_dir):
-        raise UserError(f"{run_dir} is not a complete run (no summary.json); resume it first")
-    hist = load_checkpoint(run_dir / CHECKPOINT)
-    return hist, read_json(run_dir / "frontier.json"), read_json(run_dir / "summary.json")
+    with reading([run_dir]) as running:
+        _refuse_running(running)
+        if not is_complete(run_dir):
+            raise UserError(f"{run_dir} is not a complete run (no summary.json); resume it first")
+        hist = load_checkpoint(run_dir / CHECKPOINT)
+        return hist, read_json(run_dir / "frontier.json"), read_json(run_dir / "summary.json")
+
+
+def _refuse_running(running: dict[Path, str]) -> None:
+    """UserError naming the first run of `running` (lock.reading) another process writes."""
+    for d, owner in running.items():
+        raise UserError(f"{d} is running: it is being written by {owner}; wait until it is "
+                        "saved, or leave it out")
 
 
 def open_run(run_dir: Path, config: dict, resume: bool) -> History | None:
@@ -220,16 +280,17 @@ def open_run(run_dir: Path, config: dict, resume: bool) -> History | None:
 def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume: bool = False,
               checkpoint_every: int | None = None, make_tracker: MakeTracker | None = None,
               frontier_ref: tuple[float, float] = FRONTIER_REF, progress: bool = False,
-              **provenance_extra) -> RunResult:
+              lock: RunLock | None = None, **provenance_extra) -> RunResult:
     """EPO with a run directory: checkpoints every `checkpoint_every` iterations (default the
     restart period, else 30), resumes an unfinished run when `resume` (or extends a finished one
     to more `cfg.iters`), mirrors every iteration to the tracker (a resumed run replays the saved
     iterations into a new tracker run first), and saves on Ctrl-C. Raises UserError, before
     writing anything, for bad settings or a run_dir holding a finished or a different run; a run
     that fails before its first checkpoint leaves no config.json or provenance.json behind.
-    One run of session.run_many, which batches several."""
+    A run_dir another process writes raises lock.RunTaken (a UserError naming it); `lock`: the
+    caller's lock on run_dir, if it took it already. One run of session.run_many."""
     spec = RunSpec(target, cfg, Path(run_dir), resume, checkpoint_every, make_tracker,
-                   frontier_ref, provenance_extra)
+                   frontier_ref, provenance_extra, lock=lock)
     result, = run_many(lm, [spec], fluency=fluency, progress=progress, desc=target.name)
     return result
 
@@ -237,10 +298,18 @@ def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume
 def merged_frontier(run_dirs: list[Path]) -> tuple[list[dict], list[str]]:
     """One frontier over several finished runs: its records (frontier.json format) and the run
     each point came from. Only each run's own frontier points can be on the merged frontier
-    (a point beaten at every penalty within its run stays beaten), so no model is loaded."""
+    (a point beaten at every penalty within its run stays beaten), so no model is loaded.
+    The runs are read with writers kept out; one that another process writes raises UserError."""
+    run_dirs = [Path(d) for d in run_dirs]
+    with reading(run_dirs) as running:
+        _refuse_running(running)
+        return _merge(run_dirs)
+
+
+def _merge(run_dirs: list[Path]) -> tuple[list[dict], list[str]]:
     keys = ("model", "fluency_model", "target", "seq_len", "prefix", "suffix")
     records, runs, first = [], [], None
-    for d in map(Path, run_dirs):
+    for d in run_dirs:
         if not is_complete(d):
             raise UserError(f"{d} is not a complete run directory (no summary.json); "
                             "finish it with `fluentdream dream ... --resume`")

@@ -6,11 +6,14 @@ share one `batched.epo_many` loop, so one forward pass scores every run's childr
                             for s in range(8)])
     result, = run_many(lm, [RunSpec(target, cfg, run_dir)])        # runs.run_dream
 
-A run's life: open (check the settings, write config.json and provenance.json, start its tracker;
-a resumed run first replays its saved iterations into the tracker) -> after each of its
+A run's life: open (check the settings, take the directory's lock (lock.py), write config.json
+and provenance.json, start its tracker; a resumed run first replays its saved iterations into
+the tracker) -> after each of its
 iterations (log, and checkpoint every `checkpoint_every`) -> finish (frontier.json, summary.json
-written last as the completion mark) or, after Ctrl-C, save the iterations done so far. A failure
-before the loop starts removes what the opening wrote, so a retry starts clean.
+written last as the completion mark) or, after Ctrl-C, save the iterations done so far -> release
+the lock. A failure before the loop starts removes what the opening wrote, so a retry starts
+clean. A run directory another process writes is refused (lock.RunTaken) before anything is
+written; a caller that already holds the lock (a sweep's claim) passes it in RunSpec.lock.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from .config import EPOConfig
 from .errors import UserError
 from .frontier import Frontier, pareto_frontier
 from .history import History
+from .lock import RunLock
 from .runfiles import CHECKPOINT, save_history, write_json
 from .targets import Target
 from .tracking import FRONTIER_REF, IterationMetrics, NullTracker, Tracker
@@ -44,6 +48,9 @@ class RunSpec:
     # stop(report) True after an iteration ends the run there, saved as finished with the
     # iterations it made (a time budget, say)
     stop: Callable[[object], bool] | None = None
+    # the lock on run_dir when the caller holds it already (it then releases it); else the
+    # session takes it and releases it at the end
+    lock: RunLock | None = None
 
 
 @dataclass
@@ -69,13 +76,18 @@ class Session:
             raise UserError(f"checkpoint_every must be a positive integer, got {self.every!r}")
         self.config = run_config(spec.cfg, lm.name, spec.target.name,
                                  fluency.name if fluency else None, spec.frontier_ref, self.every)
-        self.saved = open_run(self.run_dir, self.config, spec.resume)
-        self.created = not self.run_dir.exists()
+        assert spec.lock is None or spec.lock.holds(self.run_dir), "a lock on another directory"
+        self.lock, self.own_lock = spec.lock or RunLock.acquire(self.run_dir), spec.lock is None
+        self.saved, opened = None, False
         try:
+            self.saved = open_run(self.run_dir, self.config, spec.resume)
+            opened = True
             self.tracker = self._open(spec.make_tracker)
             self.prov = self._start_provenance(lm)
         except BaseException:
-            self._remove_setup()
+            if opened:
+                self._remove_setup()
+            self.release()
             raise
         self.metrics = IterationMetrics(*spec.frontier_ref)
         self.done = {"n": 0, "state": None}      # last finished iteration's state, for Ctrl-C
@@ -90,7 +102,6 @@ class Session:
     def _open(self, make_tracker: MakeTracker | None) -> Tracker:
         """Write config.json and start the tracker. A finished run being extended is unfinished
         again until it ends, so its summary.json (the completion mark) goes first."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.saved is not None:
             for name in ("summary.json", "frontier.json"):
                 (self.run_dir / name).unlink(missing_ok=True)
@@ -109,6 +120,7 @@ class Session:
                           wandb_run_id=self.tracker.run_id,
                           wandb_mode=getattr(self.tracker, "mode", None),
                           resumed_from_iteration=len(self.saved) if self.saved is not None else None,
+                          host=self.lock.owner["host"], pid=self.lock.owner["pid"],
                           previous_sessions=earlier, **self.spec.extra)
         write_json(self.run_dir / "provenance.json", prov)
         return prov
@@ -127,15 +139,18 @@ class Session:
         self._remove_setup()
 
     def _remove_setup(self) -> None:
-        """Remove config.json and provenance.json (and the directory if this run made it and it
-        is empty) when nothing was checkpointed, so a retry starts clean."""
+        """Remove config.json and provenance.json when nothing was checkpointed, so a retry
+        starts clean (releasing the lock then removes the directory if the lock made it)."""
         d = self.run_dir
         if self.saved is not None or (d / CHECKPOINT).exists() or not d.is_dir():
             return
         for name in ("config.json", "provenance.json"):
             (d / name).unlink(missing_ok=True)
-        if self.created and not any(d.iterdir()):
-            d.rmdir()
+
+    def release(self) -> None:
+        """Release the directory's lock if this session took it."""
+        if self.own_lock:
+            self.lock.release()
 
     def finish(self, lm, hist: History) -> RunResult:
         """Save the finished run (or, after Ctrl-C, the iterations done) and end the tracker."""
@@ -170,18 +185,29 @@ class Session:
 def run_many(lm, specs: list[RunSpec], *, fluency=None, progress: bool = False,
              desc: str = "dream") -> list[RunResult]:
     """Open every run, run them all in one batched loop, save each; RunResults in spec order.
-    Runs of one call share seq_len, retokenize, prefix and suffix (one Scorer serves them)."""
+    Runs of one call share seq_len, retokenize, prefix and suffix (one Scorer serves them).
+    Every lock a session took is released at the end, whatever happened."""
+    sessions: list[Session] = []
+    try:
+        try:
+            for spec in specs:
+                sessions.append(Session(lm, spec, fluency))
+            hists = _loop(lm, sessions, fluency, progress, desc)
+        except BaseException:
+            for s in sessions:
+                s.abort()
+            raise
+        return [s.finish(lm, hist) for s, hist in zip(sessions, hists)]
+    finally:
+        for s in sessions:
+            s.release()
+
+
+def _loop(lm, sessions: list[Session], fluency, progress: bool, desc: str) -> list[History]:
+    """The batched EPO loop over the opened sessions, with a progress bar if asked."""
     from .batched import epo_many
     from .progress import ProgressBar
 
-    sessions: list[Session] = []
-    try:
-        for spec in specs:
-            sessions.append(Session(lm, spec, fluency))
-    except BaseException:
-        for s in sessions:
-            s.abort()
-        raise
     bar = None
     if progress:
         done = sum(len(s.saved) for s in sessions if s.saved is not None)
@@ -193,13 +219,8 @@ def run_many(lm, specs: list[RunSpec], *, fluency=None, progress: bool = False,
             bar(report)
         return bool(sessions[i].spec.stop is not None and sessions[i].spec.stop(report))
     try:
-        hists = epo_many(lm, [(s.spec.target, s.spec.cfg) for s in sessions], fluency=fluency,
-                         callback=each, resume=[s.saved for s in sessions])
-    except BaseException:
-        for s in sessions:
-            s.abort()
-        raise
+        return epo_many(lm, [(s.spec.target, s.spec.cfg) for s in sessions], fluency=fluency,
+                        callback=each, resume=[s.saved for s in sessions])
     finally:
         if bar is not None:
             bar.close()
-    return [s.finish(lm, hist) for s, hist in zip(sessions, hists)]

@@ -13,9 +13,11 @@ Metric namespace (one W&B history record per EPO iteration, step = iteration ind
                                              only with the insert and delete operators)
   epo/best_target                            best target of any candidate so far
   epo/best_target_ce_below_{4,5,6}           ... among candidates with CE below 4, 5, 6 nats
-  epo/frontier_quality                       hypervolume of the frontier so far (reference point in
+  epo/frontier_quality                       hypervolume of every non-dominated candidate so far
+                                             (the Pareto staircase; never falls; reference point in
                                              the config: frontier_ref_xentropy, frontier_ref_target)
-  epo/frontier_points                        number of points on that frontier
+  epo/frontier_points                        number of points on the displayed frontier so far
+                                             (the lambda-sweep winners, paper §2)
   epo/restart_lambda                         lambda_r, only at iterations with a restart
   perf/seconds_per_iteration, perf/candidates_per_second
 At the end, the run summary's `frontier` is the Pareto frontier as a table: text, target, post
@@ -42,7 +44,7 @@ from typing import Protocol
 import numpy as np
 
 from .errors import UserError
-from .frontier import frontier_indices, frontier_quality
+from .frontier import frontier_indices, frontier_quality, staircase_indices
 from .history import History
 from .ragged import lengths, pad
 
@@ -232,8 +234,8 @@ class IterationMetrics:
         self.next = 0
         self.best = -math.inf
         self.best_below = {c: -math.inf for c in thresholds}
-        self.front_f = np.zeros(0)    # (K,) frontier so far: the upper convex hull corners, which
-        self.front_ce = np.zeros(0)   # (K,) no later candidate can bring back (frontier.py)
+        self.stair_f = np.zeros(0)    # (S,) the Pareto staircase so far: only a staircase point
+        self.stair_ce = np.zeros(0)   # (S,) can be on a later staircase or hull (frontier.py)
 
     def __call__(self, hist, t: int) -> dict[str, float]:
         assert t == self.next, f"iteration {t} given, {self.next} expected"
@@ -253,11 +255,11 @@ class IterationMetrics:
             if len(below):
                 self.best_below[c] = max(self.best_below[c], float(below.max()))
             out[f"epo/best_target_ce_below_{c:g}"] = self.best_below[c]
-        pts_f, pts_ce = np.append(self.front_f, f), np.append(self.front_ce, ce)
-        keep, _ = frontier_indices(pts_f, pts_ce)
-        self.front_f, self.front_ce = pts_f[keep], pts_ce[keep]
-        out["epo/frontier_quality"] = frontier_quality((self.front_f, self.front_ce), *self.ref)
-        out["epo/frontier_points"] = float(len(keep))
+        pts_f, pts_ce = np.append(self.stair_f, f), np.append(self.stair_ce, ce)
+        keep = staircase_indices(pts_f, pts_ce)
+        self.stair_f, self.stair_ce = pts_f[keep], pts_ce[keep]
+        out["epo/frontier_quality"] = frontier_quality((self.stair_f, self.stair_ce), *self.ref)
+        out["epo/frontier_points"] = float(len(frontier_indices(self.stair_f, self.stair_ce)[0]))
         if not np.isnan(hist.restart_lambda[t]):
             out["epo/restart_lambda"] = hist.restart_lambda[t]
         seconds = hist.seconds[t]
