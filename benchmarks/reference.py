@@ -55,6 +55,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -111,10 +112,24 @@ def _quiet(*args, **kwargs) -> None:
     """The reference's callback: never stops the run (it calls it with final=True at the end)."""
 
 
-def run_reference(module, lm, target: fd.Target, cfg: fd.EPOConfig) -> tuple[object, float]:
-    """One reference run with cfg's settings -> (its History, wall seconds)."""
+def _stamping(stamps: list) -> Callable:
+    """A reference callback that never stops the run and appends (wall, process CPU) seconds
+    each time it is called: before every iteration and once at the end, so the (T + 1) stamps
+    bracket every iteration, its gradient pass included."""
+    def callback(*args, **kwargs) -> None:
+        stamps.append((time.perf_counter(), time.process_time()))
+    return callback
+
+
+def run_reference(module, lm, target: fd.Target, cfg: fd.EPOConfig,
+                  stamps: list | None = None) -> tuple[object, float]:
+    """One reference run with cfg's settings -> (its History, wall seconds); `stamps`, if
+    given, receives (wall, CPU) clock readings at the start, before each iteration and at the
+    end: T + 2 of them, the end of iteration t (1-based) at stamps[t + 1]."""
     lo, hi = cfg.restart_xentropy_min, cfg.restart_xentropy_max
     t0 = time.perf_counter()
+    if stamps is not None:
+        stamps.append((t0, time.process_time()))
     with contextlib.redirect_stdout(io.StringIO()):          # it prints every restart
         hist = module.epo(
             ReferenceObjective(lm, target, cfg.retokenize), lm.model, lm.tokenizer,
@@ -124,7 +139,7 @@ def run_reference(module, lm, target: fd.Target, cfg: fd.EPOConfig) -> tuple[obj
             restart_frequency=cfg.restart_frequency,
             # its restart range is [c / m, c * m]: c = sqrt(lo * hi), m = sqrt(hi / lo)
             restart_xentropy=math.sqrt(lo * hi), restart_xentropy_max_mult=math.sqrt(hi / lo),
-            seed=cfg.seed, callback=_quiet)
+            seed=cfg.seed, callback=_quiet if stamps is None else _stamping(stamps))
     return hist, time.perf_counter() - t0
 
 

@@ -1,0 +1,350 @@
+"""Benchmark: what costs fluentdream frontier on a real model (issue 35). The reference code, and
+fluentdream with one difference at a time switched to the reference's behaviour, at the paper's
+settings (Table 1), judged alike (benchmarks/judge.py: one fp32 scorer with fluentdream's rules).
+
+    git clone https://github.com/Confirm-Solutions/dreamy /tmp/dreamy      # never vendored here
+    python benchmarks/ablation.py --reference /tmp/dreamy --model smollm2-135m \
+        --target L8.N1371 --target "logit: dog" --seeds 8 --iters 60 --threads 1 --shard 0/2 &
+    python benchmarks/ablation.py ... --shard 1/2            # two 1-thread processes side by side
+    python benchmarks/ablation.py ... --report BENCHMARKS.md  # judge and tabulate the saved runs
+
+Every (arm, target, seed) is one run, saved as a History under --runs (resumable: a saved run is
+not run again; shards split what is left), with its wall and CPU clock at the end of every
+iteration. Arms (ARMS): the reference as published (fp32; its search knows no retokenization
+rule, the goal text stays banned); fluentdream at its defaults (bf16 where the CPU has it,
+retokenization rejected during the search); and the defaults with exactly one change. The
+changes that are not settings of fluentdream are made here by replacing one of its steps in this
+process (`patched`), never in the library.
+
+Measured per run: the judged hypervolume after the last iteration (equal iterations), and after
+the compute both sides spend: the smaller of the two medians of total process CPU seconds at
+--iters, each run credited with its curve at the last iteration its CPU clock had reached by then
+(equal compute; with one thread per run, CPU seconds are the run's wall time on a quiet core, and
+other load on the machine barely moves them). Per arm and target: mean and SD over seeds; against
+the reference a two-sided exact Mann-Whitney test (unpaired: the two codes draw different random
+streams); against the defaults an exact Wilcoxon signed-rank test paired by seed (a seed draws the
+same initial prompts in every arm but vocab-init).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+
+import fluentdream as fd
+from fluentdream import batched
+from fluentdream.evaluate import Scorer
+from fluentdream.hardware import cpu_name
+from fluentdream.history import atomic_write
+from fluentdream.runs import slug
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+import reference as ref  # noqa: E402
+from judge import Judge  # noqa: E402
+from analysis import stats  # noqa: E402
+
+epo_steps = importlib.import_module("fluentdream.epo")   # the module (fd.epo is the function)
+
+ARMS = {
+    "reference": "the published reference code, fp32, its own search (no retokenization rule)",
+    "defaults": "fluentdream's defaults: bf16 (fd.fast_dtype), retokenization rejected in the search",
+    "no-retokenize": "the search without the retokenization rule (judged with it)",
+    "fp32": "the model in fp32",
+    "fixed-restart": "restarts select at the fixed penalty 2.0, the reference's",
+    "no-label-term": "the proposal gradient without CE's label term",
+    "all-tokens": "every token may be proposed (the reference ranks the whole vocabulary)",
+    "vocab-init": "initial prompts drawn from the whole vocabulary, unchecked (the reference's)",
+    "row-lambda": "prompts new to slots take gradients at the lowest penalties in row order "
+                  "(the reference's), not at their slot's",
+}
+
+
+class NoLabelScorer(Scorer):
+    """A Scorer whose proposal gradient leaves out CE's label term, the lambda * log p(v | x<p)
+    / (n - 1) that fluentdream.gradients adds (paper §2): fixed-length runs without a context."""
+
+    def gradients(self, ids, lambdas, which=None, next_logprobs=None):
+        n = ids.shape[1]
+        logp = torch.empty(len(ids), n + 1, self.lm.vocab_size)
+        g = super().gradients(ids, lambdas, which, next_logprobs=logp)   # (M, n, V)
+        g[:, 1:] -= lambdas.float()[:, None, None] * logp[:, 1:n] / (n - 1)
+        if next_logprobs is not None:
+            next_logprobs[:] = logp
+        return g
+
+
+def _row_lambda(propose_many):
+    """propose_many giving the prompts new to their slots the lowest penalties in row order."""
+    def wrapped(scorer, runs, allowed):
+        swapped = []
+        for state, lambdas, k, which in runs:
+            stale = np.flatnonzero(~state.fresh)
+            lam = lambdas.clone()
+            lam[stale] = lambdas[:len(stale)]
+            swapped.append((state, lam, k, which))
+        return propose_many(scorer, swapped, allowed)
+    return wrapped
+
+
+@contextlib.contextmanager
+def patched(arm: str, lm):
+    """fluentdream's steps as `arm` has them, for the duration of one run."""
+    every = torch.ones(lm.vocab_size, dtype=torch.bool)
+    with contextlib.ExitStack() as stack:
+        if arm == "all-tokens":
+            stack.enter_context(mock.patch.object(batched, "allowed_tokens", lambda _: every))
+        if arm == "vocab-init":
+            drawable = torch.zeros(lm.vocab_size, dtype=torch.bool)
+            drawable[:len(lm.tokenizer)] = True
+            stack.enter_context(mock.patch.object(epo_steps, "drawable_tokens", lambda _: drawable))
+            stack.enter_context(mock.patch.object(epo_steps, "retokenizes",
+                                                  lambda tok, ids, texts=None: np.ones(len(ids), bool)))
+        if arm == "row-lambda":
+            stack.enter_context(mock.patch.object(batched, "propose_many",
+                                                  _row_lambda(batched.propose_many)))
+        yield
+
+
+def arm_config(arm: str, cfg: fd.EPOConfig) -> fd.EPOConfig:
+    if arm in ("no-retokenize", "reference"):
+        return cfg.replace(retokenize=False)
+    if arm == "fixed-restart":
+        return cfg.replace(restart_xentropy_min=2.0, restart_xentropy_max=2.0)
+    return cfg
+
+
+def run_one(arm: str, lm, spec: str, cfg: fd.EPOConfig, module) -> fd.History:
+    """One run of `arm`, with its clocks (wall, CPU) at the end of every iteration in meta."""
+    target = fd.parse_target(spec, lm)
+    cfg = arm_config(arm, cfg)
+    t0 = (time.perf_counter(), time.process_time())
+    if arm == "reference":
+        stamps: list = []
+        raw, _ = ref.run_reference(module, lm, target, cfg, stamps)
+        hist = ref.to_history(raw, cfg.lambdas, Scorer(lm, target, retokenize=False))
+        ends = stamps[2:]
+    else:
+        ends = []
+        scorer = (NoLabelScorer if arm == "no-label-term" else Scorer)(
+            lm, target, retokenize=cfg.retokenize)
+        with patched(arm, lm):
+            hist, = batched.epo_many(lm, [(target, cfg)], scorer=scorer, callback=lambda i, r: ends.append(
+                (time.perf_counter(), time.process_time())))
+    hist.meta.update(arm=arm, target=spec, seed=cfg.seed, dtype=str(lm.dtype),
+                     wall_clock=[w - t0[0] for w, _ in ends], cpu_clock=[c - t0[1] for _, c in ends])
+    return hist
+
+
+def run_path(runs: Path, arm: str, spec: str, seed: int) -> Path:
+    return runs / arm / slug(spec) / f"seed{seed}.npz"
+
+
+def run_all(args, module) -> None:
+    """Every (arm, target, seed) of this shard not saved yet, loading each dtype's model once."""
+    cfg = fd.EPOConfig(iters=args.iters)
+    todo = [(a, t, s) for a in args.arms for t in args.targets for s in range(args.seeds)
+            if not run_path(args.runs, a, t, s).exists()]
+    shard, shards = args.shard
+    todo = todo[shard::shards]
+    models: dict[str, object] = {}
+    for i, (arm, spec, seed) in enumerate(todo):
+        dtype = "float32" if arm in ("reference", "fp32") else fd.fast_dtype("cpu")
+        if dtype not in models:
+            models[dtype] = fd.load_model(args.model, dtype=dtype)
+        hist = run_one(arm, models[dtype], spec, cfg.replace(seed=seed), module)
+        hist.meta.update(model=args.model, threads=args.threads, cpu=cpu_name(),
+                         fluentdream_sha=ref._checkout_sha(ROOT))
+        hist.save(run_path(args.runs, arm, spec, seed))
+        print(f"[{i + 1}/{len(todo)}] {arm} {spec} seed {seed}: {hist.meta['wall_clock'][-1]:.0f} s",
+              file=sys.stderr, flush=True)
+
+
+def judge_all(args) -> list[dict]:
+    """Every saved run of the requested arms, targets and seeds -> one row each: its judged
+    hypervolume curve (benchmarks/judge.py) and clocks. Missing runs are listed, not invented."""
+    lm32 = fd.load_model(args.model, dtype="float32")
+    cfg = fd.EPOConfig(iters=args.iters)
+    rows, missing = [], []
+    for spec in args.targets:
+        judge = Judge(lm32, spec)
+        corner = judge.corner(cfg, list(range(args.seeds)))
+        for arm in args.arms:
+            for seed in range(args.seeds):
+                path = run_path(args.runs, arm, spec, seed)
+                if not path.exists():
+                    missing.append(f"{arm} {spec} seed {seed}")
+                    continue
+                hist = fd.History.load(path).truncated(args.iters)
+                native = hist.meta["dtype"] == "torch.float32"
+                rows.append(dict(arm=arm, target=judge.target.name, seed=seed, corner=list(corner),
+                                 curve=judge.curve(hist, corner, native).tolist(),
+                                 cpu_clock=hist.meta["cpu_clock"][:args.iters],
+                                 wall_clock=hist.meta["wall_clock"][:args.iters]))
+    if missing:
+        print(f"{len(missing)} runs not saved yet, left out: " + "; ".join(missing[:5])
+              + (" ..." if len(missing) > 5 else ""), file=sys.stderr)
+    return rows
+
+
+def at_compute(row: dict, seconds: float) -> float:
+    """The run's judged hypervolume at the last iteration its CPU clock reached by `seconds`
+    (0 before its first iteration ends)."""
+    done = np.flatnonzero(np.asarray(row["cpu_clock"]) <= seconds)
+    return row["curve"][done[-1]] if len(done) else 0.0
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per target and arm: the hypervolume at equal iterations and at equal compute with the
+    reference, their tests against the reference and against the defaults (module docstring)."""
+    out: dict = {}
+    for target in dict.fromkeys(r["target"] for r in rows):
+        mine = [r for r in rows if r["target"] == target]
+        by_arm = {a: sorted([r for r in mine if r["arm"] == a], key=lambda r: r["seed"])
+                  for a in dict.fromkeys(r["arm"] for r in mine)}
+        final = {a: np.array([r["curve"][-1] for r in rs]) for a, rs in by_arm.items()}
+        cpu = {a: float(np.median([r["cpu_clock"][-1] for r in rs])) for a, rs in by_arm.items()}
+        out[target] = {}
+        for arm, rs in by_arm.items():
+            entry = dict(runs=len(rs), mean=float(final[arm].mean()),
+                         sd=float(final[arm].std(ddof=1)) if len(rs) > 1 else 0.0,
+                         cpu_seconds=cpu[arm], seconds_per_iteration=cpu[arm] / len(rs[0]["curve"]))
+            if arm != "reference" and "reference" in by_arm:
+                budget = min(cpu[arm], cpu["reference"])
+                ours = np.array([at_compute(r, budget) for r in rs])
+                theirs = np.array([at_compute(r, budget) for r in by_arm["reference"]])
+                entry["vs_reference"] = stats.unpaired(final[arm], final["reference"]).to_dict()
+                entry["equal_compute"] = dict(seconds=budget, mean=float(ours.mean()),
+                                              reference_mean=float(theirs.mean()),
+                                              test=stats.unpaired(ours, theirs).to_dict())
+            if arm not in ("defaults", "reference") and "defaults" in by_arm:
+                seeds = [r["seed"] for r in rs]
+                base = {r["seed"]: r["curve"][-1] for r in by_arm["defaults"]}
+                if all(s in base for s in seeds):
+                    entry["vs_defaults"] = stats.paired(final[arm], [base[s] for s in seeds]).to_dict()
+            out[target][arm] = entry
+    return out
+
+
+def _p(test: dict | None) -> str:
+    return "—" if test is None else f"{test['difference']:+.2f}, p = {test['p']:.2g}"
+
+
+def markdown(summary: dict, meta: dict) -> str:
+    """One table per target: an arm a row."""
+    lines = []
+    for target, arms in summary.items():
+        lines += [f"**{target}** ({meta['iters']} iterations, {meta['seeds']} seeds an arm)", "",
+                  "| arm | what differs from the defaults | hypervolume, mean ± SD | vs the "
+                  "reference: difference of medians, Mann-Whitney p | vs the defaults: median "
+                  "paired difference, Wilcoxon p | at equal compute: arm vs reference (CPU s) "
+                  "| CPU s / iteration |", "|---|---|---|---|---|---|---|"]
+        for arm, e in arms.items():
+            eq = e.get("equal_compute")
+            eq_text = (f"{eq['mean']:.1f} vs {eq['reference_mean']:.1f} ({eq['seconds']:.0f} s; "
+                       f"p = {eq['test']['p']:.2g})" if eq else "—")
+            lines.append(f"| {arm} | {ARMS[arm]} | {e['mean']:.1f} ± {e['sd']:.1f} "
+                         f"| {_p(e.get('vs_reference'))} | {_p(e.get('vs_defaults'))} | {eq_text} "
+                         f"| {e['seconds_per_iteration']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+SECTION = "## Ablation against the reference"
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reference", help="checkout of Confirm-Solutions/dreamy (the folder "
+                    "holding dreamy/epo.py); needed to run the reference arm")
+    ap.add_argument("--model", default="smollm2-135m", help="anything fd.load_model takes "
+                    "(default: %(default)s)")
+    ap.add_argument("--target", action="append", dest="targets", metavar="SPEC",
+                    help="a target shorthand; repeat for several (default: L8.N1371 and "
+                    "'logit: dog')")
+    ap.add_argument("--arms", default=",".join(ARMS), type=lambda s: s.split(","),
+                    help="comma-separated arms (default: all: %(default)s)")
+    ap.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 (default: %(default)s)")
+    ap.add_argument("--iters", type=int, default=60, help="iterations (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    ap.add_argument("--shard", default="0/1", type=lambda s: tuple(map(int, s.split("/"))),
+                    help="I/N: run every N-th missing run from the I-th (default: %(default)s)")
+    ap.add_argument("--runs", type=Path, help="where runs are saved (default: "
+                    "results/ablation/MODEL)")
+    ap.add_argument("--judge", action="store_true", help="run nothing: judge the saved runs")
+    ap.add_argument("--json", type=Path, help="judged rows and summary (default: "
+                    "benchmarks/ablation_MODEL.json)")
+    ap.add_argument("--from-json", type=Path, help="run and judge nothing: tabulate a --json")
+    ap.add_argument("--report", metavar="MD", help="also write the tables as the "
+                    f"'{SECTION}: MODEL' section of this markdown file")
+    return ap
+
+
+def check(args) -> None:
+    """One-line errors for settings that cannot run, before anything loads."""
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        raise fd.UserError(f"unknown arms {unknown}; allowed: {', '.join(ARMS)}")
+    for name in ("seeds", "iters", "threads"):
+        if getattr(args, name) < 1:
+            raise fd.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if len(args.shard) != 2 or not 0 <= args.shard[0] < args.shard[1]:
+        raise fd.UserError(f"--shard must read I/N with 0 <= I < N, got {args.shard}")
+    if "reference" in args.arms and not args.judge and not args.reference:
+        raise fd.UserError("the reference arm needs --reference PATH (a checkout of "
+                           "Confirm-Solutions/dreamy); or leave it out of --arms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.targets = args.targets or ["L8.N1371", "logit: dog"]
+    name = Path(args.model).name
+    args.runs = args.runs or ROOT / "results" / "ablation" / name
+    out = args.json or ROOT / "benchmarks" / f"ablation_{name}.json"
+    try:
+        check(args)
+        if args.from_json:
+            result = json.loads(args.from_json.read_text())
+        else:
+            torch.set_num_threads(args.threads)
+            if not args.judge:
+                module = ref.load_reference(args.reference) if "reference" in args.arms else None
+                run_all(args, module)
+                if args.shard[1] > 1:
+                    return 0                   # the last shard to finish judges with --judge
+            rows = judge_all(args)
+            meta = dict(command="python benchmarks/ablation.py " + shlex.join(
+                argv if argv is not None else sys.argv[1:]), model=args.model, iters=args.iters,
+                seeds=args.seeds, targets=args.targets, arms=args.arms, cpu=cpu_name(),
+                fluentdream_sha=ref._checkout_sha(ROOT),
+                reference_sha=ref._checkout_sha(args.reference) if args.reference else None)
+            result = dict(meta=meta, summary=summarize(rows), runs=rows)
+            doc = json.dumps(result, indent=1).encode()
+            atomic_write(out, lambda fh: fh.write(doc))
+    except fd.UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    table = markdown(result["summary"], result["meta"])
+    print(table)
+    if args.report:
+        meta = result["meta"]
+        body = (f"{SECTION}: {meta['model']}\n\n`{meta['command']}` (on {meta['cpu']}; "
+                f"fluentdream {meta['fluentdream_sha']}, reference {meta['reference_sha']}). "
+                "Definitions: the docstring of benchmarks/ablation.py.\n\n" + table)
+        from run import replace_section
+        replace_section(Path(args.report), f"{SECTION}: {meta['model']}\n", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
