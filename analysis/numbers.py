@@ -204,25 +204,27 @@ def growth(t: dict, index: pd.DataFrame) -> dict:
 
 
 def restarts(t: dict, index: pd.DataFrame) -> dict:
-    """04 (§3.2): frontier some iterations after each restart vs at the restart (the same restart,
-    so paired: Wilcoxon of the mean gain over penalties against 0)."""
-    out, table = {}, t.get("restart_growth")
+    """04 (§3.2): the population some iterations after each restart vs before it (analysis/
+    seeds.py); runs are the units: Clopper-Pearson for the share of runs whose first restart
+    improved everywhere, Wilcoxon over runs of each run's mean gain (which can be negative)."""
+    out, table = {}, t.get("restart_runs")
     if table is None:
         return out
     prov = _prov(index, "04_seed_variance", names=table["run"].unique())
-    every = table["improved_everywhere"].astype(float)
+    every = table["first_improved_everywhere"].astype(bool)
     out["restarts.everywhere"] = entry(
-        "restarts", "restarts after which every penalty's best objective improved", "count", prov,
-        value=int(every.sum()), statistic="count", n=len(table), over="restarts")
+        "restarts", "runs whose first restart left a population better at every penalty",
+        "count", prov, value=int(every.sum()), statistic="count", n=len(table), over="runs")
     out["restarts.everywhere.share"] = entry(
-        "restarts", "share of restarts improved at every penalty", "share", prov,
-        est=stats.estimate(every, "mean"), over="restarts")
+        "restarts", "share of runs whose first restart improved every penalty", "share", prov,
+        est=stats.proportion(int(every.sum()), len(table)), over="runs")
     out["restarts.share_improved.median"] = entry(
-        "restarts", "median share of penalties improved after a restart", "share", prov,
-        est=stats.estimate(table["frac_improved"], "median"), over="restarts")
+        "restarts", "median over runs of the share of penalties a restart improved", "share",
+        prov, est=stats.estimate(table["frac_improved"], "median"), over="runs")
     out["restarts.mean_gain.median"] = entry(
-        "restarts", "median gain of the best objective (mean over penalties) after a restart",
-        "activation", prov, est=stats.estimate(table["mean_gain"], "median"), over="restarts",
+        "restarts", "median over runs of a restart's gain of the population's best objective "
+        "(mean over penalties)", "activation", prov,
+        est=stats.estimate(table["mean_gain"], "median"), over="runs",
         test=stats.paired(table["mean_gain"], 0.0))
     return out
 

@@ -118,10 +118,11 @@ def _growth_holds(n: Numbers) -> str:
 
 def _restarts(n: Numbers) -> str:
     every = n.n["restarts.everywhere"]
-    return (f"{n.v('restarts.everywhere')} of {every['n']} restarts better at every penalty "
-            f"(share {n.ci('restarts.everywhere.share')}); median share of penalties improved "
-            f"{n.ci('restarts.share_improved.median')}; gain {n.ci('restarts.mean_gain.median')} "
-            f"({n.p('restarts.mean_gain.median')})")
+    return (f"population 10 iterations after a restart vs before it: first restart better at "
+            f"every penalty in {n.v('restarts.everywhere')} of {every['n']} runs (share "
+            f"{n.ci('restarts.everywhere.share')}, Clopper-Pearson); per run, share of penalties "
+            f"improved {n.ci('restarts.share_improved.median')}, gain "
+            f"{n.ci('restarts.mean_gain.median')} ({n.p('restarts.mean_gain.median')})")
 
 
 def _restarts_holds(n: Numbers) -> str:

@@ -5,14 +5,21 @@
     tabs["seed_variance"]            # per seed: max activation, max under the CE-5 analog (Fig 2a)
     tabs["seed_summary"]             # one row: their ranges and medians
     tabs["frontier_growth"]          # one run's frontier after each checkpoint (Fig 2b)
-    tabs["restart_growth"]           # per restart: is the frontier better at every penalty
-                                     # 10/30 of a restart period later?
+    tabs["restart_growth"]           # per restart: is the population better at every penalty
+                                     # 10/30 of a restart period later than before it?
+    tabs["restart_runs"]             # per run: its restarts' mean gain, share improved, and
+                                     # whether its first restart improved everywhere
 
 The paper: "by 10 iterations after a restart, solutions are typically substantially better at all
-points on the Pareto frontier." We measure it on the cumulative frontier of each run: for every
-restart at iteration t (t > 0), compare the best f - lambda * CE over all candidates up to t with
-the same 10 iterations later (scaled by restart_frequency / 30), at 50 penalties lambda
-log-spaced over EPO's range [0.1, 10]; a restart "improves everywhere" when every lambda gains.
+points on the Pareto frontier." The solutions are the population. For every restart at iteration t
+(t > 0) we compare the population entering t (the M prompts the slots held before the restart
+collapsed them) with the population 10 iterations later (scaled by restart_frequency / 30): at 50
+penalties lambda log-spaced over EPO's range [0.1, 10], the best f - lambda * CE among each
+population's prompts. The gain can be negative (the collapse discards the spread, and 10
+iterations may not win it back), so a test of it can fail. A restart "improves everywhere" when
+every lambda gains. Restarts of one run are not independent, so runs are the units: a run's mean
+gain and share of penalties improved over its restarts, and whether its first restart improved
+everywhere (a yes or no per run: a binomial count).
 """
 from pathlib import Path
 
@@ -73,29 +80,45 @@ def growth(run_dir: Path, checkpoints: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _envelope(hist: History, n_iters: int) -> np.ndarray:
-    """(L,) best f - lambda * CE over all candidates of the first n_iters iterations."""
-    _, f, ce = hist.truncated(n_iters).candidates()
+def _envelope(f: np.ndarray, ce: np.ndarray) -> np.ndarray:
+    """(M,), (M,) a population's scores -> (L,) its best f - lambda * CE at each of LAMBDAS."""
     return (f[None, :].astype(np.float64) - LAMBDAS[:, None] * ce[None, :]).max(axis=1)
 
 
+def restart_gains(hist: History, period: int) -> list[dict]:
+    """Per restart of one run (every `period` iterations, the first excluded): the population's
+    gain at each penalty `horizon` iterations after it, summarized."""
+    horizon = max(1, round(PAPER_HORIZON * period / PAPER_RESTART))
+    rows = []
+    for t in range(period, len(hist) - horizon, period):
+        # the restart happens at the end of iteration t: before it, the slots held what
+        # iteration t - 1 kept; `horizon` iterations after it, what t + horizon kept
+        gain = _envelope(*hist.slot_scores(t + horizon)) - _envelope(*hist.slot_scores(t - 1))
+        rows.append(dict(restart=t, horizon=horizon, frac_improved=float(np.mean(gain > 1e-6)),
+                         improved_everywhere=bool(np.all(gain > 1e-6)),
+                         mean_gain=float(gain.mean())))
+    return rows
+
+
 def restart_growth(runs: list[Path]) -> pd.DataFrame:
+    """One row per restart of every run (restart_gains)."""
     rows = []
     for d in runs:
-        hist = History.load(d / CHECKPOINT)
-        period = read_json(d / "config.json")["restart_frequency"]
-        if not period:
-            continue
-        horizon = max(1, round(PAPER_HORIZON * period / PAPER_RESTART))
-        for t in range(period, len(hist) - horizon, period):
-            # the restart happens at the end of iteration t; its children start at t + 1
-            before, after = _envelope(hist, t + 1), _envelope(hist, t + 1 + horizon)
-            gain = after - before
-            rows.append(dict(run=d.name, seed=read_json(d / "config.json")["seed"], restart=t,
-                             horizon=horizon, frac_improved=float(np.mean(gain > 1e-6)),
-                             improved_everywhere=bool(np.all(gain > 1e-6)),
-                             mean_gain=float(gain.mean())))
+        config = read_json(d / "config.json")
+        if config["restart_frequency"]:
+            rows += [dict(run=d.name, seed=config["seed"], **r) for r in
+                     restart_gains(History.load(d / CHECKPOINT), config["restart_frequency"])]
     return pd.DataFrame(rows)
+
+
+def restart_runs(restarts: pd.DataFrame) -> pd.DataFrame:
+    """Per run (the unit): mean gain and share of penalties improved over its restarts, and
+    whether its first restart improved at every penalty."""
+    first = restarts.sort_values("restart").groupby("run").first()["improved_everywhere"]
+    out = restarts.groupby("run").agg(seed=("seed", "first"), restarts=("restart", "size"),
+                                      mean_gain=("mean_gain", "mean"),
+                                      frac_improved=("frac_improved", "mean"))
+    return out.assign(first_improved_everywhere=first).reset_index()
 
 
 def tables(preset_dir: Path) -> dict[str, pd.DataFrame]:
@@ -120,4 +143,5 @@ def tables(preset_dir: Path) -> dict[str, pd.DataFrame]:
     restarts = restart_growth(runs)
     if len(restarts):
         out["restart_growth"] = restarts
+        out["restart_runs"] = restart_runs(restarts)
     return out

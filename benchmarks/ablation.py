@@ -163,7 +163,7 @@ def run_all(args, module) -> None:
             models[dtype] = fd.load_model(args.model, dtype=dtype)
         hist = run_one(arm, models[dtype], spec, cfg.replace(seed=seed), module)
         hist.meta.update(model=args.model, threads=args.threads, cpu=cpu_name(),
-                         fluentdream_sha=ref._checkout_sha(ROOT))
+                         fluentdream_sha=ref.checkout_sha(ROOT))
         hist.save(run_path(args.runs, arm, spec, seed))
         print(f"[{i + 1}/{len(todo)}] {arm} {spec} seed {seed}: {hist.meta['wall_clock'][-1]:.0f} s",
               file=sys.stderr, flush=True)
@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             meta = dict(command="python benchmarks/ablation.py " + shlex.join(
                 argv if argv is not None else sys.argv[1:]), model=args.model, iters=args.iters,
                 seeds=args.seeds, targets=args.targets, arms=args.arms, cpu=cpu_name(),
-                fluentdream_sha=ref._checkout_sha(ROOT),
-                reference_sha=ref._checkout_sha(args.reference) if args.reference else None)
+                fluentdream_sha=ref.checkout_sha(ROOT),
+                reference_sha=ref.checkout_sha(args.reference) if args.reference else None)
             result = dict(meta=meta, summary=summarize(rows), runs=rows)
             doc = json.dumps(result, indent=1).encode()
             atomic_write(out, lambda fh: fh.write(doc))

@@ -1,88 +1,141 @@
-"""The time-to-quality table (benchmarks/time_to_quality.py): per target the ratio of median times
-to the reference's goal with a bootstrap interval over seeds, the "all targets" geometric mean, and
-the markdown table and BENCHMARKS.md section that show them. Pure functions of the rows the
-benchmark measured, so `--from-json` rebuilds the table without running anything."""
+"""The time-to-quality statistics and table (benchmarks/time_to_quality.py): pure functions of
+the rows the benchmark measured, so `--from-json` rebuilds the table without running anything.
+
+Per target, from each side's times to the goal (infinity for a run that never reaches it):
+  speed-up  median time of the reference's runs / median time of fluentdream's (0 when
+            fluentdream's median run never reaches the goal, infinity when the reference's
+            never does; a target is never dropped);
+  interval  the exact 95% interval of the ratio of times under a shift model on log time: the
+            Mann-Whitney test inverted (Hodges-Lehmann), the order statistics of all pairwise
+            log-time differences at the exact null distribution's critical value. Pairs where
+            both runs never reach the goal count against the ratio at the lower end and for it
+            at the upper end. With 3 + 3 runs no 95% interval exists (the smallest two-sided
+            exact p is 0.1), and the interval says so: [0, inf];
+  p         two-sided exact Mann-Whitney p of the times (ties, infinities included: by
+            permutation), the test that the two sides are equally fast;
+  p vs 3x   one-sided exact Mann-Whitney p that fluentdream's runs are more than 3x faster
+            (the reference's times divided by 3 against fluentdream's).
+All targets: the median of the per-target speed-ups (0 and infinity included) and how many
+targets' intervals lie above 1.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from scipy import stats as sps
 
 from run import replace_section
 
 SECTION = "## Time to quality against the reference implementation"
+CONFIDENCE = 0.95
+IMPLEMENTATIONS = ("reference", "fluentdream")
 
 
-def _times(rows: list[dict], impl: str) -> np.ndarray:
+def times(rows: list[dict], impl: str) -> np.ndarray:
     """(S,) seconds to the goal of one implementation's runs, inf where never reached."""
     return np.array([r["seconds_to_goal"] if r["seconds_to_goal"] is not None else np.inf
                      for r in rows if r["implementation"] == impl], float)
 
 
-def speedup(rows: list[dict], seed: int = 0) -> dict:
-    """Median time to the goal, reference / fluentdream, with a bootstrap interval over seeds."""
-    theirs, ours = _times(rows, "reference"), _times(rows, "fluentdream")
-    rng = np.random.default_rng(seed)
-    with np.errstate(invalid="ignore", divide="ignore"):     # a median may be inf (never reached)
-        boot = (np.median(rng.choice(theirs, (10_000, len(theirs))), 1)
-                / np.median(rng.choice(ours, (10_000, len(ours))), 1))           # inf/inf -> nan
-        ratio = np.median(theirs) / np.median(ours)
-    ci = np.nanquantile(boot, [0.025, 0.975], method="inverted_cdf")     # no interpolating infs
-    return dict(ratio=float(ratio), ci=[float(x) for x in ci],
-                reference_median_s=float(np.median(theirs)),
-                fluentdream_median_s=float(np.median(ours)),
-                reached={impl: int(np.isfinite(_times(rows, impl)).sum())
-                         for impl in ("reference", "fluentdream")},
-                runs={"reference": len(theirs), "fluentdream": len(ours)},
-                **{key: {impl: _median(rows, impl, get) for impl in ("reference", "fluentdream")}
-                   for key, get in (("hypervolume", lambda r: r["hypervolume"]),
-                                    ("seconds_per_iteration",
-                                     lambda r: r["total_seconds"] / r["iterations_run"]))})
+def null_counts(m: int, n: int) -> np.ndarray:
+    """(m n + 1,) number of the C(m + n, m) orderings of two untied samples of sizes m and n
+    whose Mann-Whitney U (pairs with the first above the second) is 0, 1, ..., m n."""
+    # ways[i][j]: counts of U for i and j items; the largest item belongs to one sample or the
+    # other: from the first it beats all j others (U += j), from the second it adds nothing.
+    ways = [[np.array([1], dtype=object) for _ in range(n + 1)] for _ in range(m + 1)]
+    for i in range(m + 1):
+        for j in range(n + 1):
+            if i == 0 or j == 0:
+                continue
+            out = np.zeros(i * j + 1, dtype=object)
+            a, b = ways[i - 1][j], ways[i][j - 1]
+            out[j:j + len(a)] += a
+            out[:len(b)] += b
+            ways[i][j] = out
+    return np.array([int(c) for c in ways[m][n]], dtype=float) if m and n else np.ones(1)
 
 
-def _median(rows: list[dict], impl: str, get) -> float:
-    """Median of get(row) over one implementation's rows (nan where a row lacks the fields)."""
-    try:
-        return float(np.median([get(r) for r in rows if r["implementation"] == impl]))
-    except KeyError:                                   # a results file from before the field
-        return float("nan")
+def ratio_interval(theirs: np.ndarray, ours: np.ndarray,
+                   confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The exact interval of the ratio of times theirs / ours (module docstring)."""
+    m, n = len(theirs), len(ours)
+    counts = null_counts(m, n)
+    cdf = np.cumsum(counts) / counts.sum()                  # P(U <= u)
+    k = int(np.searchsorted(cdf, (1 - confidence) / 2, side="right"))   # P(U <= k - 1) <= a/2
+    if k == 0:
+        return 0.0, float("inf")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.log(theirs)[:, None] - np.log(ours)[None, :]  # (m, n), inf - inf = nan
+    both = np.isnan(d)
+    low = np.sort(np.where(both, -np.inf, d).ravel())       # unknown pairs against the ratio
+    high = np.sort(np.where(both, np.inf, d).ravel())       # ... and for it
+    return float(np.exp(low[k - 1])), float(np.exp(high[m * n - k]))
+
+
+def mann_whitney_p(x: np.ndarray, y: np.ndarray, alternative: str = "two-sided") -> float:
+    """Exact Mann-Whitney p of x against y; with ties (infinities) by all relabellings."""
+    pooled = np.concatenate([x, y])
+    method = ("exact" if len(np.unique(pooled)) == len(pooled) else
+              sps.PermutationMethod(n_resamples=100_000, rng=np.random.default_rng(0)))
+    return float(sps.mannwhitneyu(x, y, alternative=alternative, method=method).pvalue)
+
+
+def speedup(rows: list[dict]) -> dict:
+    """One target's statistics (module docstring) and the medians they come from."""
+    theirs, ours = times(rows, "reference"), times(rows, "fluentdream")
+    med_theirs, med_ours = float(np.median(theirs)), float(np.median(ours))
+    ratio = (float("nan") if np.isinf(med_theirs) and np.isinf(med_ours) else
+             0.0 if np.isinf(med_ours) else med_theirs / med_ours)
+    return dict(ratio=ratio, ci=list(ratio_interval(theirs, ours)),
+                p=mann_whitney_p(theirs, ours),
+                p_three=mann_whitney_p(theirs / 3.0, ours, alternative="greater"),
+                reference_median_s=med_theirs, fluentdream_median_s=med_ours,
+                reached={impl: int(np.isfinite(times(rows, impl)).sum()) for impl in IMPLEMENTATIONS},
+                runs={impl: len(times(rows, impl)) for impl in IMPLEMENTATIONS},
+                hypervolume={impl: float(np.median([r["hypervolume"] for r in rows
+                                                    if r["implementation"] == impl]))
+                             for impl in IMPLEMENTATIONS},
+                seconds_per_iteration={impl: float(np.median(
+                    [r["total_seconds"] / r["iterations_run"] for r in rows
+                     if r["implementation"] == impl])) for impl in IMPLEMENTATIONS})
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Per target: the speed-up; "all": geometric mean of the finite per-target ratios."""
+    """Per target: speedup(); "all": the median per-target speed-up and the count of targets
+    whose interval lies above 1."""
     out = {name: speedup([r for r in rows if r["target"] == name])
            for name in dict.fromkeys(r["target"] for r in rows)}
-    ratios = [s["ratio"] for s in out.values() if np.isfinite(s["ratio"]) and s["ratio"] > 0]
-    out["all"] = dict(geometric_mean=(float(np.exp(np.mean(np.log(ratios)))) if ratios
-                                      else float("nan")),
-                      targets=len(ratios))
+    ratios = [s["ratio"] for s in out.values()]
+    out["all"] = dict(median=float(np.median(ratios)) if ratios else float("nan"),
+                      targets=len(ratios), above_one=sum(s["ci"][0] > 1 for s in out.values()))
     return out
+
+
+def _x(v: float) -> str:
+    return "never" if np.isinf(v) else f"{v:.1f}"
 
 
 def markdown(summary: dict, iters: int) -> str:
     lines = [f"| target | reference: median s to its {iters}-iteration (lower) median hypervolume "
-             "| fluentdream: median s to the same | speed-up [95% CI] | runs reaching it "
-             "(reference, fluentdream) | median hypervolume at the runs' end (reference, "
-             "fluentdream) | median s per iteration (reference, fluentdream) |",
-             "|---|---|---|---|---|---|---|"]
+             "| fluentdream: median s to the same | speed-up [exact 95% CI] | p (equal speed) "
+             "| p (> 3x) | runs reaching it (reference, fluentdream) | median hypervolume at the "
+             "runs' end (reference, fluentdream) | median s per iteration (reference, "
+             "fluentdream) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         if name == "all":
             continue
-        ratio = (f"{s['ratio']:.2f}x" if np.isfinite(s["fluentdream_median_s"]) else
-                 "none: fluentdream's median run never reaches it")
-        lines.append(f"| {name} | {s['reference_median_s']:.1f} | {s['fluentdream_median_s']:.1f} "
-                     f"| {ratio} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] "
+        lines.append(f"| {name} | {_x(s['reference_median_s'])} | {_x(s['fluentdream_median_s'])} "
+                     f"| {s['ratio']:.2f}x [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] "
+                     f"| {s['p']:.2g} | {s['p_three']:.2g} "
                      f"| {s['reached']['reference']} of {s['runs']['reference']}, "
                      f"{s['reached']['fluentdream']} of {s['runs']['fluentdream']} "
-                     f"| {s['hypervolume']['reference']:.2f}, "
-                     f"{s['hypervolume']['fluentdream']:.2f} "
+                     f"| {s['hypervolume']['reference']:.2f}, {s['hypervolume']['fluentdream']:.2f} "
                      f"| {s['seconds_per_iteration']['reference']:.3f}, "
                      f"{s['seconds_per_iteration']['fluentdream']:.3f} |")
     a = summary["all"]
-    n = len(summary) - 1
-    lines.append(f"| all targets | | | {a['geometric_mean']:.2f}x: the geometric mean over the "
-                 f"{a['targets']} of {n} target(s) with a finite speed-up | | | |" if a["targets"]
-                 else f"| all targets | | | none: no target of {n} has a finite speed-up | | | |")
+    lines.append(f"| all targets | | | median {a['median']:.2f}x | | | {a['above_one']} of "
+                 f"{a['targets']} target(s) with the interval above 1 | | |")
     return "\n".join(lines)
 
 
@@ -94,12 +147,10 @@ def options_text(options: dict) -> str:
 
 
 def splice_section(path: Path, result: dict) -> None:
-    """Replace (or append) the model's SECTION in the markdown file at `path`: command, settings,
-    table. Each model, CPU and setting has its own section."""
+    """Replace (or append) this setting's SECTION in the markdown file at `path`: command,
+    settings, table. Each model, CPU and setting has its own section."""
     meta = result["meta"]
-    heading = f"{SECTION}: {meta['model_name']}"
-    if meta.get("cpu"):                                  # a ratio on another CPU is another result
-        heading += f" on {meta['cpu']}"
+    heading = f"{SECTION}: {meta['model_name']} on {meta['cpu']}, one run at a time"
     if meta.get("reference_options"):                    # the reference off Table 1
         heading += f", the reference with {options_text(meta['reference_options'])}"
     if meta.get("fluentdream_options"):                  # a variant gets its own section
@@ -107,10 +158,11 @@ def splice_section(path: Path, result: dict) -> None:
     stop = (f"; each fluentdream run stopped at the first multiple of {meta['stop_at_goal']} "
             "iterations that reached the goal" if meta.get("stop_at_goal") else "")
     body = (f"{heading}\n\n`{meta['command']}` ({meta['model']}, {meta['threads']} thread(s), "
-            f"fluentdream in {meta['fluentdream_dtype']} with each target's "
-            f"{len(meta['seeds'])} seeds batched, the reference in {meta['reference_dtype']} "
-            f"with {len(meta['reference_seeds'])} seed(s){stop}; both judged in float32; "
-            f"fluentdream {meta['fluentdream_sha']}, reference {meta['reference_sha']}). "
-            "Definitions: the docstring of benchmarks/time_to_quality.py.\n\n"
+            f"one seed per run and one run at a time on each side: fluentdream in "
+            f"{meta['fluentdream_dtype']}, {len(meta['seeds'])} seeds; the reference in "
+            f"{meta['reference_dtype']}, {len(meta['reference_seeds'])} seeds{stop}; both "
+            f"judged in float32; fluentdream {meta['fluentdream_sha']}, reference "
+            f"{meta['reference_sha']}). Definitions: the docstrings of "
+            "benchmarks/time_to_quality.py and benchmarks/ttq_table.py.\n\n"
             + markdown(result["summary"], meta["config"]["iters"]) + "\n")
     replace_section(path, heading + "\n", body)

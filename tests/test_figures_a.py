@@ -119,3 +119,31 @@ def test_figure_without_its_table_says_what_to_run():
         fig2_seed_variance.make({})
     with pytest.raises(ValueError, match="02_token_logits"):
         table2_token_logits.make_markdown({"other": pd.DataFrame({"a": [1]})})
+
+
+def _population_history(before: float, after: float) -> "History":
+    """9 iterations, M = 2 slots, restarts every 3 (horizon 1): the slots hold (f, CE) = (1, 2)
+    and (2, 4) until iteration 2, every f shifted by `before` at iteration 3 (the restart) and by
+    `after` from iteration 4 on."""
+    from fluentdream.history import History
+    hist = History(lambdas=np.array([0.1, 10.0]))
+    for t in range(9):
+        shift = 0.0 if t < 3 else before if t < 4 else after
+        f = np.array([1.0, 2.0, 0.0, 0.0], np.float32) + shift
+        ce = np.array([2.0, 4.0, 9.0, 9.0], np.float32)
+        hist.append(np.arange(16).reshape(4, 4) + t, f, ce, np.array([0, 1]), np.nan, 0.1, 2)
+    return hist
+
+
+def test_a_restart_gain_can_be_negative_and_its_test_can_fail():
+    from analysis import stats
+    worse = seeds.restart_gains(_population_history(-1.0, -0.5), 3)
+    better = seeds.restart_gains(_population_history(-1.0, +0.5), 3)
+    assert [r["restart"] for r in worse] == [3, 6]
+    assert worse[0]["mean_gain"] == pytest.approx(-0.5) and worse[0]["frac_improved"] == 0
+    assert better[0]["mean_gain"] == pytest.approx(0.5) and better[0]["improved_everywhere"]
+    assert better[1]["mean_gain"] == 0 and not better[1]["improved_everywhere"]   # flat: no gain
+    # over runs: a gain centred at 0 is not significant, one that is always positive is
+    rng = np.random.default_rng(0)
+    assert stats.paired(rng.normal(0, 1, 16), 0.0).p > 0.05
+    assert stats.paired(rng.normal(0.5, 0.2, 16), 0.0).p < 0.001

@@ -1,10 +1,9 @@
 """benchmarks/reference.py, the parts that are fluentdream's (no reference checkout needed): its
-cache_run is the objective fluentdream scores, a reference History converts to ours, and the
-metrics and report add up on hand-made numbers."""
+cache_run is the objective fluentdream scores (its logits in fp32 when asked), and a reference
+History converts to ours under our rules."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import types
 
 import numpy as np
@@ -122,68 +121,12 @@ def test_reference_history_converts_with_our_rules(tiny_lm):
     np.testing.assert_array_equal(front.ids, direct.ids)
 
 
-def test_run_metrics_on_hand_made_points():
-    # (CE, f): (2, 1), (4, 3), (6, 4) and one rejected; threshold 5; corner (8, 0)
-    hist = fd.History(lambdas=np.array([1.0]))
-    hist.append(np.arange(8).reshape(4, 2), [1.0, 3.0, 4.0, -np.inf], [2.0, 4.0, 6.0, np.nan],
-                [0], np.nan, 0.1, 3)
-    m = bench.run_metrics(hist, threshold=5.0, ref_point=(8.0, 0.0))
-    # staircase: CE [2, 4) at height 1, [4, 6) at 3, [6, 8) at 4 -> 2 + 6 + 8
-    assert m == dict(best=4.0, best_in_dist=3.0, hypervolume=16.0, rejected=0.25)
-    assert np.isnan(bench.run_metrics(hist, threshold=1.0, ref_point=(8.0, 0.0))["best_in_dist"])
-    assert bench.reference_point([(9.0, -0.1), (12.0, 0.2), (10.0, -0.3)]) == (12.0, -0.3)
-
-
-def _rows():
-    rows = []
-    for t, shift in (("L1.N5", 1.0), ("logit: x", -0.5)):
-        for seed, base in enumerate((1.0, 2.0, 3.0)):
-            for impl, add in (("fluentdream", shift * (seed + 1)), ("reference", 0.0)):
-                rows.append(dict(target=t, implementation=impl, seed=seed, best=base + add,
-                                 best_in_dist=base + add - 1, hypervolume=10 * (base + add),
-                                 sec_per_iter=0.1 if impl == "fluentdream" else 0.3,
-                                 median_iter=0.09, rejected=0.0))
-    return rows
-
-
-def test_summary_pairs_runs_by_seed():
-    s = bench.summarize(_rows())
-    ours = s["L1.N5"]["stats"]["fluentdream"]["best"]        # 2, 4, 6
-    assert ours["mean"] == pytest.approx(4.0) and ours["sd"] == pytest.approx(2.0)
-    p = s["L1.N5"]["paired"]["best"]                         # differences 1, 2, 3
-    assert p["mean"] == pytest.approx(2.0) and (p["ahead"], p["behind"]) == (3, 0)
-    assert 1.0 <= p["ci"][0] <= 2.0 <= p["ci"][1] <= 3.0
-    # exact signed-rank test, 3 positive differences: W+ = 6 has probability 1/8; two-sided 1/4
-    assert p["p"] == pytest.approx(0.25)
-    assert s["logit: x"]["paired"]["hypervolume"]["behind"] == 3
-    pooled = s["all"]["paired"]["best"]
-    assert (pooled["ahead"], pooled["behind"], pooled["pairs"]) == (3, 3, 6)
-
-
-def test_report_table():
-    text = bench.markdown(bench.summarize(_rows()), threshold=6.46)
-    assert "| target | implementation | best activation | best at CE < 6.46 |" in text
-    assert "| L1.N5 | fluentdream | 4.00 ± 2.00 | 3.00 ± 2.00 | 40.00 ± 20.00 | 0.100 | 0.090 | 0.0% |" in text
-    assert "| L1.N5 | +2.00 [" in text and "| all targets (p and counts only) | p = " in text
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--iters", "0"], "--iters must be at least 1"),
-    ([], "not a checkout of Confirm-Solutions/dreamy"),
-    (["--reference", ""], "give --reference PATH"),
-    (["--json", "/proc/nowhere/results.json"], "is not a writable folder"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
-    assert bench.main(["--reference", str(tmp_path)] + argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_tables_from_a_saved_results_file(tmp_path, capsys):
-    path = tmp_path / "results.json"
-    path.write_text(json.dumps(dict(meta=dict(threshold=6.46), runs=_rows())))
-    assert bench.main(["--from-json", str(path)]) == 0
-    assert "| L1.N5 | fluentdream | 4.00 ± 2.00 |" in capsys.readouterr().out
-    (tmp_path / "bad.json").write_text("{}")
-    assert bench.main(["--from-json", str(tmp_path / "bad.json")]) == 2
-    assert "is not a results file of this script" in capsys.readouterr().err
+def test_cache_run_can_give_fp32_logits_from_a_bf16_model(tokenizer):
+    # The reference's setting "bf16 with its CE in fp32": the same bf16 forward, logits cast.
+    from conftest import build_model
+    lm = fd.wrap_model(build_model("gpt_neox").to(torch.bfloat16), tokenizer, "tiny-bf16")
+    ids = torch.randint(lm.vocab_size, (4, 6), generator=torch.Generator().manual_seed(0))
+    plain = bench.ReferenceObjective(lm, fd.Neuron(1, 4))(input_ids=ids)["logits"]
+    cast = bench.ReferenceObjective(lm, fd.Neuron(1, 4), fp32_logits=True)(input_ids=ids)["logits"]
+    assert plain.dtype == torch.bfloat16 and cast.dtype == torch.float32
+    torch.testing.assert_close(cast, plain.float())

@@ -1,9 +1,12 @@
-"""benchmarks/time_to_quality.py, the parts that are fluentdream's (no reference checkout needed):
-the first iteration reaching a goal equals brute force, the speed-up of hand-made times is their
-ratio of medians, and a fluentdream run's clock and fp32 hypervolume mean what they say."""
+"""benchmarks/time_to_quality.py, ttq_table.py and judge.py, the parts that are fluentdream's (no
+reference checkout needed): the judged curve is the staircase area of every accepted candidate,
+written out here; the first iteration reaching a goal is brute force's on any curve; the exact
+statistics reject what they should and only that; a run's clock means what it says."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import math
 import sys
 
 import numpy as np
@@ -13,209 +16,181 @@ import torch
 import fluentdream as fd
 from conftest import REPO
 from fluentdream.evaluate import Scorer
-from fluentdream.ragged import rows
 
 
 def _load():
     sys.path.insert(0, str(REPO / "benchmarks"))
-    path = REPO / "benchmarks" / "time_to_quality.py"
-    spec = importlib.util.spec_from_file_location("bench_ttq", path)
+    spec = importlib.util.spec_from_file_location("bench_ttq", REPO / "benchmarks" / "time_to_quality.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 ttq = _load()
-import ttq_table  # noqa: E402  (benchmarks/, on the path once ttq is loaded)
+import judge  # noqa: E402  (benchmarks/, on the path once ttq is loaded)
+import ttq_table  # noqa: E402
+
+SMALL = dict(population_size=4, explore_per_pop=4, seq_len=5, topk=16, batch_size=64)
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_first_reaching_is_the_brute_force_first(seed):
+def test_first_reaching_is_the_brute_force_first_on_any_curve(seed):
     rng = np.random.default_rng(seed)
     T = int(rng.integers(1, 40))
-    curve = np.cumsum(rng.exponential(size=T) * (rng.random(T) < 0.5))   # non-decreasing, flats
-    goal = float(rng.uniform(0, curve[-1] * 1.2 + 1e-9))
+    curve = rng.normal(size=T).cumsum() if seed % 2 else rng.uniform(0, 10, T)   # rises and falls
+    goal = float(rng.uniform(curve.min() - 1, curve.max() + 1))
     hits = [t for t in range(1, T + 1) if curve[t - 1] >= goal]
-    assert ttq.first_reaching(lambda t: curve[t - 1], T, goal) == (hits[0] if hits else None)
+    assert judge.first_reaching(curve, goal) == (hits[0] if hits else None)
 
 
-def _rows(theirs, ours):
-    return ([dict(implementation="reference", seconds_to_goal=s) for s in theirs]
-            + [dict(implementation="fluentdream", seconds_to_goal=s) for s in ours])
+def test_the_null_distribution_of_u_is_the_count_over_every_ordering():
+    for m, n in ((1, 1), (2, 3), (4, 3), (3, 5)):
+        counts = np.zeros(m * n + 1)
+        for first in itertools.combinations(range(m + n), m):
+            second = [p for p in range(m + n) if p not in first]
+            counts[sum(a > b for a in first for b in second)] += 1
+        np.testing.assert_array_equal(ttq_table.null_counts(m, n), counts)
+    assert ttq_table.null_counts(10, 10).sum() == math.comb(20, 10)
 
 
-def test_speedup_is_the_ratio_of_median_times_and_counts_runs_that_never_reach():
+def test_the_speedup_test_rejects_a_real_speedup_and_not_an_equal_speed():
+    rng = np.random.default_rng(3)
+    theirs = np.exp(rng.normal(np.log(30.0), 0.3, 10))
+    faster = np.exp(rng.normal(np.log(5.0), 0.3, 10))               # truly 6x faster
+    same = np.exp(rng.normal(np.log(30.0), 0.3, 10))                # truly as fast
+    lo, hi = ttq_table.ratio_interval(theirs, faster)
+    assert 1 < lo < 6 < hi
+    assert ttq_table.mann_whitney_p(theirs, faster) < 0.001
+    assert ttq_table.mann_whitney_p(theirs / 3, faster, "greater") < 0.05   # more than 3x
+    lo, hi = ttq_table.ratio_interval(theirs, same)
+    assert lo < 1 < hi and ttq_table.mann_whitney_p(theirs, same) > 0.05
+    # at 2x the "more than 3x" test does not reject
+    twice = np.exp(rng.normal(np.log(15.0), 0.3, 10))
+    assert ttq_table.mann_whitney_p(theirs / 3, twice, "greater") > 0.05
+
+
+def test_three_runs_a_side_cannot_give_a_95_percent_interval():
+    # Complete separation of 3 + 3: the exact two-sided p is 2 / 20 = 0.1, so no 95% interval.
+    theirs, ours = np.array([100.0, 110, 120]), np.array([1.0, 2, 3])
+    assert ttq_table.ratio_interval(theirs, ours) == (0.0, math.inf)
+    assert ttq_table.mann_whitney_p(theirs, ours) == pytest.approx(0.1)
+
+
+def _rows(theirs, ours, target="a"):
+    return [dict(target=target, implementation=impl, seconds_to_goal=s, hypervolume=50.0,
+                 total_seconds=30.0, iterations_run=300)
+            for impl, side in (("reference", theirs), ("fluentdream", ours)) for s in side]
+
+
+def test_a_run_that_never_reaches_the_goal_counts_and_no_target_is_dropped():
     s = ttq_table.speedup(_rows([10.0, 12.0, 30.0, None, 11.0], [2.0, 3.0, None, 2.5, 100.0]))
     assert s["ratio"] == pytest.approx(12.0 / 3.0)          # medians: 12 and 3 (None = infinity)
     assert s["reached"] == {"reference": 4, "fluentdream": 4}
-    assert s["runs"] == {"reference": 5, "fluentdream": 5}
     assert s["ci"][0] <= s["ratio"] <= s["ci"][1]
-    summary = ttq.summarize([dict(r, target="a") for r in _rows([10.0] * 3, [2.0] * 3)]
-                            + [dict(r, target="b") for r in _rows([8.0] * 3, [4.0] * 3)])
-    assert summary["all"]["geometric_mean"] == pytest.approx(np.sqrt(5.0 * 2.0))
-    table = ttq.markdown(summary, 300)
-    assert "5.00x" in table and "over the 2 of 2 target(s)" in table
+    never = ttq_table.speedup(_rows([9.0, 7.0, 8.0], [None, None, 4.0]))
+    assert never["ratio"] == 0.0                            # fluentdream's median run never does
+    summary = ttq_table.summarize(_rows([10.0] * 3, [2.0] * 3, "a") + _rows([8.0] * 3, [None] * 3, "b")
+                                  + _rows([8.0] * 3, [4.0] * 3, "c"))
+    assert summary["all"]["targets"] == 3 and summary["all"]["median"] == pytest.approx(2.0)
+    table = ttq_table.markdown(summary, 300)
+    assert "| b | 8.0 | never | 0.00x" in table and "median 2.00x" in table
 
 
-def test_fluentdream_clock_and_fp32_hypervolume(tiny_lm):
-    target, cfg = fd.Neuron(1, 4), fd.EPOConfig(iters=4, population_size=4, explore_per_pop=4,
-                                                seq_len=5, topk=16, batch_size=64)
-    runs = ttq.run_fluentdream(tiny_lm, target, cfg, [0, 1])
-    for hist, clock in runs:
-        assert clock.shape == (4,) and np.all(np.diff(clock) > 0) and clock[0] > 0
-    hist = runs[0][0]
-    rules = Scorer(tiny_lm, target)
-    _, f, ce = hist.candidates()
-    corner = (float(ce.max()) + 0.1, float(f.min()) - 0.1)
-    # re-scored frontier of the first t iterations: never above the hypervolume of all their
-    # candidates scored afresh (a lower bound), equal here where the dtype is already fp32
-    for t in (1, 4):
-        ids, _, _ = hist.truncated(t).candidates()
-        f_all, ce_all = rules.score(torch.tensor(ids, dtype=torch.long))
-        front = fd.pareto_frontier([(ids, f_all.numpy(), ce_all.numpy())])
-        everything = fd.frontier_quality(front, *corner)
-        assert ttq.fp32_hypervolume(hist, t, rules, corner) == pytest.approx(everything, rel=1e-5)
-    early, late = (ttq.fp32_hypervolume(hist, t, None, corner) for t in (1, 4))
-    assert early <= late
-
-
-def test_prompts_of_several_lengths_are_rescored_one_by_one(tiny_lm):
-    """fluentdream's own operators (--operators, --min-len, --max-len) make padded prompts of
-    several lengths; their fp32 hypervolume must be that of each prompt scored alone."""
+def test_the_judged_curve_is_the_staircase_area_of_every_accepted_candidate(tiny_lm):
     target = fd.Neuron(1, 4)
-    cfg = fd.EPOConfig(iters=4, population_size=4, explore_per_pop=4, seq_len=5, topk=16,
-                       batch_size=64, operators=dict(swap=0.4, insert=0.3, delete=0.3),
-                       min_len=3, max_len=7, restart_mode="frontier", restart_frequency=2)
-    hist = ttq.run_fluentdream(tiny_lm, target, cfg, [0])[0][0]
-    ids, _, _ = hist.candidates()
-    assert len({len(r) for r in rows(ids)}) > 1                    # the run did vary the length
-    alone = [Scorer(tiny_lm, target).score(torch.tensor([row]))
-             for row in rows(fd.pareto_frontier([hist]).ids)]
-    f = np.array([float(a[0][0]) for a in alone])
-    ce = np.array([float(a[1][0]) for a in alone])
-    corner = (float(np.nanmax(ce)) + 0.1, float(f[np.isfinite(f)].min()) - 0.1)
-    keep = np.isfinite(f)
-    expected = fd.frontier_quality((f[keep], ce[keep]), *corner)
-    assert ttq.fp32_hypervolume(hist, 4, Scorer(tiny_lm, target), corner) == pytest.approx(
-        expected, rel=1e-5)
+    hist = fd.epo(tiny_lm, target, fd.EPOConfig(iters=5, seed=1, **SMALL), progress=False)
+    j = judge.Judge(tiny_lm, "L1.N4")
+    corner = j.corner(fd.EPOConfig(**SMALL), [1])
+    curve = j.curve(hist, corner, native=True)
+    assert curve.shape == (5,) and (np.diff(curve) >= 0).all()
+    for t in range(1, 6):                                    # written out: union of rectangles
+        f, ce = hist.target[:t].ravel(), hist.xentropy[:t].ravel()
+        ok = np.isfinite(f) & np.isfinite(ce)
+        f, ce = f[ok].astype(float), ce[ok].astype(float)
+        xs = sorted({c for c in ce if c < corner[0]} | {corner[0]})
+        area = sum((b - a) * max([v - corner[1] for v, c in zip(f, ce) if c <= a] + [0.0])
+                   for a, b in zip(xs, xs[1:]))
+        assert curve[t - 1] == pytest.approx(area, rel=1e-6, abs=1e-9)
+    # re-scoring the records (what a bf16 run gets) in the same fp32 changes nothing here
+    np.testing.assert_allclose(j.curve(hist, corner, native=False), curve, rtol=1e-5, atol=1e-7)
 
 
-def test_fluentdreams_own_options_are_checked_before_anything_loads(capsys):
-    assert ttq.main(["--reference", "/nonexistent", "--operators", "insert=1"]) == 2
-    assert "min_len < max_len" in capsys.readouterr().err
-    assert ttq.main(["--reference", "/nonexistent", "--operators", "jump=1"]) == 2
-    assert "unknown operators ['jump']" in capsys.readouterr().err
-    for flag in ("--topk", "--reference-topk"):
-        assert ttq.main(["--reference", "/nonexistent", flag, "0"]) == 2
-        assert "topk must be a positive integer, got 0" in capsys.readouterr().err
+def test_the_judge_applies_the_rules_to_a_run_that_searched_without_them(tiny_lm):
+    target = fd.Neuron(1, 4)
+    free = fd.epo(tiny_lm, target, fd.EPOConfig(iters=3, seed=2, retokenize=False, **SMALL),
+                  progress=False)
+    valid = judge.Judge(tiny_lm, "L1.N4").valid(free)
+    T, P, W = free.ids.shape
+    flat = torch.from_numpy(free.ids.reshape(T * P, W).astype(np.int64))
+    accepted = ~Scorer(tiny_lm, target).rejected(flat)
+    np.testing.assert_array_equal(valid.ravel(), accepted)
+    assert not accepted.all()                               # some prompts fail retokenization
 
 
-def test_topk_is_each_sides_own_and_the_reference_keeps_the_papers_unless_told():
-    cfgs, theirs, ours = ttq.configs(ttq.parser().parse_args(["--topk", "64"]))
-    assert (cfgs["reference"].topk, cfgs["fluentdream"].topk) == (512, 64)
-    assert (theirs, ours) == ({}, {"topk": 64})
-    cfgs, theirs, _ = ttq.configs(ttq.parser().parse_args(["--reference-topk", "64",
-                                                            "--restart-mode", "frontier"]))
-    assert (cfgs["reference"].topk, cfgs["fluentdream"].topk) == (64, 512)
-    assert cfgs["reference"].restart_mode == "collapse" and theirs == {"topk": 64}
-
-
-def test_unequal_seed_counts_are_reported_per_side_with_quality_and_pace():
-    rows = _rows([9.0], [1.0, 3.0, None])
-    for r, hv, sec, its in zip(rows, [60.0, 50.0, 70.0, 55.0], [30, 10, 20, 30],
-                               [300, 100, 100, 300]):
-        r.update(target="a", hypervolume=hv, total_seconds=sec, iterations_run=its)
-    summary = ttq.summarize(rows)
-    assert summary["a"]["ratio"] == pytest.approx(3.0)                # 9 / median(1, 3, inf)
-    assert summary["a"]["hypervolume"] == {"reference": 60.0, "fluentdream": 55.0}
-    assert summary["a"]["seconds_per_iteration"] == pytest.approx(
-        {"reference": 0.1, "fluentdream": 0.1})                       # median of .1, .2, .1
-    assert "| 1 of 1, 2 of 3 | 60.00, 55.00 | 0.100, 0.100 |" in ttq.markdown(summary, 300)
-
-
-def test_when_no_target_has_a_finite_speedup_the_all_row_says_so():
-    rows = _rows([9.0, 7.0, None], [None, None, None])
-    for r in rows:
-        r.update(target="a", hypervolume=50.0, total_seconds=30, iterations_run=300)
-    table = ttq.markdown(ttq.summarize(rows), 300)
-    assert "| all targets | | | none: no target of 1 has a finite speed-up |" in table
-    assert "nan" not in table
+def test_a_runs_clock_rises_and_a_stopped_run_ends_where_stop_says(tiny_lm):
+    target, cfg = fd.Neuron(1, 4), fd.EPOConfig(iters=9, **SMALL)
+    hist, clock = ttq.run_fluentdream(tiny_lm, target, cfg)
+    assert clock.shape == (9,) and clock[0] > 0 and (np.diff(clock) > 0).all()
+    hist, clock = ttq.run_fluentdream(tiny_lm, target, cfg, stop=lambda h: h.n_iters >= 3)
+    assert hist.n_iters == 3 and len(clock) == 3
 
 
 def test_the_corner_is_scored_on_the_prompts_each_run_draws_first(tiny_lm):
-    target, cfg = fd.Neuron(1, 4), fd.EPOConfig(iters=1, population_size=4, explore_per_pop=4,
-                                                seq_len=5, topk=16, batch_size=64)
+    target, cfg = fd.Neuron(1, 4), fd.EPOConfig(iters=1, **SMALL)
     rules = Scorer(tiny_lm, target)
-    hists = fd.batched.epo_many(tiny_lm, [(target, cfg.replace(seed=s)) for s in (3, 8)])
+    hists = [fd.epo(tiny_lm, target, cfg.replace(seed=s), progress=False) for s in (3, 8)]
     first = torch.cat([torch.tensor(h.ids[0][:4, :5], dtype=torch.long) for h in hists])
     f0, ce0 = rules.score(first)
-    assert ttq.initial_corner(tiny_lm, target, cfg, [3, 8], rules) == (
-        float(ce0[torch.isfinite(f0)].max()), float(f0[torch.isfinite(f0)].min()))
+    ok = torch.isfinite(f0)
+    assert judge.Judge(tiny_lm, "L1.N4").corner(cfg, [3, 8]) == (float(ce0[ok].max()),
+                                                                 float(f0[ok].min()))
 
 
-def test_a_stopped_run_ends_where_stop_says_and_its_clock_covers_it(tiny_lm):
-    target, cfg = fd.Neuron(1, 4), fd.EPOConfig(iters=9, population_size=4, explore_per_pop=4,
-                                                seq_len=5, topk=16, batch_size=64)
-    runs = ttq.run_fluentdream(tiny_lm, target, cfg, [0, 1], stop=lambda h: h.n_iters >= 3)
-    assert [h.n_iters for h, _ in runs] == [3, 3]
-    assert all(len(clock) == h.n_iters for h, clock in runs)
+def test_each_side_keeps_its_own_settings():
+    cfgs, theirs, ours = ttq.configs(ttq.parser().parse_args(["--topk", "64", "--max-len", "12",
+                                                              "--min-len", "8", "--operators",
+                                                              "swap=0.6,insert=0.2,delete=0.2"]))
+    assert (cfgs["reference"].topk, cfgs["fluentdream"].topk) == (512, 64)
+    assert cfgs["reference"].retokenize is False            # the reference's search as published
+    assert cfgs["fluentdream"].retokenize is True and cfgs["fluentdream"].length_range == (8, 12)
+    assert theirs == {} and set(ours) == {"topk", "min_len", "max_len", "operators"}
 
 
-def test_bad_arguments_are_one_line_errors(capsys):
-    assert ttq.main(["--seeds", "2"]) == 2
-    assert "give --reference" in capsys.readouterr().err
-    assert ttq.main(["--reference", "/nonexistent"]) == 2
-    assert "not a checkout" in capsys.readouterr().err
-    assert ttq.main(["--reference", "/nonexistent", "--stop-at-goal", "0"]) == 2
-    assert "--stop-at-goal must be at least 1" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "2"], "give --reference"),
+    (["--reference", "/nonexistent"], "not a checkout"),
+    (["--reference", "/nonexistent", "--stop-at-goal", "0"], "--stop-at-goal must be at least 1"),
+    (["--reference", "/nonexistent", "--operators", "insert=1"], "min_len < max_len"),
+    (["--reference", "/nonexistent", "--topk", "0"], "topk must be a positive integer, got 0"),
+])
+def test_bad_arguments_are_one_line_errors(capsys, argv, message):
+    assert ttq.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
-def test_the_report_section_is_replaced_in_place_and_the_rest_kept(tmp_path):
-    rows = [dict(r, target="a") for r in _rows([10.0] * 3, [2.0] * 3)]
+def test_each_setting_has_its_own_report_section_replaced_in_place(tmp_path):
     meta = dict(command="python benchmarks/time_to_quality.py", model="m", threads=2,
-                model_name="embedded", fluentdream_dtype="bfloat16", reference_dtype="bfloat16",
-                seeds=[0, 1, 2], reference_seeds=[0, 1, 2], fluentdream_sha="x",
-                reference_sha="y", config=dict(iters=300))
-    result = dict(meta=meta, summary=ttq.summarize(rows))
+                model_name="embedded", cpu="AMD EPYC (avx512_bf16)", fluentdream_dtype="bfloat16",
+                reference_dtype="bfloat16", seeds=[0, 1, 2], reference_seeds=[0, 1, 2],
+                fluentdream_sha="x", reference_sha="y", config=dict(iters=300))
+    result = dict(meta=meta, summary=ttq_table.summarize(_rows([10.0] * 3, [2.0] * 3)))
     md = tmp_path / "BENCHMARKS.md"
-    md.write_text("# Speed\n\nbefore\n\n## Against the reference implementation\n\nkept\n")
-    ttq.splice_section(md, result)
-    ttq.splice_section(md, result)                          # again: replaced, not appended twice
+    md.write_text("# Speed\n\nbefore\n\n## Other\n\nkept\n")
+    ttq_table.splice_section(md, result)
+    ttq_table.splice_section(md, result)                   # again: replaced, not appended twice
     text = md.read_text()
-    assert text.count(ttq.SECTION) == 1 and "5.00x" in text
-    assert text.startswith("# Speed\n\nbefore\n\n## Against the reference implementation\n\nkept\n")
-    other = dict(result, meta=dict(meta, model_name="smollm2-135m", stop_at_goal=10))
-    ttq.splice_section(md, other)                           # a second model: its own section
-    ttq.splice_section(md, result)
-    text = md.read_text()
-    assert text.count(ttq.SECTION) == 2 and text.count(f"{ttq.SECTION}: embedded\n") == 1
-    assert "stopped at the first multiple of 10" in text
-    own = dict(result, meta=dict(meta, fluentdream_options=dict(
-        restart_mode="frontier", operators=dict(swap=0.5, insert=0.25, delete=0.25))))
-    ttq.splice_section(md, own)                             # a variant: its own section too
-    text = md.read_text()
-    assert text.count(ttq.SECTION) == 3 and text.count(f"{ttq.SECTION}: embedded\n") == 1
-    assert (f"{ttq.SECTION}: embedded, fluentdream with restart_mode=frontier, "
-            "operators=swap=0.5+insert=0.25+delete=0.25\n") in text
-    both = dict(own, meta=dict(own["meta"], reference_options=dict(topk=64)))
-    ttq.splice_section(md, both)                            # the reference off Table 1: its own
-    assert md.read_text().count(ttq.SECTION) == 4
-    assert (f"{ttq.SECTION}: embedded, the reference with topk=64, fluentdream with "
-            "restart_mode=frontier" in md.read_text())
-    on_other_cpu = dict(result, meta=dict(meta, cpu="AMD EPYC (avx512_bf16)"))
-    ttq.splice_section(md, on_other_cpu)                    # another CPU: another result
-    text = md.read_text()
-    assert text.count(ttq.SECTION) == 5
-    assert f"{ttq.SECTION}: embedded on AMD EPYC (avx512_bf16)\n" in text
+    assert text.count(ttq_table.SECTION) == 1 and "5.00x" in text and "one run at a time" in text
+    assert text.startswith("# Speed\n\nbefore\n\n## Other\n\nkept\n")
+    own = dict(result, meta=dict(meta, fluentdream_options=dict(topk=64)))
+    ttq_table.splice_section(md, own)                      # a variant: its own section
+    assert md.read_text().count(ttq_table.SECTION) == 2 and "fluentdream with topk=64" in md.read_text()
 
 
 @pytest.mark.parametrize("n", range(1, 12))
 def test_more_than_half_the_reference_runs_reach_its_goal_so_its_median_time_is_finite(n):
     final = np.random.default_rng(n).uniform(40, 80, n)
-    goal = ttq.reference_goal(list(final))
-    assert goal in final and (final >= goal).sum() > n / 2
+    goal = judge.reference_goal(list(final))
     assert goal == sorted(final)[(n - 1) // 2]                  # the lower median, by hand
-    times = np.where(final >= goal, 1.0, np.inf)              # a run reaching it takes 1 s
-    assert np.isfinite(np.median(times))
-    if n % 2:
-        assert goal == np.median(final)                          # odd: the plain median
+    assert (final >= goal).sum() > n / 2
+    assert np.isfinite(np.median(np.where(final >= goal, 1.0, np.inf)))

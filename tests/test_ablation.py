@@ -1,0 +1,102 @@
+"""benchmarks/ablation.py, the parts that are fluentdream's (no reference checkout needed): each
+arm changes what it says and nothing else, checked against independent computations; the
+table's comparisons at equal iterations and equal compute on hand-made runs."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fluentdream as fd
+from conftest import REPO
+from fluentdream.history import EPOState
+from fluentdream.tokens import allowed_tokens, drawable_tokens
+
+
+def _load():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_ablation", REPO / "benchmarks" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ab = _load()
+SMALL = dict(population_size=4, explore_per_pop=4, seq_len=5, topk=16, batch_size=64)
+
+
+def test_the_no_label_gradient_is_autograd_with_constant_labels(tiny_lm):
+    # Independent: the one-hot X feeds the embeddings only; CE reads the tokens as constant
+    # labels, so the label term of paper §2 is absent by construction.
+    target = fd.Neuron(1, 4)
+    ids = torch.randint(tiny_lm.vocab_size, (3, 6), generator=torch.Generator().manual_seed(0))
+    lambdas = torch.tensor([0.1, 1.0, 10.0])
+    X = F.one_hot(ids, tiny_lm.vocab_size).float().requires_grad_(True)
+    E = tiny_lm.model.get_input_embeddings().weight
+    captured = {}
+    h = tiny_lm.model.gpt_neox.layers[1].mlp.dense_4h_to_h.register_forward_pre_hook(
+        lambda m, a: captured.__setitem__("mlp", a[0]))
+    try:
+        logits = tiny_lm.model(inputs_embeds=X @ E).logits
+    finally:
+        h.remove()
+    f = captured["mlp"][:, -1, 4]
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                         reduction="none").view(3, 5).mean(1)
+    want, = torch.autograd.grad((f - lambdas * ce).sum(), X)
+    got = ab.NoLabelScorer(tiny_lm, target).gradients(ids, lambdas)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    full = fd.Scorer(tiny_lm, target).gradients(ids, lambdas)
+    assert not torch.allclose(full, got, atol=1e-3)          # the label term is not small
+
+
+def test_row_lambda_gives_prompts_new_to_slots_the_lowest_penalties_in_order():
+    seen = []
+    wrapped = ab._row_lambda(lambda scorer, runs, allowed: seen.extend(runs))
+    M = 4
+    state = EPOState(0, np.zeros((M, 3), int), np.zeros(M, np.float32), np.zeros(M, np.float32),
+                     np.zeros((M, 3, 2), np.int32), np.array([True, False, True, False]),
+                     np.zeros(1, np.uint8))
+    lambdas = torch.tensor([0.1, 1.0, 5.0, 10.0])
+    wrapped(None, [(state, lambdas, 2, 0)], None)
+    assert seen[0][1].tolist() == pytest.approx([0.1, 0.1, 5.0, 1.0])   # slots 1, 3 take 0.1, 1.0
+
+
+@pytest.mark.parametrize("arm", ["all-tokens", "vocab-init", "fixed-restart", "no-retokenize"])
+def test_each_arm_changes_what_it_says(tiny_lm, arm):
+    cfg = fd.EPOConfig(iters=3, seed=4, restart_frequency=2, **SMALL)
+    hist = ab.run_one(arm, tiny_lm, "L1.N4", cfg, module=None)
+    assert len(hist.meta["cpu_clock"]) == len(hist.meta["wall_clock"]) == 3
+    pool = hist.ids[:, :, :]
+    if arm == "all-tokens":                                  # the search may leave allowed_tokens
+        assert not allowed_tokens(tiny_lm).all()
+    if arm == "vocab-init":                                  # drawn off the drawable set
+        assert not drawable_tokens(tiny_lm)[torch.from_numpy(pool[0][:4].astype(np.int64))].all()
+    if arm == "fixed-restart":
+        lam = hist.restart_lambda[~np.isnan(hist.restart_lambda)]
+        assert (lam == 2.0).all() and len(lam) == 2
+    if arm == "no-retokenize":
+        assert ab.arm_config(arm, cfg).retokenize is False and np.isfinite(hist.target).all()
+
+
+def _row(arm, seed, curve, cpu):
+    return dict(arm=arm, target="t", seed=seed, curve=curve, cpu_clock=cpu, wall_clock=cpu)
+
+
+def test_equal_iterations_and_equal_compute_on_hand_made_runs():
+    rows = ([_row("reference", s, [1.0, 2.0, 3.0 + s], [10.0, 20.0, 30.0]) for s in range(3)]
+            + [_row("defaults", s, [2.0, 2.5, 2.6 + s], [1.0, 2.0, 3.0]) for s in range(3)]
+            + [_row("fp32", s, [2.0, 2.5, 2.6 + s], [5.0, 10.0, 15.0]) for s in range(3)])
+    summary = ab.summarize(rows)["t"]
+    assert summary["defaults"]["mean"] == pytest.approx(3.6)
+    eq = summary["defaults"]["equal_compute"]
+    assert eq["seconds"] == 3.0 and eq["reference_mean"] == 0.0    # the reference has not ended
+    assert summary["fp32"]["equal_compute"]["reference_mean"] == pytest.approx(1.0)  # 1 iteration
+    assert summary["fp32"]["vs_defaults"]["difference"] == 0.0
+    assert ab.at_compute(rows[0], 25.0) == 2.0 and ab.at_compute(rows[0], 5.0) == 0.0
+    table = ab.markdown(ab.summarize(rows), dict(iters=3, seeds=3))
+    assert "| defaults |" in table and "3.6 ± 1.0" in table
