@@ -152,8 +152,8 @@ def run_path(runs: Path, arm: str, spec: str, seed: int) -> Path:
 def run_all(args, module) -> None:
     """Every (arm, target, seed) of this shard not saved yet, loading each dtype's model once."""
     cfg = fd.EPOConfig(iters=args.iters)
-    todo = [(a, t, s) for a in args.arms for t in args.targets for s in range(args.seeds)
-            if not run_path(args.runs, a, t, s).exists()]
+    todo = [(a, t, s) for s in range(args.seeds) for t in args.targets for a in args.arms
+            if not run_path(args.runs, a, t, s).exists()]      # every arm's first seeds first
     shard, shards = args.shard
     todo = todo[shard::shards]
     models: dict[str, object] = {}
