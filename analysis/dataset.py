@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fluentdream import History
+from fluentdream.runs import is_complete
 
 BIN_WIDTH = 0.5
 # role -> (experiments whose runs on the role's neuron count, key in neuron_choices.json); 04 dreams
@@ -41,7 +42,7 @@ def run_dirs(exp_dir: Path, target: str | None = None, seed: int | None = None) 
     """Finished runs under exp_dir/runs (05-07) or exp_dir itself (02-04), in name order; only
     those of `target` and `seed` if given (05 keeps several neurons' runs side by side)."""
     parent = exp_dir / "runs" if (exp_dir / "runs").is_dir() else exp_dir
-    dirs = sorted(d for d in parent.glob("*") if (d / "summary.json").exists())
+    dirs = sorted(d for d in parent.glob("*") if is_complete(d))
     if target is None and seed is None:
         return dirs
     configs = [_read(d / "config.json") for d in dirs]

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fluentdream import History
+from fluentdream.runs import is_complete
 
 EXP = "07_residual_directions"
 SLACKS = np.round(np.arange(0.0, 8.01, 0.25), 2)
@@ -37,7 +38,7 @@ def dream_rows(exp_dir: Path, base: pd.DataFrame, limit: float,
     stats = base.set_index("target")
     rows, slack_rows = [], []
     for d in sorted((exp_dir / "runs").glob("*")):
-        if not (d / "summary.json").exists():
+        if not is_complete(d):      # unfinished, or being written by another process
             continue
         target = _read(d / "config.json")["target"]
         _, f, ce = History.load(d / "history.npz").candidates()

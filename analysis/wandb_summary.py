@@ -47,6 +47,7 @@ import pandas as pd
 
 from fluentdream.checks import writable_dir
 from fluentdream.errors import UserError
+from fluentdream.lock import other_writer
 from fluentdream.tracking import MODES, resolve_mode, start_tracker
 
 from .dataset import ROLES
@@ -130,6 +131,8 @@ def dream_frontiers(experiment_dir: Path) -> dict[str, pd.DataFrame]:
     `experiment_dir` (dots in the run name as underscores: W&B flattens keys with dots)."""
     out = {}
     for path in sorted(experiment_dir.glob("**/frontier.json")):
+        if other_writer(path.parent) is not None:   # being rewritten: not final yet
+            continue
         points = json.loads(path.read_text())
         df = pd.DataFrame(points).drop(columns=["ids"], errors="ignore")
         first = [c for c in ("text", "target", "post", "xentropy", "perplexity", "lam") if c in df]

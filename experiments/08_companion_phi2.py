@@ -87,9 +87,9 @@ def main(argv=None) -> int:
     epo_cfg = fd.EPOConfig(seed=cfg.seed, iters=cfg.iters, restart_frequency=cfg.restart_frequency,
                            population_size=cfg.population_size, explore_per_pop=cfg.explore_per_pop,
                            topk=cfg.topk, dtype=cfg.dtype)
-    run_dir = runs.run_dir_for(out / "runs", lm.name, target.name, cfg.seed)
-    if not runs.is_complete(run_dir):
-        runs.run_dream(lm, target, epo_cfg, run_dir, resume=True, progress=True)
+    # dream_many skips a saved run, resumes an unfinished one, and shares the run with any other
+    # process dreaming it (it waits for that one instead of computing it twice)
+    run_dir, = runs.dream_many(lm, [(target, epo_cfg)], out / "runs", desc="08_companion_phi2")
     _, front, summary = runs.load_run(run_dir)
     print(f"{target.name} on {lm.name}: {summary['seconds_per_iteration']:.3f} s/iteration")
     print(fd.Frontier(np.array([r["target"] for r in front]), np.array([r["xentropy"] for r in front]),

@@ -13,7 +13,6 @@ traceback and where to report it (exit status 1).
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
 import json
 import logging
@@ -23,13 +22,12 @@ import sys
 import traceback
 from pathlib import Path
 
+from .cli_errors import DISK_FULL, os_error, user_fault
 from .cli_mine import add_mine_parser
 from .config import EPOConfig, fields_help, parse_operators
 from .errors import ISSUE_TRACKER, UserError
 
 log = logging.getLogger(__name__)
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-NO_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -159,7 +157,7 @@ def _dream(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path, lock) -> int
                            frontier_ref=args.frontier_ref, progress=not args.no_progress,
                            lock=lock)
     except OSError as e:
-        if (full := _os_error(e, DISK_FULL)) is None:
+        if (full := os_error(e, DISK_FULL)) is None:
             raise
         raise UserError(_disk_full_line(full, run_dir, args)) from None
     if not result.complete:
@@ -201,18 +199,6 @@ def _command(args: argparse.Namespace, resume: bool) -> str:
     """The command line the user ran, with or without --resume."""
     argv = [a for a in args.argv if a != "--resume"] + (["--resume"] if resume else [])
     return shlex.join(["fluentdream", *argv])
-
-
-def _os_error(e: BaseException, codes: tuple[int, ...]) -> OSError | None:
-    """The first OSError with one of `codes` in e's chain (a failed write and the failed clean-up
-    after it arrive chained)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in codes:
-            return e
-        e = e.__cause__ or e.__context__
-    return None
 
 
 def _disk_full_line(e: OSError, run_dir: Path, args: argparse.Namespace) -> str:
@@ -357,12 +343,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        gpus_per_worker=args.gpus_per_worker, wandb=args.wandb,
                        project=args.wandb_project, group=args.wandb_group,
                        checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-                       batch=args.batch)
+                       batch=args.batch, command=_command(args, resume=False))
     for r in results:
         what = r.error if r.error else f"best target {r.summary['best_target']:.3f}"
-        print(f"{r.status:8}  {r.run_dir}  {what}")
+        print(f"{r.status:8}  {r.run_dir}  {what}" + (f"; by {r.taken_by}" if r.taken_by else ""))
     failed = sum(r.status == "failed" for r in results)
+    taken = sum(r.status == "taken" for r in results)
     print(f"\n{len(results) - failed} of {len(results)} jobs complete in {out}"
+          + (f"; {taken} computed by other processes" if taken else "")
           + (f"; {failed} failed (see error.json in their run directories)" if failed else ""))
     return 1 if failed else 0
 
@@ -380,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fluentdream {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - sorted below into the user's faults and our bugs
-        line = _user_fault(e)
+        line = user_fault(e)
         if line is None or args.verbose:
             traceback.print_exc()
         if line is None:
@@ -390,20 +378,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"fluentdream {args.command}: error: {line}", file=sys.stderr)
         return 2
-
-
-def _user_fault(e: Exception) -> str | None:
-    """One line for an error about the user's input or machine (bad input, a full disk, a path
-    without permission); None for anything else, which is a bug."""
-    if isinstance(e, UserError):
-        return " ".join(str(e).split())
-    if (full := _os_error(e, DISK_FULL)) is not None:
-        where = f" writing {full.filename}" if full.filename else ""
-        return f"the disk is full{where}; free space and run the command again"
-    if (denied := _os_error(e, NO_ACCESS)) is not None:
-        return (f"{denied.filename or 'a file'}: {denied.strerror}; choose a path you can write "
-                "to, or fix its permissions")
-    return None
 
 
 if __name__ == "__main__":

@@ -27,22 +27,16 @@ Every job is then computed once, and every sweep ends with every job complete.
 """
 from __future__ import annotations
 
-import functools
 import itertools
-import logging
-import traceback
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import EPOConfig
 from .errors import UserError
-from .lock import RunLock, claim, command_line, wait_free
-from .runfiles import config_diff, is_complete, read_json, write_json
-from .runs import run_config, run_dream, run_dir_for, slug
-from .tracking import FRONTIER_REF
-
-log = logging.getLogger(__name__)
+# Job, JobResult and Settings live in jobs.py (one process's side); users import them from here.
+from .jobs import (Job, JobResult, Settings, Worker, batch_key,  # noqa: F401
+                   finished_runs, record_failure)
+from .lock import command_line, wait_free
+from .runs import slug
 
 EXECUTORS = ("local", "ray")
 
@@ -67,20 +61,29 @@ def parse_seeds(text: str) -> list[int]:
 
 
 class SweepProgress:
-    """A tqdm bar over jobs, with counts of done, running, failed and skipped."""
+    """A tqdm bar over jobs, with counts of done, running, taken (held by other processes now),
+    failed and skipped."""
 
     def __init__(self, total: int, show: bool):
         from tqdm.auto import tqdm
-        self.counts = dict(done=0, running=0, failed=0, skipped=0)
+        self.counts = dict(done=0, running=0, taken=0, failed=0, skipped=0)
         self.bar = tqdm(total=total, desc="sweep", unit="job", disable=not show, dynamic_ncols=True)
 
     def started(self, n: int = 1) -> None:
         self.counts["running"] += n
         self.bar.set_postfix(self.counts)
 
-    def finished(self, r: JobResult, was_running: bool = True) -> None:
-        self.counts["running"] -= int(was_running)
-        if r.status in self.counts:
+    def moved(self, was: str, now: str | None = None) -> None:
+        """A job left one count (for another, or to be started again)."""
+        self.counts[was] -= 1
+        if now is not None:
+            self.counts[now] += 1
+        self.bar.set_postfix(self.counts)
+
+    def finished(self, r: JobResult, was: str | None = "running") -> None:
+        if was is not None:
+            self.counts[was] -= 1
+        if r.status in self.counts and r.status != "taken":
             self.counts[r.status] += 1
         self.bar.set_postfix(self.counts, refresh=False)
         self.bar.update(1)
@@ -93,10 +96,12 @@ def run_jobs(model: str, jobs: list[Job], out: Path, base: EPOConfig | None = No
              executor: str = "local", ray_address: str | None = None, workers: int = 1,
              gpus_per_worker: float = 0.0, wandb: str = "disabled", project: str = "fluentdream",
              group: str | None = None, checkpoint_every: int | None = None,
-             progress: bool = False, batch: int = 8) -> list[JobResult]:
+             progress: bool = False, batch: int = 8,
+             command: str | None = None) -> list[JobResult]:
     """Run every job; returns one JobResult per job, in order. `group` (the W&B group) defaults
     to the name of `out`, so a re-run of the sweep lands in the same group. `batch`: jobs the
-    local executor runs in lockstep (1: one after another)."""
+    local executor runs in lockstep (1: one after another). `command`: what the jobs' owner
+    records name while they run (default: this process's command line)."""
     if executor not in EXECUTORS:
         raise UserError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if workers < 1:
@@ -107,14 +112,14 @@ def run_jobs(model: str, jobs: list[Job], out: Path, base: EPOConfig | None = No
         raise UserError(f"checkpoint_every must be a positive integer, got {checkpoint_every}")
     out = Path(out)
     s = Settings(model, out, base or EPOConfig(), wandb, project,
-                 group or slug(out.resolve().name), checkpoint_every, batch)
+                 group or slug(out.resolve().name), checkpoint_every, batch, command or command_line())
     done = finished_runs(jobs, s)
     results = {i: JobResult(jobs[i], jobs[i].run_dir(out, model), "skipped", summary=summary)
                for i, summary in done.items()}
     todo = [i for i in range(len(jobs)) if i not in done]
     bar = SweepProgress(len(jobs), progress)
     for i in done:
-        bar.finished(results[i], was_running=False)
+        bar.finished(results[i], was=None)
     try:
         if todo and executor == "local":
             _run_local(jobs, todo, s, results, bar)
@@ -131,21 +136,53 @@ def _check_all(problems: list[str], n: int) -> None:
                         f"{'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}")
 
 
+def _record(i: int, r: JobResult, results: dict, waiting: dict, bar: SweepProgress) -> None:
+    """A job's result from a worker: final, or "taken" (then it waits for its holder)."""
+    if r.status == "taken":
+        waiting[i] = r
+        bar.moved("running", "taken")
+    else:
+        results[i] = r
+        bar.finished(r)
+
+
+def _settle(jobs: list[Job], s: Settings, waiting: dict[int, JobResult], results: dict,
+            bar: SweepProgress) -> list[int]:
+    """Wait until a job another process held is free again: a saved one is final ("taken",
+    with its summary); an unfinished one (its process died or was stopped) is returned, to
+    run here."""
+    free = set(wait_free([jobs[i].run_dir(s.out, s.model) for i in waiting]))
+    again = []
+    for i in [i for i in waiting if jobs[i].run_dir(s.out, s.model) in free]:
+        r = waiting.pop(i)
+        summary = finished_runs([jobs[i]], s).get(0)
+        if summary is None:
+            bar.moved("taken")
+            again.append(i)
+        else:
+            results[i] = JobResult(r.job, r.run_dir, "taken", summary=summary,
+                                   taken_by=r.taken_by)
+            bar.finished(results[i], was="taken")
+    return again
+
+
 def _run_local(jobs, todo, s: Settings, results, bar: SweepProgress) -> None:
     worker = Worker(s.model, s.base.device, s.base.dtype)
     _check_all(worker.check([jobs[i] for i in todo], s), len(todo))
-    groups: dict[tuple, list[int]] = {}
-    for i in todo:
-        groups.setdefault(_batch_key(s.config(jobs[i])), []).append(i)
-    for members in groups.values():
-        for start in range(0, len(members), s.batch):
-            chunk = members[start:start + s.batch]
-            bar.started(len(chunk))
-            for i, r in zip(chunk, worker.run_batch([jobs[i] for i in chunk], s)):
-                results[i] = r
-                bar.finished(r)
-            if any(results[i].status == "interrupted" for i in chunk):
-                raise KeyboardInterrupt
+    queue, waiting = list(todo), {}
+    while queue or waiting:
+        groups: dict[tuple, list[int]] = {}
+        for i in queue:
+            groups.setdefault(batch_key(s.config(jobs[i])), []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), s.batch):
+                chunk = members[start:start + s.batch]
+                bar.started(len(chunk))
+                for i, r in zip(chunk, worker.run_batch([jobs[i] for i in chunk], s)):
+                    _record(i, r, results, waiting, bar)
+                if any(results[i].status == "interrupted" for i in chunk if i in results):
+                    raise KeyboardInterrupt
+        queue = _settle(jobs, s, waiting, results, bar) if waiting else []
 
 
 def _run_ray(jobs, todo, s: Settings, results, bar: SweepProgress, address: str | None,
@@ -159,31 +196,33 @@ def _run_ray(jobs, todo, s: Settings, results, bar: SweepProgress, address: str 
     actor_cls = ray.remote(num_cpus=1, num_gpus=gpus)(Worker)
     actors = [actor_cls.remote(s.model, s.base.device, s.base.dtype)
               for _ in range(min(workers, len(todo)))]
-    queue, running = list(todo), {}     # running: ObjectRef -> (actor, job index)
+    queue, running, waiting = list(todo), {}, {}   # running: ObjectRef -> (actor, job index)
     try:
         _check_all(ray.get(actors[0].check.remote([jobs[i] for i in todo], s)), len(todo))
-        while queue or running:
+        while queue or running or waiting:
             busy = {a for a, _ in running.values()}
             for actor in [a for a in actors if a not in busy][:len(queue)]:
                 i = queue.pop(0)
                 running[actor.run.remote(jobs[i], s)] = (actor, i)
                 bar.started()
-            if not running:     # every actor died
+            if not running and queue:     # every actor died
                 for i in queue:
-                    results[i] = _failed(jobs[i], s, "no Ray worker left")
-                    bar.finished(results[i], was_running=False)
-                break
+                    bar.started()
+                    _record(i, record_failure(jobs[i], s, "no Ray worker left"), results,
+                            waiting, bar)
+                queue = []
+            if not running:
+                queue += _settle(jobs, s, waiting, results, bar) if waiting else []
+                continue
             (ref,), _ = ray.wait(list(running), num_returns=1)
             actor, i = running.pop(ref)
             try:
-                results[i] = ray.get(ref)
+                r = ray.get(ref)
             except ray.exceptions.RayError as e:
-                results[i] = _failed(jobs[i], s, f"{type(e).__name__}: {e}")
+                r = record_failure(jobs[i], s, f"{type(e).__name__}: {e}")
                 if isinstance(e, ray.exceptions.RayActorError):
                     actors.remove(actor)
-            bar.finished(results[i])
+            _record(i, r, results, waiting, bar)
     finally:
         for actor in actors:
             ray.kill(actor)
-
-

@@ -75,7 +75,7 @@ class Settings:
         return run_config(cfg, self.model, target_name, None, FRONTIER_REF, every)
 
 
-def _batch_key(cfg: EPOConfig) -> tuple:
+def batch_key(cfg: EPOConfig) -> tuple:
     """Settings every run of one batched loop must share (one Scorer serves them)."""
     return (cfg.seq_len, cfg.retokenize, cfg.prefix, cfg.suffix)
 
@@ -129,42 +129,41 @@ def run_batch(lm, jobs: list[Job], s: Settings) -> list[JobResult]:
     """Claim the jobs (claim_job) and run the claimed ones in one batched loop; if the batch
     raises, each again alone (run_job), so one bad job fails only itself. Ctrl-C returns every
     job as far as it got ("interrupted")."""
-    claims = {}
+    claims: list[RunLock | JobResult] = []
     try:
         for job in jobs:
-            claims[job] = claim_job(job, s)
-        mine = [job for job in jobs if isinstance(claims[job], RunLock)]
-        ran = dict(zip(mine, _run_claimed(lm, mine, s, claims)))
-        return [ran.get(job, claims[job]) for job in jobs]
+            claims.append(claim_job(job, s))
+        mine = [i for i, got in enumerate(claims) if isinstance(got, RunLock)]
+        ran = _run_claimed(lm, [jobs[i] for i in mine], s, [claims[i] for i in mine])
+        return [dict(zip(mine, ran)).get(i, got) for i, got in enumerate(claims)]
     finally:
-        for got in claims.values():
+        for got in claims:
             if isinstance(got, RunLock):
                 got.release()
 
 
-def _run_claimed(lm, jobs: list[Job], s: Settings, locks: dict) -> list[JobResult]:
-    """run_batch's loop over jobs whose locks it holds."""
+def _run_claimed(lm, jobs: list[Job], s: Settings, locks: list[RunLock]) -> list[JobResult]:
+    """run_batch's loop over jobs whose locks it holds (locks[i] is jobs[i]'s)."""
     from .session import RunSpec, run_many
     from .targets import parse_target
     from .tracking import start_tracker
 
     if len(jobs) <= 1:
-        return [run_job(lm, job, s, locks[job]) for job in jobs]
+        return [run_job(lm, job, s, lock) for job, lock in zip(jobs, locks)]
     tracker = functools.partial(start_tracker, s.wandb, project=s.project, group=s.group)
     try:
         specs = []
-        for job in jobs:
+        for job, lock in zip(jobs, locks):
             run_dir = job.run_dir(s.out, s.model)
             (run_dir / "error.json").unlink(missing_ok=True)
             specs.append(RunSpec(parse_target(job.target, lm), s.config(job), run_dir, resume=True,
                                  checkpoint_every=s.checkpoint_every, make_tracker=tracker,
-                                 extra=dict(sweep_group=s.group, batched=len(jobs)),
-                                 lock=locks[job]))
+                                 extra=dict(sweep_group=s.group, batched=len(jobs)), lock=lock))
         results = run_many(lm, specs)
     except Exception as e:  # noqa: BLE001 - one failed job must not stop the others
         log.warning("a batch of %d jobs failed (%s: %s); running them one by one", len(jobs),
                     type(e).__name__, e)
-        return [run_job(lm, job, s, locks[job]) for job in jobs]
+        return [run_job(lm, job, s, lock) for job, lock in zip(jobs, locks)]
     return [JobResult(job, r.run_dir, "done", summary=read_json(r.run_dir / "summary.json"))
             if r.complete else JobResult(job, r.run_dir, "interrupted")
             for job, r in zip(jobs, results)]
@@ -192,7 +191,7 @@ def run_job(lm, job: Job, s: Settings, lock: RunLock | None = None) -> JobResult
         result = run_dream(lm, target, cfg, run_dir, resume=True, make_tracker=tracker,
                            checkpoint_every=s.checkpoint_every, lock=lock, sweep_group=s.group)
     except Exception as e:  # noqa: BLE001 - one failed job must not stop the sweep
-        return _failed(job, s, f"{type(e).__name__}: {e}", traceback.format_exc())
+        return record_failure(job, s, f"{type(e).__name__}: {e}", traceback.format_exc(), lock)
     if not result.complete:
         return JobResult(job, run_dir, "interrupted")
     return JobResult(job, run_dir, "done", summary=read_json(run_dir / "summary.json"))
@@ -225,10 +224,20 @@ class Worker:
         return problems
 
 
-def _failed(job: Job, s: Settings, error: str, tb: str | None = None) -> JobResult:
-    """Record a failed job in RUN_DIR/error.json (removed when the job is next attempted)."""
+def record_failure(job: Job, s: Settings, error: str, tb: str | None = None,
+                   lock: RunLock | None = None) -> JobResult:
+    """Record a failed job in RUN_DIR/error.json (removed when the job is next attempted),
+    holding the job's lock: `lock`, or a fresh claim (a job whose Ray worker died). A job
+    another process has claimed meanwhile is its job now: "taken", nothing written."""
     run_dir = job.run_dir(s.out, s.model)
-    write_json(run_dir / "error.json", dict(error=error, traceback=tb, job=job.__dict__,
-                                            time=datetime.now(timezone.utc).isoformat()))
+    got = lock or claim(run_dir, s.command)
+    if isinstance(got, str):
+        return JobResult(job, run_dir, "taken", taken_by=got)
+    try:
+        write_json(run_dir / "error.json", dict(error=error, traceback=tb, job=job.__dict__,
+                                                time=datetime.now(timezone.utc).isoformat()))
+    finally:
+        if lock is None:
+            got.release()
     log.warning("job %s failed: %s", run_dir.name, error)
     return JobResult(job, run_dir, "failed", error=error)

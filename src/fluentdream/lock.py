@@ -53,10 +53,11 @@ POLL = 0.5               # seconds between looks at runs that other processes wr
 
 
 class RunTaken(UserError):
-    """Another process (or another part of this one) is writing the run directory."""
+    """Another process (or another part of this one) is writing the run directory, or this
+    process is reading it (`verb` "read")."""
 
-    def __init__(self, run_dir: Path, owner: str):
-        super().__init__(f"{run_dir} is being written by {owner}; wait for it or choose another "
+    def __init__(self, run_dir: Path, owner: str, verb: str = "written"):
+        super().__init__(f"{run_dir} is being {verb} by {owner}; wait for it or choose another "
                          "--run-dir")
         self.run_dir, self.owner = Path(run_dir), owner
 
@@ -201,8 +202,9 @@ class RunLock:
         key = _key(run_dir)
         with _guard:
             if (entry := _held.get(key)) is not None:
-                raise RunTaken(run_dir, describe(entry.owner) if entry.owner
-                               else "this process, which is reading it")
+                if entry.owner is None:
+                    raise RunTaken(run_dir, "this process", verb="read")
+                raise RunTaken(run_dir, describe(entry.owner))
             _held[key] = _Held(None, owner)      # reserved while the file lock is taken
         try:
             created = not run_dir.exists()
