@@ -83,7 +83,7 @@ def measure(lm, target, cfg: fd.EPOConfig, warmup: int) -> dict:
               for part, pattern in (("attention", r".*layers\.\d+\.(self_attn|attention)"),
                                     ("MLP", r".*layers\.\d+\.mlp"))}
     handles = [h for part, modules in blocks.items() for module in modules for h in clock.hook(module, part)]
-    saved = evaluate.packed_nll, evaluate.retokenizes, packed.unembed_rows, scorer.score, scorer.gradients
+    saved = evaluate.packed_nll, evaluate.retokenizes, packed.unembed_rows, scorer.score_counted, scorer.gradients
 
     def counted(unembed, hidden, index):
         clock.rows += len(index)
@@ -91,7 +91,7 @@ def measure(lm, target, cfg: fd.EPOConfig, warmup: int) -> dict:
     evaluate.packed_nll = clock.timed("unembedding + CE", saved[0])
     evaluate.retokenizes = clock.timed("retokenization", saved[1])
     packed.unembed_rows = counted
-    scorer.score, scorer.gradients = clock.in_phase("score", saved[3]), clock.in_phase("gradients", saved[4])
+    scorer.score_counted, scorer.gradients = clock.in_phase("score", saved[3]), clock.in_phase("gradients", saved[4])
     tokens0 = scorer.counts["model_tokens"]
     try:
         t0 = time.perf_counter()
