@@ -8,7 +8,7 @@ Then results/<preset>/numbers.json: every number the README quotes, with interva
 A module whose experiments have not run yet contributes nothing rather than failing.
 
 Only saved runs are read, and none of them can start being rewritten while the tables are built
-(fluentdream.lock.reading holds them against writers); a run another process is writing is
+(fluentdream.runs.lock.reading holds them against writers); a run another process is writing is
 listed as running (a warning) and left out until it is saved.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ import json
 import logging
 from pathlib import Path
 
-from fluentdream.history import atomic_write
-from fluentdream.lock import LOCK, reading
+from fluentdream.core.history import atomic_write
+from fluentdream.runs.lock import LOCK, reading
 from fluentdream.runs import CHECKPOINT
 
 from . import numbers

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fluentdream.calibration import load_table
+from fluentdream.data.calibration import load_table
 from fluentdream.runs import is_complete, read_json
 
 CALIBRATION = "01_fluency_calibration"

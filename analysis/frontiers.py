@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fluentdream.history import History
+from fluentdream.core.history import History
 from fluentdream.runs import CHECKPOINT, is_complete, merged_frontier, read_json
 
 from .fluency import load_thresholds

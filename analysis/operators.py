@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fluentdream.frontier import frontier_quality
-from fluentdream.history import History
+from fluentdream.core.frontier import frontier_quality
+from fluentdream.core.history import History
 from fluentdream.runs import CHECKPOINT, read_json
 
 from . import stats

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fluentdream.frontier import pareto_frontier
-from fluentdream.history import History
+from fluentdream.core.frontier import pareto_frontier
+from fluentdream.core.history import History
 from fluentdream.runs import CHECKPOINT, read_json
 
 from .fluency import load_thresholds

@@ -45,10 +45,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fluentdream.checks import writable_dir
+from fluentdream.core.checks import writable_dir
 from fluentdream.errors import UserError
-from fluentdream.lock import other_writer
-from fluentdream.tracking import MODES, resolve_mode, start_tracker
+from fluentdream.runs.lock import other_writer
+from fluentdream.runs.tracking import MODES, resolve_mode, start_tracker
 
 from .dataset import ROLES
 

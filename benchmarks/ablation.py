@@ -41,10 +41,10 @@ import numpy as np
 import torch
 
 import fluentdream as fd
-from fluentdream import batched
-from fluentdream.evaluate import Scorer
-from fluentdream.hardware import cpu_name
-from fluentdream.history import atomic_write
+from fluentdream.core import batched
+from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.models.hardware import cpu_name
+from fluentdream.core.history import atomic_write
 from fluentdream.runs import slug
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ import reference as ref  # noqa: E402
 from judge import Judge  # noqa: E402
 from analysis import stats  # noqa: E402
 
-epo_steps = importlib.import_module("fluentdream.epo")   # the module (fd.epo is the function)
+epo_steps = importlib.import_module("fluentdream.core.epo")   # the module (fd.epo is the function)
 
 ARMS = {
     "reference": "the published reference code, fp32, its own search (no retokenization rule)",
@@ -71,7 +71,7 @@ ARMS = {
 
 class NoLabelScorer(Scorer):
     """A Scorer whose proposal gradient leaves out CE's label term, the lambda * log p(v | x<p)
-    / (n - 1) that fluentdream.gradients adds (paper §2): fixed-length runs without a context."""
+    / (n - 1) that fluentdream.core.scoring.gradients adds (paper §2): fixed-length runs without a context."""
 
     def gradients(self, ids, lambdas, which=None, next_logprobs=None):
         n = ids.shape[1]

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 import fluentdream as fd
-from fluentdream.epo import initial_prompts
-from fluentdream.evaluate import Scorer
-from fluentdream.frontier import staircase_indices
+from fluentdream.core.epo import initial_prompts
+from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.frontier import staircase_indices
 
 
 def first_reaching(curve: np.ndarray, goal: float) -> int | None:

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 import fluentdream as fd
-from fluentdream.epo import initial_prompts, mutate, restart, select
-from fluentdream.evaluate import xentropy
-from fluentdream.hooks import capture
-from fluentdream.tokens import allowed_tokens, decode, retokenizes
-from fluentdream.history import EPOState
+from fluentdream.core.epo import initial_prompts, mutate, restart, select
+from fluentdream.core.scoring.scorer import xentropy
+from fluentdream.core.scoring.hooks import capture
+from fluentdream.core.tokens import allowed_tokens, decode, retokenizes
+from fluentdream.core.history import EPOState
 
 
 def plain_forward(lm, target, ids=None, one_hot=None):

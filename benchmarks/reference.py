@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 import fluentdream as fd
-from fluentdream.evaluate import Scorer
-from fluentdream.hooks import capture
+from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring.hooks import capture
 
 
 class ReferenceObjective:

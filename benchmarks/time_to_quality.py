@@ -57,11 +57,11 @@ import numpy as np
 import torch
 
 import fluentdream as fd
-from fluentdream import tokens
-from fluentdream.cli import operators_arg
-from fluentdream.config import RESTART_MODES
-from fluentdream.hardware import cpu_name
-from fluentdream.history import atomic_write
+from fluentdream.core import tokens
+from fluentdream.cli.commands import operators_arg
+from fluentdream.core.config import RESTART_MODES
+from fluentdream.models.hardware import cpu_name
+from fluentdream.core.history import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference as ref  # noqa: E402  (the reference runner)

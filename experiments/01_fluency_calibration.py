@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 import fluentdream as fd
-from fluentdream import calibration
-from fluentdream.corpus import DataSource
-from fluentdream.progress import CountBar
+from fluentdream.data import calibration
+from fluentdream.data.corpus import DataSource
+from fluentdream.core.progress import CountBar
 from fluentdream.runs import write_json
 
 NAME = "01_fluency_calibration"

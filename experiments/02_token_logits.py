@@ -28,7 +28,7 @@ from pathlib import Path
 
 import fluentdream as fd
 from fluentdream import runs
-from fluentdream.corpus import STOPWORDS, DataSource, documents
+from fluentdream.data.corpus import STOPWORDS, DataSource, documents
 from fluentdream.runs import read_json, write_json
 
 NAME = "02_token_logits"
@@ -54,7 +54,7 @@ class Config:
 
 FAST = fd.fast_dtype("cpu")   # bf16 where this CPU computes it natively, else fp32
 PRESETS = {
-    # Table 1 in full (T = 300). The 6 runs go batched in lockstep (fluentdream.batched), in
+    # Table 1 in full (T = 300). The 6 runs go batched in lockstep (fluentdream.core.batched), in
     # bf16 where this CPU computes it natively (fd.fast_dtype): about 1 min on 2 cores.
     "embedded": Config(model="embedded", epo=fd.EPOConfig(iters=300, device="cpu", dtype=FAST)),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", words=(" dog", " AI", " grand"),

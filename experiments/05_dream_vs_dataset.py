@@ -6,7 +6,7 @@
 
 The paper mines the top 64 max-activating examples of Pythia-12B L10.N5 from 500M Pile tokens and
 finds that EPO dreams beat them by 1-1.5 activation units at CE ~4. Here:
-1. mine the top-64 examples of *every* neuron of one layer (fluentdream.mining);
+1. mine the top-64 examples of *every* neuron of one layer (fluentdream.data.mining);
 2. choose the paper's analogs by a stated rule (RULE below, read off the examples in context) and
    write neuron_choices.json at once (experiment 04 dreams on the example neuron, 06 on the
    polysemantic one); the chosen and sampled neurons' examples are then re-scored alone, each as
@@ -36,9 +36,10 @@ import torch
 from tqdm.auto import tqdm
 
 import fluentdream as fd
-from fluentdream import calibration, mining, runs
-from fluentdream.corpus import STOPWORDS
-from fluentdream.progress import CountBar
+from fluentdream import runs
+from fluentdream.data import calibration, mining
+from fluentdream.data.corpus import STOPWORDS
+from fluentdream.core.progress import CountBar
 
 RULE = ("layer = round(0.28 * (n_layers - 1)) (the paper's L10 of 36). Per neuron, the 'family' of "
         "an example is its max token (the last token of its window), stripped and lower-cased. "

@@ -7,7 +7,7 @@ The paper's L3.N1000 (Pythia-12B) has a best dataset example of 4.6 at CE 4.3, w
 6.33 at CE 4.96, and attribution of its frontier prompts shows several distinct trigger families.
 Here the neuron is the one experiment 05 chose by its stated rule (top examples split among >= 2
 max-token families); its mined examples come from 05's mining. We dream with a few seeds (in
-lockstep, fluentdream.batched), then attribute (fd.attribution, k = 32 as in the paper) one prompt
+lockstep, fluentdream.core.batched), then attribute (fd.attribution, k = 32 as in the paper) one prompt
 per run (its best in-distribution frontier point: different seeds tend to find different families)
 and more points of the merged frontier, up to `n_attributions`. Output: runs/, attribution.json
 (every swap, so figures need no model) and attribution.html.
@@ -23,7 +23,7 @@ import torch
 
 import fluentdream as fd
 from fluentdream import runs
-from fluentdream.history import atomic_write
+from fluentdream.core.history import atomic_write
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ Three sources of prompts are compared, all as z-scores ("alignment") against 102
 Here, per direction: the random baseline (calibration.random_prompt_baseline: mean, SD, max), the
 dataset scan (mining.mine with the direction matrix; the top `dataset_top_k` windows per direction,
 each re-scored *alone* as a 12-token prompt so it sits on the dreams' axes; the best re-scored one
-counts) and one EPO dream (all directions in lockstep, fluentdream.batched). analysis/residual.py
+counts) and one EPO dream (all directions in lockstep, fluentdream.core.batched). analysis/residual.py
 reads the dream histories to apply the CE limit (the in-distribution threshold of experiment 01)
 and the slack curve (Fig 5b).
 
@@ -28,8 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 import fluentdream as fd
-from fluentdream import calibration, mining, runs
-from fluentdream.progress import CountBar
+from fluentdream import runs
+from fluentdream.data import calibration, mining
+from fluentdream.core.progress import CountBar
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def threshold(preset_dir: Path, lm, cfg: Config) -> dict:
 
 
 def dream_all(lm, features: list[mining.Features], cfg: Config, out: Path) -> list[Path]:
-    """One EPO run per direction (seed 0), every unfinished one in lockstep (fluentdream.batched)."""
+    """One EPO run per direction (seed 0), every unfinished one in lockstep (fluentdream.core.batched)."""
     base = fd.EPOConfig(iters=cfg.iters, population_size=cfg.population_size,
                         explore_per_pop=cfg.explore_per_pop, topk=cfg.topk, seed=0)
     targets = [fd.ResidualDirection(f.site[1], vec, label)

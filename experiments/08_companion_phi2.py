@@ -20,7 +20,7 @@ import torch
 
 import fluentdream as fd
 from fluentdream import runs
-from fluentdream.history import atomic_write
+from fluentdream.core.history import atomic_write
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ import torch
 from tqdm.auto import tqdm
 
 import fluentdream as fd
-from fluentdream import calibration, mining, runs
-from fluentdream.evaluate import Scorer
+from fluentdream import runs
+from fluentdream.data import calibration, mining
+from fluentdream.core.scoring.scorer import Scorer
 
 NAME = "10_sae_latents"
 LIVE_RULE = ("live = the latent fires (activation > 0 after its activation function) somewhere in "

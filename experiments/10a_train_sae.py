@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import fluentdream as fd
-from fluentdream.corpus import DataSource, documents
-from fluentdream.sae import SHIPPED
+from fluentdream.data.corpus import DataSource, documents
+from fluentdream.targets.sae import SHIPPED
 
 NAME = "10a_train_sae"
 

@@ -18,7 +18,7 @@ from matplotlib import colormaps, colors
 from matplotlib.patches import Rectangle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fluentdream.attribution import Attribution, to_html  # noqa: E402
+from fluentdream.core.attribution import Attribution, to_html  # noqa: E402
 from paper_figures import style  # noqa: E402
 
 NAME = "fig1_attribution"

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from fluentdream.attribution import Attribution, to_html
+from fluentdream.core.attribution import Attribution, to_html
 from paper_figures import style
 from paper_figures.fig3_dream_vs_dataset import panels
 
@@ -64,7 +64,7 @@ def make(tables: dict[str, pd.DataFrame]) -> plt.Figure:
 
 
 def make_html(tables: dict[str, pd.DataFrame]) -> str:
-    """The attribution as a self-contained page (fluentdream.attribution.to_html), from the table:
+    """The attribution as a self-contained page (fluentdream.core.attribution.to_html), from the table:
     each position's swaps are represented by its worst and best substitute."""
     att = tables["dataset_attribution"]
     rows = []

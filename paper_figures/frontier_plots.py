@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fluentdream.frontier import frontier_indices  # noqa: E402
+from fluentdream.core.frontier import frontier_indices  # noqa: E402
 from fluentdream.runs import slug  # noqa: E402
 from paper_figures import style  # noqa: E402
 

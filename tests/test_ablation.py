@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 import fluentdream as fd
 from conftest import REPO
-from fluentdream.history import EPOState
-from fluentdream.tokens import allowed_tokens, drawable_tokens
+from fluentdream.core.history import EPOState
+from fluentdream.core.tokens import allowed_tokens, drawable_tokens
 
 
 def _load():

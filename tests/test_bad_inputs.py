@@ -14,7 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 import fluentdream as fd
-from fluentdream import history, runfiles, runs
+from fluentdream import runs
+from fluentdream.core import history
+from fluentdream.runs import files as runfiles
 from fluentdream.cli import main
 
 SMALL = ["--iters", "2", "--population-size", "2", "--explore-per-pop", "4", "--topk", "16",

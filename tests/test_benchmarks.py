@@ -10,7 +10,7 @@ import numpy as np
 
 import fluentdream as fd
 from conftest import REPO
-from fluentdream.hardware import cpu_name
+from fluentdream.models.hardware import cpu_name
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from plain_epo import plain_epo  # noqa: E402

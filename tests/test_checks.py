@@ -1,4 +1,4 @@
-"""Settings checked before a run (fluentdream.checks): the model's position limit, the length at
+"""Settings checked before a run (fluentdream.core.checks): the model's position limit, the length at
 which random prompts stop surviving decode -> encode, and device strings; each against an
 independent computation."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 
 import fluentdream as fd
 from conftest import ARCHS
-from fluentdream.checks import (MIN_SURVIVAL, check_device, check_prompt_length,
+from fluentdream.core.checks import (MIN_SURVIVAL, check_device, check_prompt_length,
                                 longest_random_prompt, pair_survival)
-from fluentdream.tokens import drawable_tokens
+from fluentdream.core.tokens import drawable_tokens
 from fluentdream.models import max_positions
 
 

@@ -20,7 +20,7 @@ import pytest
 
 import fluentdream as fd
 from fluentdream.cli import main
-from fluentdream.lock import LOCK, OWNER, RunLock, RunTaken, other_writer, reading
+from fluentdream.runs.lock import LOCK, OWNER, RunLock, RunTaken, other_writer, reading
 from fluentdream.runs import is_complete, read_json, slug
 
 from conftest import REPO
@@ -183,7 +183,7 @@ def test_a_writer_waits_for_readers_then_writes(tiny_lm, tmp_path):
     target = fd.parse_target("L1.N5", tiny_lm)
     cfg = fd.EPOConfig(iters=1, population_size=2, explore_per_pop=4, topk=16)
     run_dir = run_dream(tiny_lm, target, cfg, tmp_path / "r").run_dir
-    script = ("import sys; from fluentdream.lock import RunLock; "
+    script = ("import sys; from fluentdream.runs.lock import RunLock; "
               "RunLock.acquire(sys.argv[1]).release(); print('written')")
     with reading([run_dir]) as running:
         assert running == {}

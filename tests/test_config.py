@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fluentdream as fd
-from fluentdream.config import fields_help
+from fluentdream.core.config import fields_help
 
 
 def test_paper_defaults():

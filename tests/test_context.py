@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 import fluentdream as fd
 from conftest import VOCAB
-from fluentdream.batched import epo_many
-from fluentdream.context import Context
-from fluentdream.packed import padded
+from fluentdream.core.batched import epo_many
+from fluentdream.core.context import Context
+from fluentdream.core.scoring.packed import padded
 from test_gradient_paper import MLP_OUT, assert_proposes_top_k
 from test_performance_exactness import assert_same_scores, children_of, targets_for
 
@@ -236,7 +236,7 @@ def test_runs_with_different_contexts_are_not_batched_or_given_a_foreign_scorer(
 
 def test_cli_dream_with_prefix_and_suffix(tiny_model_dir, tmp_path, capsys):
     from fluentdream.cli import main
-    from fluentdream.runfiles import read_json
+    from fluentdream.runs.files import read_json
 
     run_dir = tmp_path / "run"
     args = ["dream", "--model", str(tiny_model_dir), "--target", "L1.N5", "--run-dir", str(run_dir),
@@ -268,7 +268,7 @@ def test_cli_dream_with_prefix_and_suffix(tiny_model_dir, tmp_path, capsys):
 def test_attribution_in_a_context_is_the_definition(make_lm, arch):
     """Swaps of x alone, each scored by a plain forward of prefix + swapped x + suffix; the
     substitutes are the top k of the in-context gradient (own token and disallowed excluded)."""
-    from fluentdream.tokens import allowed_tokens
+    from fluentdream.core.tokens import allowed_tokens
     lm = make_lm(arch)
     prefix, suffix = CONTEXTS["prefix and suffix"]
     x, k = random_ids(seed=11, B=1)[0], 4

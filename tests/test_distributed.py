@@ -11,7 +11,7 @@ import pytest
 
 from fluentdream import EPOConfig, History, UserError
 from fluentdream.cli import main
-from fluentdream.distributed import Job, make_jobs, parse_seeds, run_jobs
+from fluentdream.runs.distributed import Job, make_jobs, parse_seeds, run_jobs
 from fluentdream.runs import is_complete, read_json, run_dir_for
 
 BASE = EPOConfig(iters=3, population_size=2, explore_per_pop=4, topk=16, restart_frequency=2)
@@ -133,7 +133,7 @@ def test_local_sweep_batches_jobs_and_a_failing_batch_runs_them_alone(tiny_model
         assert d == run_dir_for(tmp_path / "a", str(tiny_model_dir), config["target"],
                                 config["seed"]) and len(hist) == 2
 
-    import fluentdream.session as session
+    import fluentdream.runs.session as session
 
     def broken(*args, **kwargs):
         raise RuntimeError("a job broke the batch")

@@ -8,7 +8,7 @@ import pytest
 
 import fluentdream as fd
 from fluentdream.cli import main
-from fluentdream.runfiles import read_json
+from fluentdream.runs.files import read_json
 
 
 def test_auto_resolves_to_the_fast_dtype_and_nothing_else_changes():

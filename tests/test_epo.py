@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import fluentdream as fd
-from fluentdream.tokens import allowed_tokens, retokenizes
-from fluentdream.history import EPOState
+from fluentdream.core.tokens import allowed_tokens, retokenizes
+from fluentdream.core.history import EPOState
 
-epo_steps = importlib.import_module("fluentdream.epo")   # the module; fd.epo is the function
+epo_steps = importlib.import_module("fluentdream.core.epo")   # the module; fd.epo is the function
 
 INF, NAN = float("inf"), float("nan")
 SMALL = dict(population_size=4, explore_per_pop=8, topk=32, seq_len=8)

@@ -77,7 +77,7 @@ def test_token_logits_runs_and_bans_the_word(smoke_results):
 
 def test_common_words_follow_the_rule(tmp_path, tokenizer):
     exp = load_experiment("02_token_logits")
-    from fluentdream.mining import DataSource
+    from fluentdream.data.mining import DataSource
     text = ("the return value is self and the return value of the function is the value "
             "returned by the function when called with self\n") * 20
     (tmp_path / "corpus.txt").write_text(text)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from analysis import fluency, frontiers, seeds
-from fluentdream.history import History
+from fluentdream.core.history import History
 from paper_figures import (fig1_attribution, fig2_seed_variance, fig5a_fluency_calibration,
                            frontier_plots, style, table2_token_logits, table3_six_neurons,
                            table5_frontier_points)
@@ -125,7 +125,7 @@ def _population_history(before: float, after: float) -> "History":
     """9 iterations, M = 2 slots, restarts every 3 (horizon 1): the slots hold (f, CE) = (1, 2)
     and (2, 4) until iteration 2, every f shifted by `before` at iteration 3 (the restart) and by
     `after` from iteration 4 on."""
-    from fluentdream.history import History
+    from fluentdream.core.history import History
     hist = History(lambdas=np.array([0.1, 10.0]))
     for t in range(9):
         shift = 0.0 if t < 3 else before if t < 4 else after

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fluentdream as fd
-from fluentdream.frontier import DEFAULT_SWEEP, frontier_indices
+from fluentdream.core.frontier import DEFAULT_SWEEP, frontier_indices
 
 INF, NAN = float("inf"), float("nan")
 

@@ -20,7 +20,7 @@ import transformers as tf
 
 import fluentdream as fd
 from conftest import VOCAB, build_model
-from fluentdream import gguf_cache
+from fluentdream.models import gguf as gguf_cache
 from fluentdream.cli import main
 
 # No digits, newlines or runs of spaces: where the GPT-2 and Qwen2 split rules (chosen by

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 import fluentdream as fd
 from conftest import ARCHS, VOCAB
-from fluentdream.epo import propose
-from fluentdream.tokens import allowed_tokens
-from fluentdream.history import EPOState
+from fluentdream.core.epo import propose
+from fluentdream.core.tokens import allowed_tokens
+from fluentdream.core.history import EPOState
 
 # Module whose input is layer L's MLP hidden units, per architecture (HF module names).
 MLP_OUT = {"gpt_neox": "gpt_neox.layers.{L}.mlp.dense_4h_to_h", "phi": "model.layers.{L}.mlp.fc2",

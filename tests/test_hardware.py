@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import fluentdream as fd
-from fluentdream.hardware import BF16_CPU_FLAGS, cpu_flags, cpu_name
+from fluentdream.models.hardware import BF16_CPU_FLAGS, cpu_flags, cpu_name
 
 
 def test_fast_dtype_follows_the_cpu_flags():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fluentdream as fd
-from fluentdream.history import SCHEMA_VERSION, EPOState, atomic_write
+from fluentdream.core.history import SCHEMA_VERSION, EPOState, atomic_write
 
 INF, NAN = float("inf"), float("nan")
 

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import fluentdream as fd
-from fluentdream import calibration, cli, mining
-from fluentdream.evaluate import Scorer, xentropy
-from fluentdream.hooks import capture
+from fluentdream import cli
+from fluentdream.data import calibration, mining
+from fluentdream.core.scoring.scorer import Scorer, xentropy
+from fluentdream.core.scoring.hooks import capture
+from fluentdream.core.tokens import allowed_tokens
 
 CFG = mining.MineConfig(top_k=5, context=32, window=6, batch_size=3, tokens=2500)
 
@@ -159,7 +161,7 @@ def test_ray_shards_merge_exactly(lm, corpus, features, mined):
 
 def test_random_prompt_baseline_and_zscores(lm, features, mined):
     base = calibration.random_prompt_baseline(lm, features[1:], n_prompts=64, n_tokens=6, seed=3)
-    pool = fd.tokens.allowed_tokens(lm).nonzero().squeeze(1)
+    pool = allowed_tokens(lm).nonzero().squeeze(1)
     ids = pool[torch.randint(len(pool), (64, 6), generator=torch.Generator().manual_seed(3))]
     f, _ = Scorer(lm, fd.parse_target("resid:L2:v8", lm), retokenize=False).score(ids)
     row = base.set_index("target").loc["resid:L2:v8"]

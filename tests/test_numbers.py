@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import build_tables, numbers, readme_table, residual, units
-from fluentdream.history import History
+from fluentdream.core.history import History
 from test_experiments_a import smoke_results  # noqa: F401 - the shared session fixtures
 from test_experiments_b import b_results  # noqa: F401
 from test_stats import brute_wilcoxon_p

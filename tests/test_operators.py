@@ -1,4 +1,4 @@
-"""Mutation operators (fluentdream.operators, issue 14) against their definitions on hand-made
+"""Mutation operators (fluentdream.core.operators, issue 14) against their definitions on hand-made
 states, the config's checks, and histories that the code written before operators existed saved
 (tests/data/history_v1_*.npz, schema 1, made at 935b54f by the script in their test below: same
 tiny models, same settings), which still load and resume."""
@@ -12,10 +12,10 @@ import torch
 
 import fluentdream as fd
 from fluentdream.cli import main
-from fluentdream.config import parse_operators
-from fluentdream.history import EPOState
-from fluentdream.operators import insertion_table, mutate
-from fluentdream.runfiles import config_diff
+from fluentdream.core.config import OPERATORS, parse_operators
+from fluentdream.core.history import EPOState
+from fluentdream.core.operators import insertion_table, mutate
+from fluentdream.runs.files import config_diff
 
 DATA = Path(__file__).parent / "data"
 V1_RUNS = {"history_v1_gpt_neox.npz": ("gpt_neox", {}),
@@ -108,7 +108,7 @@ def test_each_operator_follows_its_definition_and_its_probability():
                                     dict(swap=0.4, swap2=0.2, delete=0.1)]):    # at max_len 8
         ops = [op for s, op, _ in made if s == slot]
         total = sum(allowed.values())
-        for name in fd.config.OPERATORS:
+        for name in OPERATORS:
             share = allowed.get(name, 0.0) / total
             got = ops.count(name) / r
             assert abs(got - share) < 4 * np.sqrt(share * (1 - share) / r) + 1e-9, (slot, name)

@@ -1,13 +1,13 @@
-"""The packed layout (fluentdream.packed) on hand-made plans, padding, and the packed pass against
+"""The packed layout (fluentdream.core.scoring.packed) on hand-made plans, padding, and the packed pass against
 a plain forward of the model (logits, activations, keys and values at every position)."""
 from __future__ import annotations
 
 import torch
 
 import fluentdream as fd
-from fluentdream.evaluate import Scorer
-from fluentdream.hooks import capture
-from fluentdream.packed import (SHAPE_STEP, Plan, attention_implementation, pad_rows,
+from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring.hooks import capture
+from fluentdream.core.scoring.packed import (SHAPE_STEP, Plan, attention_implementation, pad_rows,
                                  packed_attention, packed_nll, padded, row_nll)
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fluentdream as fd
-from fluentdream.batched import epo_many
-from fluentdream.evaluate import Scorer
+from fluentdream.core.batched import epo_many
+from fluentdream.core.scoring.scorer import Scorer
 
 ARCHS = ("gpt_neox", "phi", "gpt2", "llama", "mistral", "qwen2")
 

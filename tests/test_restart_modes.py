@@ -13,7 +13,7 @@ import torch
 import fluentdream as fd
 from fluentdream.cli import main
 
-epo_steps = importlib.import_module("fluentdream.epo")
+epo_steps = importlib.import_module("fluentdream.core.epo")
 
 INF, NAN = float("inf"), float("nan")
 # A convex frontier in (CE, f) with edge slopes 3, 2, 1.5, 1, 0.5: the winner at penalty mu

@@ -1,4 +1,4 @@
-"""SAEs from disk (fluentdream.sae): every architecture's encoder against its formula written here,
+"""SAEs from disk (fluentdream.targets.sae): every architecture's encoder against its formula written here,
 every layout (SAELens v6, SAELens before 6, sparsify), normalizations, hook names, errors, and SAE
 targets scored through the packed pass equal to full scoring and to a plain forward of the model."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 import fluentdream as fd
 from conftest import load_experiment
-from fluentdream.evaluate import Scorer
-from fluentdream.sae import SHIPPED, load_sae
+from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.targets.sae import SHIPPED, load_sae
 
 D_IN, D_SAE = 64, 32
 
@@ -295,8 +295,8 @@ def test_mining_every_latent_in_one_pass_equals_brute_force(make_lm, tmp_path):
     import pandas as pd
     import pydoc_data.topics
 
-    from fluentdream import mining
-    from fluentdream.corpus import context_windows, documents
+    from fluentdream.data import mining
+    from fluentdream.data.corpus import context_windows, documents
 
     lm = make_lm("gpt_neox")
     texts = [t[:400] for t in list(pydoc_data.topics.topics.values())[:6]]

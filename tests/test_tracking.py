@@ -18,7 +18,7 @@ import pytest
 
 import fluentdream as fd
 from fluentdream.runs import dream_many, is_complete, read_json, run_dream
-from fluentdream.tracking import IterationMetrics, NullTracker, resolve_mode, start_tracker
+from fluentdream.runs.tracking import IterationMetrics, NullTracker, resolve_mode, start_tracker
 
 CFG = fd.EPOConfig(iters=7, population_size=3, explore_per_pop=6, topk=16, restart_frequency=3,
                    seed=1)

@@ -17,11 +17,11 @@ import fluentdream as fd
 from analysis.dataset import candidates
 from conftest import VOCAB
 from fluentdream.cli import main
-from fluentdream.context import Context
-from fluentdream.ragged import pad
-from fluentdream.runfiles import same_complete_run
+from fluentdream.core.context import Context
+from fluentdream.core.ragged import pad
+from fluentdream.runs.files import same_complete_run
 from fluentdream.runs import read_json
-from fluentdream.tracking import IterationMetrics, first_iterations
+from fluentdream.runs.tracking import IterationMetrics, first_iterations
 from test_context import MLP_OUT, reference
 
 CONTEXTS = {"none": ((), ()), "prefix and suffix": ((5, 9, 13), (7, 2))}

@@ -5,18 +5,18 @@
     hist = fd.epo(lm, fd.parse_target("L1.N5", lm), fd.EPOConfig(seed=0))
     print(fd.pareto_frontier([hist], lm.tokenizer).table())
 """
-from . import attribution, batched
-from .config import EPOConfig
-from .context import Context
+from .core import attribution, batched
+from .core.config import EPOConfig
+from .core.context import Context
 from .errors import UserError
-from .epo import IterationReport, epo, gcg
-from .evaluate import Scorer, xentropy
-from .frontier import Frontier, frontier_quality, pareto_frontier
-from .hardware import fast_dtype
-from .history import EPOState, History
-from .models import LoadedModel, load_model, wrap_model
-from .sae import SAE, load_sae
-from .targets import (AttentionEntry, CustomTarget, Logit, Neuron, ResidualDirection, SAELatent,
+from .core.epo import IterationReport, epo, gcg
+from .core.scoring.scorer import Scorer, xentropy
+from .core.frontier import Frontier, frontier_quality, pareto_frontier
+from .models.hardware import fast_dtype
+from .core.history import EPOState, History
+from .models.load import LoadedModel, load_model, wrap_model
+from .targets.sae import SAE, load_sae
+from .targets.kinds import (AttentionEntry, CustomTarget, Logit, Neuron, ResidualDirection, SAELatent,
                       Target, parse_target)
 
 __version__ = "0.1.0"

@@ -1,0 +1,21 @@
+"""Language models: load one and find its parts (DESIGN §3, §6).
+
+    lm = fd.load_model("embedded")          # also "smollm2-135m", a .gguf file, a local HF dir, a hub name
+    lm.mlp_out_proj(1), lm.attention(1)     # where targets read the model
+
+  load      load_model, wrap_model, LoadedModel and the ARCHITECTURES table
+  gguf      GGUF files read as dense checkpoints, cached (SmolLM2 by name)
+  hardware  which dtype is fast here, which CPU this is, whether a device exists
+
+The bottom layer: imports only the shared top-level modules (errors, files), never the rest of
+fluentdream.
+"""
+from .load import (ARCHITECTURES, DTYPES, EMBEDDED_DIR, Arch, LoadedModel, check_architecture,
+                   default_device, keep_freed_memory, load_model, max_positions, wrap_model)
+from .gguf import SMOLLM2, dense_checkpoint, find_gguf, gguf_source, smollm2_gguf
+from .hardware import cpu_name, fast_dtype
+
+__all__ = ["ARCHITECTURES", "DTYPES", "EMBEDDED_DIR", "Arch", "LoadedModel", "check_architecture",
+           "default_device", "keep_freed_memory", "load_model", "max_positions", "wrap_model",
+           "SMOLLM2", "dense_checkpoint", "find_gguf", "gguf_source", "smollm2_gguf", "cpu_name",
+           "fast_dtype"]
