@@ -19,7 +19,7 @@ import json
 import logging
 from pathlib import Path
 
-from fluentdream.core.history import atomic_write
+from fluentdream.files import atomic_write
 from fluentdream.runs.lock import LOCK, reading
 from fluentdream.runs import CHECKPOINT
 

@@ -7,7 +7,7 @@
     tabs["frontier_points"]          # every frontier point of every run of 02 and 03 (Table 5)
     tabs["attribution_03"]           # one row per token of each attributed prompt (Fig 1)
 
-Pure functions of the run directories (runs.py) and 01's thresholds.json; missing experiments
+Pure functions of the run directories (fluentdream.runs) and 01's thresholds.json; missing experiments
 give missing tables, never an error.
 """
 from pathlib import Path

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from fluentdream.core.history import atomic_write
+from fluentdream.files import atomic_write
 
 from .readme_beyond import BEYOND_PAPER
 from .readme_numbers import Numbers, Row, tested as _tested

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fluentdream.core.checks import writable_dir
+from fluentdream.files import writable_dir
 from fluentdream.errors import UserError
 from fluentdream.runs.lock import other_writer
 from fluentdream.runs.tracking import MODES, resolve_mode, start_tracker

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import shlex
 import sys
@@ -42,9 +41,10 @@ import torch
 
 import fluentdream as fd
 from fluentdream.core import batched
+from fluentdream.core import steps as epo_steps
 from fluentdream.core.scoring.scorer import Scorer
 from fluentdream.models.hardware import cpu_name
-from fluentdream.core.history import atomic_write
+from fluentdream.files import atomic_write
 from fluentdream.runs import slug
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +52,6 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 import reference as ref  # noqa: E402
 from judge import Judge  # noqa: E402
 from analysis import stats  # noqa: E402
-
-epo_steps = importlib.import_module("fluentdream.core.epo")   # the module (fd.epo is the function)
 
 ARMS = {
     "reference": "the published reference code, fp32, its own search (no retokenization rule)",

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import fluentdream as fd
-from fluentdream.core.epo import initial_prompts
+from fluentdream.core.steps import initial_prompts
 from fluentdream.core.scoring.scorer import Scorer
 from fluentdream.core.frontier import staircase_indices
 
@@ -53,7 +53,7 @@ class Judge:
 
     def corner(self, cfg: fd.EPOConfig, seeds: list[int]) -> tuple[float, float]:
         """(worst CE, lowest activation) among the fp32 scores of fluentdream's random initial
-        prompts of every seed (fd.epo.initial_prompts, seeded as a run seeds it): known before
+        prompts of every seed (fluentdream.core.steps.initial_prompts, seeded as a run seeds it): known before
         anything runs, and the same for every arm and implementation."""
         initial = torch.cat([initial_prompts(self.lm, cfg.replace(seed=s),
                                              torch.Generator().manual_seed(s))[:, :cfg.seq_len]

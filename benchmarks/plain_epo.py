@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import fluentdream as fd
-from fluentdream.core.epo import initial_prompts, mutate, restart, select
+from fluentdream.core.operators import mutate
+from fluentdream.core.steps import initial_prompts, restart, select
 from fluentdream.core.scoring.scorer import xentropy
 from fluentdream.core.scoring.hooks import capture
 from fluentdream.core.tokens import allowed_tokens, decode, retokenizes

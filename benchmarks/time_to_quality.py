@@ -61,7 +61,7 @@ from fluentdream.core import tokens
 from fluentdream.cli.commands import operators_arg
 from fluentdream.core.config import RESTART_MODES
 from fluentdream.models.hardware import cpu_name
-from fluentdream.core.history import atomic_write
+from fluentdream.files import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference as ref  # noqa: E402  (the reference runner)

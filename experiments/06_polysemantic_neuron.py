@@ -23,7 +23,7 @@ import torch
 
 import fluentdream as fd
 from fluentdream import runs
-from fluentdream.core.history import atomic_write
+from fluentdream.files import atomic_write
 
 
 @dataclass(frozen=True)

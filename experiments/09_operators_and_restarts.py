@@ -14,7 +14,7 @@ on the same neurons and seeds:
   operators          the full operator set (cfg.operators: swap 0.5, two-token swap 0.1, insert
                      0.2, delete 0.2; lengths 8..16 around n = 12, see PRESETS for why).
   explore            swap only, restarts that keep diversity (cfg.restart_mode: slot i restarts
-                     from the winner at the i-th of M stratified restart penalties, epo.restart).
+                     from the winner at the i-th of M stratified restart penalties, fluentdream.core.steps.restart).
   operators+explore  both.
 Equal wall time: variable lengths change an iteration's cost, so every run of a condition gets
 the time the reference's runs of that neuron took (their mean recorded seconds, the budget) and

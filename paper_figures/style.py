@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fluentdream.core.history import atomic_write  # noqa: E402
+from fluentdream.files import atomic_write  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 DPI = 150

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 import fluentdream as fd
 from fluentdream import runs
 from fluentdream.core import history
-from fluentdream.runs import files as runfiles
+from fluentdream import files as file_writes
 from fluentdream.cli import main
 
 SMALL = ["--iters", "2", "--population-size", "2", "--explore-per-pop", "4", "--topk", "16",
@@ -184,7 +184,7 @@ def test_full_disk_keeps_the_checkpoint_and_says_how_to_resume(tiny_model_dir, t
                 raise OSError(errno.ENOSPC, "No space left on device") from None
         real(path, write)
     monkeypatch.setattr(history, "atomic_write", full_disk)
-    monkeypatch.setattr(runfiles, "atomic_write", full_disk)
+    monkeypatch.setattr(file_writes, "atomic_write", full_disk)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -10,10 +10,10 @@ import torch
 
 import fluentdream as fd
 from conftest import ARCHS
-from fluentdream.core.checks import (MIN_SURVIVAL, check_device, check_prompt_length,
-                                longest_random_prompt, pair_survival)
+from fluentdream.core.checks import (MIN_SURVIVAL, check_prompt_length, longest_random_prompt,
+                                     pair_survival)
 from fluentdream.core.tokens import drawable_tokens
-from fluentdream.models import max_positions
+from fluentdream.models import check_device, max_positions
 
 
 @pytest.mark.parametrize("arch", ARCHS)

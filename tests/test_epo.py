@@ -3,17 +3,15 @@ hand-made pools and on a real run; gradients only for prompts new to a slot; det
 resume; Ctrl-C."""
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
 
 import fluentdream as fd
 from fluentdream.core.tokens import allowed_tokens, retokenizes
+from fluentdream.core import steps as epo_steps
 from fluentdream.core.history import EPOState
-
-epo_steps = importlib.import_module("fluentdream.core.epo")   # the module; fd.epo is the function
+from fluentdream.core.operators import mutate
 
 INF, NAN = float("inf"), float("nan")
 SMALL = dict(population_size=4, explore_per_pop=8, topk=32, seq_len=8)
@@ -139,7 +137,7 @@ def test_mutate_changes_one_position_to_one_of_its_candidates():
     state = EPOState(iteration=0, slot_ids=np.arange(M * n).reshape(M, n), slot_target=np.zeros(M),
                      slot_xentropy=np.zeros(M), topk=topk, fresh=np.ones(M, bool),
                      rng_state=np.zeros(1, np.uint8))
-    children = epo_steps.mutate(state, r, torch.Generator().manual_seed(0))
+    children = mutate(state, r, torch.Generator().manual_seed(0))
     assert children.shape == (M * r, n)
     positions = set()
     for c, child in enumerate(children.numpy()):

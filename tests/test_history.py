@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import fluentdream as fd
-from fluentdream.core.history import SCHEMA_VERSION, EPOState, atomic_write
+from fluentdream.core.history import SCHEMA_VERSION, EPOState
+from fluentdream.files import atomic_write
 
 INF, NAN = float("inf"), float("nan")
 

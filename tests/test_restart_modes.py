@@ -3,7 +3,6 @@ frontier and distinct, each against a brute-force reading of its definition on h
 a real run keeps diversity after a restart; resume stays exact; bad modes are refused."""
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
@@ -12,8 +11,7 @@ import torch
 
 import fluentdream as fd
 from fluentdream.cli import main
-
-epo_steps = importlib.import_module("fluentdream.core.epo")
+from fluentdream.core import steps as epo_steps
 
 INF, NAN = float("inf"), float("nan")
 # A convex frontier in (CE, f) with edge slopes 3, 2, 1.5, 1, 0.5: the winner at penalty mu

@@ -6,20 +6,22 @@
     print(fd.pareto_frontier([hist], lm.tokenizer).table())
 """
 from .core import attribution, batched
+from .core.batched import IterationReport
 from .core.config import EPOConfig
 from .core.context import Context
-from .errors import UserError
-from .core.epo import IterationReport, epo, gcg
-from .core.scoring.scorer import Scorer, xentropy
+from .core.epo import epo, gcg
 from .core.frontier import Frontier, frontier_quality, pareto_frontier
-from .models.hardware import fast_dtype
 from .core.history import EPOState, History
-from .models.load import LoadedModel, load_model, wrap_model
+from .core.scoring.scorer import Scorer, xentropy
+from .errors import UserError
+from .models.hardware import fast_dtype
+from .models.load import load_model, wrap_model
+from .models.loaded import LoadedModel
+from .provenance import __version__
+from .targets.kinds import (AttentionEntry, CustomTarget, Logit, Neuron, ResidualDirection,
+                            SAELatent, Target, parse_target)
 from .targets.sae import SAE, load_sae
-from .targets.kinds import (AttentionEntry, CustomTarget, Logit, Neuron, ResidualDirection, SAELatent,
-                      Target, parse_target)
 
-__version__ = "0.1.0"
 __all__ = ["EPOConfig", "IterationReport", "epo", "gcg", "Scorer", "xentropy", "Frontier",
            "fast_dtype", "frontier_quality", "pareto_frontier", "EPOState", "History", "LoadedModel",
            "load_model", "wrap_model", "AttentionEntry", "CustomTarget", "Logit", "Neuron",

@@ -7,8 +7,10 @@
 
 Validation code raises `UserError` with a message that says what was wrong and what is allowed
 (and names the file, for a file). The command line shows a UserError as one line with exit status
-2; any other exception is a bug and keeps its traceback (cli.main). UserError subclasses
-ValueError, so code that caught ValueError from validation still catches it.
+2; any other exception is a bug and keeps its traceback (fluentdream.cli.commands.main).
+UserError subclasses ValueError, so code that caught ValueError from validation still catches it.
+
+Shared by every part of the package; imports nothing of fluentdream.
 """
 from __future__ import annotations
 

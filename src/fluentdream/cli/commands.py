@@ -22,10 +22,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import DISK_FULL, os_error, user_fault
-from .mine import add_mine_parser
 from ..core.config import EPOConfig, fields_help, parse_operators
 from ..errors import ISSUE_TRACKER, UserError
+from .errors import DISK_FULL, os_error, user_fault
+from .mine import add_mine_parser
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_dream(args: argparse.Namespace) -> int:
     """Take the run directory's lock first (one writer per run directory, lock.py), so a
     second writer is refused in one line before it loads anything, and hold it to the end."""
-    from ..core.checks import check_device, writable_dir
+    from ..files import writable_dir
+    from ..models.hardware import check_device
     from ..runs.lock import RunLock
     from ..runs import run_dir_for
 
@@ -325,7 +326,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..core.checks import check_device, writable_dir
+    from ..files import writable_dir
+    from ..models.hardware import check_device
     from ..runs.distributed import make_jobs, parse_seeds, run_jobs
 
     if args.seed is not None:

@@ -1,4 +1,4 @@
-"""How the `fluentdream` command sorts what went wrong (cli.main): the user's input or machine
+"""How the `fluentdream` command sorts what went wrong (commands.main): the user's input or machine
 (fd.UserError, a full disk, a path without permission) gets one line, anything else is a bug.
 
     user_fault(UserError("layer 99 is out of range"))     # "layer 99 is out of range"

@@ -55,7 +55,8 @@ def add_mine_parser(sub) -> None:
 
 def cmd_mine(args: argparse.Namespace) -> int:
     from ..data import calibration, mining
-    from ..core.checks import check_device, writable_dir
+    from ..files import writable_dir
+    from ..models.hardware import check_device
     from ..models.load import load_model
     from ..runs import slug
 

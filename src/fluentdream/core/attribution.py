@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .context import Context
 from ..errors import UserError
+from ..targets.kinds import Target
+from .context import Context
 from .scoring.scorer import Scorer
 from .tokens import allowed_tokens
-from ..targets.kinds import Target
 
 
 @dataclass

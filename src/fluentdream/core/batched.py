@@ -14,23 +14,37 @@ iteration's wall time.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..errors import UserError
+from ..targets.kinds import Target
+from .checks import check_run
 from .config import EPOConfig
 from .context import Context
-from .epo import (IterationReport, check_run, initial_prompts, propose_many, replay_memo,
-                  restart, select)
-from ..errors import UserError
-from .scoring.scorer import Scorer
-from .tokens import allowed_tokens
 from .history import EPOState, History
 from .operators import mutate
 from .ragged import widen
-from ..targets.kinds import Target
+from .scoring.scorer import Scorer
+from .steps import initial_prompts, propose_many, replay_memo, restart, select
+from .tokens import allowed_tokens
+
+
+@dataclasses.dataclass
+class IterationReport:
+    """What the callback sees after each iteration."""
+    iteration: int
+    slot_target: np.ndarray      # (M,)
+    slot_xentropy: np.ndarray    # (M,)
+    best_target: float           # best finite target of any candidate so far
+    restart_lambda: float | None
+    seconds: float
+    n_scored: int                # children the model computed this iteration (not looked up)
+    history: History             # the run so far; history.state resumes after this iteration
 
 
 def _same(a: Target, b: Target) -> bool:
@@ -147,7 +161,7 @@ def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float,
 
 def _score_initial(scorer: Scorer, runs: list[dict]) -> None:
     """Score the random starting prompts of every new run in one call; refill the memo of every
-    resumed run with its saved scores (epo.replay_memo), so it continues exactly."""
+    resumed run with its saved scores (steps.replay_memo), so it continues exactly."""
     new = [run for run in runs if run["new"]]
     if new:
         W = max(run["state"].slot_ids.shape[1] for run in new)       # runs' max_len may differ

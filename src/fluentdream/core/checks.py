@@ -1,9 +1,11 @@
-"""Settings checked before a run loads, computes or writes anything: device, prompt length.
+"""Settings refused before a run computes anything: `check_run` (dtype, device, top-k, the
+target, prompt lengths, the initial prompt) and the prompt length limits it applies.
 
+    check_run(lm, cfg, target)                    # fd.UserError naming the first bad setting
     check_prompt_length(lm, seq_len=600, random_draw=True)
     # fd.UserError: seq_len 600 exceeds the 512 positions of model 'embedded'; choose --seq-len <= 512
 
-Two limits: the model's positions (models.max_positions), and, for random starting prompts that
+Two limits: the model's positions (fluentdream.models.max_positions), and, for random starting prompts that
 must survive decode -> encode (EPOConfig.retokenize), the length such prompts can still be drawn
 at. Boundaries merge or split between neighbouring tokens, so a random n-token prompt survives
 with probability about q^(n-1), q the survival rate of random token pairs (measured on the
@@ -15,15 +17,19 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from .tokens import drawable_tokens, retokenizes
-from ..models.load import max_positions
+from ..models.load import DTYPES
+from ..models.loaded import max_positions
+from ..targets.kinds import Target
+from .config import EPOConfig
+from .context import Context
+from .steps import initial_prompts
+from .tokens import allowed_tokens, drawable_tokens, retokenizes
 
-# A prompt slot gets 1000 random draws (epo.initial_prompts): at survival 0.003 one slot still
+# A prompt slot gets 1000 random draws (steps.initial_prompts): at survival 0.003 one slot still
 # fails with probability e^-3, so longer prompts are refused rather than attempted.
 MIN_SURVIVAL = 0.003
 PAIRS = 4096
@@ -75,38 +81,24 @@ def check_prompt_length(lm, seq_len: int, random_draw: bool, fixed: int = 0,
                         "--initial-prompt, or pass --no-retokenize")
 
 
-def check_device(device: str | None) -> None:
-    """Raise UserError for a device string torch does not parse, or a device this machine lacks
-    (before a model is loaded onto it)."""
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N, mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = ("this torch is a CPU-only build" if torch.version.cuda is None
-                   else "no CUDA GPU is visible")
-            raise UserError(f"device {device!r}: CUDA is not available ({why}); use --device cpu")
-        n = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= n:
-            raise UserError(f"device {device!r} does not exist; this machine has {n} CUDA "
-                            f"device(s): cuda:0..cuda:{n - 1}")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device {device!r}: MPS is not available here; use --device cpu")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"device type {dev.type!r} is not supported; allowed: cpu, cuda, cuda:N, mps")
-
-
-def writable_dir(path: Path) -> Path:
-    """Create `path` (and parents) or raise a UserError saying why it cannot be written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".fluentdream-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"output directory {str(path)!r} is not writable ({e.strerror}); "
-                        "choose a directory you can write to") from None
-    return path
+def check_run(lm, cfg: EPOConfig, target: Target) -> None:
+    """Raise UserError for settings that cannot run on `lm`, before anything is computed."""
+    context = Context.of(lm, cfg)        # raises for context text that encodes to no tokens
+    if cfg.dtype not in (None, "auto") and lm.dtype != DTYPES[cfg.dtype]:
+        raise UserError(f"cfg.dtype is {cfg.dtype} but the model is {lm.dtype}; load it with "
+                        f"fd.load_model(..., dtype={cfg.dtype!r}) or set dtype='auto'")
+    if cfg.device is not None and lm.device.type != torch.device(cfg.device).type:
+        raise UserError(f"cfg.device is {cfg.device} but the model is on {lm.device}")
+    if cfg.topk > int(allowed_tokens(lm).sum()):
+        raise UserError(f"topk={cfg.topk} exceeds the {int(allowed_tokens(lm).sum())} usable tokens")
+    target.validate(lm)
+    shortest, longest = cfg.length_range
+    if hasattr(target, "check_seq_len"):     # positions count in prefix + x + suffix
+        target.check_seq_len(context.length(shortest))   # every length must hold the position
+    check_prompt_length(lm, cfg.seq_len, random_draw=cfg.retokenize and cfg.initial_prompt is None,
+                        fixed=context.P + context.S)
+    if longest > cfg.seq_len:
+        check_prompt_length(lm, longest, random_draw=False, fixed=context.P + context.S,
+                            name="max_len")
+    if cfg.initial_prompt is not None:
+        initial_prompts(lm, cfg, torch.Generator())   # raises if it does not fit seq_len

@@ -44,7 +44,7 @@ class EPOConfig:
     restart_xentropy_max: float = 6.0
     """Upper end of the uniform draw of the restart penalty lambda_r (Table 1: 6.0)."""
     restart_mode: str = "collapse"
-    """What a restart puts in the slots (fluentdream.core.epo.restart): collapse = every slot takes
+    """What a restart puts in the slots (fluentdream.core.steps.restart): collapse = every slot takes
     the one pool member maximizing f - lambda_r * CE (paper §2); frontier = slot i takes the winner
     at its own penalty of M stratified draws over the same range (a spread of frontier points);
     distinct = the M best distinct prompts under lambda_r, the most fluent to the highest penalty.

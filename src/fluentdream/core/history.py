@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_write
 
 SCHEMA_VERSION = 3
 READS = (1, 2, 3)            # schema versions load() accepts
@@ -219,31 +219,3 @@ def _grown(buffer: np.ndarray, n: int) -> np.ndarray:
     out = np.empty((2 * len(buffer),) + buffer.shape[1:], buffer.dtype)
     out[:n] = buffer[:n]
     return out
-
-
-def umask() -> int:
-    """The process umask, read without changing it where /proc allows (os.umask can only swap)."""
-    try:
-        with open("/proc/self/status") as fh:
-            return next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
-    except (OSError, StopIteration):
-        old = os.umask(0o022)
-        os.umask(old)
-        return old
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(binary file handle) on a temporary file beside `path`, then rename it over."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file 0600; results are shared, so give it what open() would (0666 & ~umask)
-        os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

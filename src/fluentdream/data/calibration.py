@@ -28,10 +28,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
 from ..core.scoring.hooks import capture
 from ..core.tokens import drawable_tokens
-from ..core.history import atomic_write
+from ..errors import UserError
+from ..files import atomic_write
 from .corpus import DataSource, documents
 from .mining import Features
 

@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 
 from ..errors import UserError
-from ..targets.sae import SAE
 from ..targets.kinds import ResidualDirection, Site, _standardize
+from ..targets.sae import SAE
 
 
 def place_key(doc: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

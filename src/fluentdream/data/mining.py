@@ -39,7 +39,8 @@ from .features import (Features, TopK, neurons, place_key,  # noqa: F401 (mining
 from ..core.scoring.scorer import xentropy
 from ..core.scoring.hooks import capture
 from ..core.tokens import decode, retokenizes
-from ..core.history import atomic_write
+from ..files import atomic_write, write_json
+from ..provenance import __version__, git_info
 from ..targets.kinds import Site
 
 log = logging.getLogger(__name__)
@@ -324,8 +325,6 @@ def mine(lm, source: DataSource, features: Sequence[Features], cfg: MineConfig =
 def summary(lm, source, features, cfg, stats: ScanStats, executor, workers, scan_s, rescore_s) -> dict:
     import datasets
 
-    from .. import __version__
-    from ..runs.store import git_info
     return dict(
         model=lm.name, dataset=source.dataset, split=source.split, text_column=source.text_column,
         config=asdict(cfg), tokens_scanned=stats.tokens, documents=stats.documents,
@@ -348,8 +347,6 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 def save(result: MineResult, out_dir: str | Path) -> Path:
     """examples.parquet, then summary.json (written last: its presence means complete)."""
-    from ..runs.store import write_json
-
     out = Path(out_dir)
     write_parquet(result.examples, out / "examples.parquet")
     write_json(out / "summary.json", result.summary)

@@ -29,7 +29,8 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import UserError
-from ..core.history import umask
+from ..files import umask
+from .loaded import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +147,12 @@ def readable_architectures() -> tuple[str, ...]:
     architecture name is the HF model_type."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    from .load import ARCHITECTURES
-
     return tuple(sorted(set(ARCHITECTURES) & set(GGUF_SUPPORTED_ARCHITECTURES)))
 
 
 def check_gguf_architecture(file: Path) -> str:
     """The file's architecture, or a UserError naming the ones fluentdream reads from GGUF."""
     import transformers
-
-    from .load import ARCHITECTURES
 
     arch = gguf_architecture(file)
     readable = readable_architectures()

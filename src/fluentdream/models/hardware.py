@@ -1,8 +1,10 @@
-"""Which dtype is fast on this machine (DESIGN §10: bf16 where the hardware is fast at it), and
-which CPU it is (`cpu_name`, which the speed benchmarks record with their timings).
+"""Which dtype is fast on this machine (DESIGN §10: bf16 where the hardware is fast at it), which
+CPU it is (`cpu_name`, which the speed benchmarks record with their timings), and whether a
+device exists here (`check_device`, before a model is loaded onto it).
 
     dtype = fd.fast_dtype("cpu")     # "bfloat16" on CPUs with AMX or AVX512-BF16, else "float32"
     lm = fd.load_model("embedded", dtype=dtype)
+    check_device("cuda:3")           # fd.UserError where this machine has no such device
 
 bf16 matrix products run several times faster than fp32 on CUDA GPUs from Ampere on and on CPUs
 with AMX or AVX512-BF16 instructions; elsewhere bf16 is emulated and slower than fp32.
@@ -14,6 +16,8 @@ import logging
 from pathlib import Path
 
 import torch
+
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +61,27 @@ def fast_dtype(device: str | torch.device = "cpu") -> str:
     dtype = "bfloat16" if fast else "float32"
     log.info("fast dtype on %s: %s (%s)", kind, dtype, why)
     return dtype
+
+
+def check_device(device: str | None) -> None:
+    """Raise UserError for a device string torch does not parse, or a device this machine lacks
+    (before a model is loaded onto it)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise UserError(f"device {device!r}: CUDA is not available ({why}); use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"device {device!r} does not exist; this machine has {n} CUDA "
+                            f"device(s): cuda:0..cuda:{n - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device type {dev.type!r} is not supported; allowed: cpu, cuda, cuda:N, mps")

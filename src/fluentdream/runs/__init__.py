@@ -15,12 +15,14 @@
 May import data, core, targets, models and the shared top-level modules; never cli. The names
 below are what experiments and analysis use.
 """
+from ..files import write_json
+from ..provenance import PACKAGES, git_info, provenance
+from .dream import dream_many, run_dream
 from .files import (CHECKPOINT, config_diff, is_complete, load_checkpoint, read_json,
-                    same_complete_run, save_history, write_json)
+                    same_complete_run, save_history)
 from .session import MakeTracker, RunResult, RunSpec, run_many
-from .store import (PACKAGES, dream_many, git_info, load_run, merged_frontier, open_run,
-                    provenance, run_config, run_dir_for, run_dream, save_run, slug, summary,
-                    with_post)
+from .store import (load_run, merged_frontier, open_run, run_config, run_dir_for, save_run, slug,
+                    summary, with_post)
 from .tracking import CE_THRESHOLDS, FRONTIER_REF, Tracker
 
 __all__ = ["CHECKPOINT", "config_diff", "is_complete", "load_checkpoint", "read_json",

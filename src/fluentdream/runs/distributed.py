@@ -6,7 +6,7 @@
     [r.status for r in results]        # "done", "skipped" (already complete), "taken" (done by
                                        # another process) or "failed"
 
-Each job writes its own run directory under `out` (runs.py). A complete one (summary.json) made
+Each job writes its own run directory under `out` (fluentdream.runs.store). A complete one (summary.json) made
 with the same settings is skipped, one made with fewer iterations is extended, an unfinished one
 is resumed from its checkpoint, so re-running a sweep finishes it. The local executor runs up to
 `batch` jobs in lockstep (session.run_many: one forward pass scores all their children; each

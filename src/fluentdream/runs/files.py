@@ -1,8 +1,9 @@
-"""The files of a run directory (runs.py): atomic JSON, the checkpoint, and the comparison of a
-saved config.json with a requested one. A damaged or missing file raises fd.UserError naming it;
-an OSError while writing names the file it stopped (a full disk, cli.py).
+"""The files of a run directory (runs.store): reading its JSON, the checkpoint, and the comparison
+of a saved config.json with a requested one. A damaged or missing file raises fd.UserError naming
+it; an OSError while writing names the file it stopped (a full disk, cli.commands). Writing JSON
+atomically is fluentdream.files.write_json.
 
-    write_json(run_dir / "summary.json", summary); read_json(run_dir / "config.json")
+    read_json(run_dir / "config.json")
     hist = load_checkpoint(run_dir / CHECKPOINT)
     config_diff(read_json(run_dir / "config.json"), requested)   # ["topk (saved 32, requested 16)"]
 """
@@ -11,13 +12,12 @@ from __future__ import annotations
 import json
 import zipfile
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
+from ..core.config import EPOConfig
+from ..core.history import History
 from ..errors import UserError
-from ..core.history import History, atomic_write
+from ..files import naming
 from .lock import other_writer
 
 CHECKPOINT = "history.npz"
@@ -29,24 +29,6 @@ def is_complete(run_dir: Path) -> bool:
     """Whether run_dir holds a saved run: summary.json, written last, is there and no other
     process is writing the directory (a run being extended is unfinished until it is saved)."""
     return (Path(run_dir) / "summary.json").exists() and other_writer(run_dir) is None
-
-
-@contextmanager
-def naming(path: Path):
-    """Give an OSError raised while writing `path` the file name (a failed write() has none), so
-    a full disk is reported with the file it stopped."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
-
-
-def write_json(path: Path, obj) -> None:
-    data = (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode()
-    with naming(path):
-        atomic_write(path, lambda fh: fh.write(data))
 
 
 def read_json(path: Path) -> dict:
@@ -78,7 +60,6 @@ def config_diff(saved: dict, config: dict, ignore: tuple[str, ...] = ()) -> list
     """The settings in which a saved run's config.json differs from a requested config. An
     EPOConfig field missing from an older config.json (added since, e.g. operators) held its
     default, which reproduces what ran before the field existed."""
-    from ..core.config import EPOConfig
     saved = {**{k: v for k, v in EPOConfig().to_dict().items() if k in config}, **saved}
     keys = sorted((set(saved) | set(config)) - set(NOT_COMPARED) - set(ignore))
     return [f"{k} (saved {saved.get(k)!r}, requested {config.get(k)!r})"
@@ -97,14 +78,6 @@ def same_complete_run(run_dir: Path, config: dict) -> bool:
                         f"{'; '.join(diff)}; choose another output directory, or extend it with "
                         "more iterations (dream --resume --iters N)")
     return True
-
-
-def _jsonable(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
 
 
 def save_history(hist: History, path: Path) -> None:

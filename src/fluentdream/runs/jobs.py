@@ -20,9 +20,11 @@ from pathlib import Path
 
 from ..core.config import EPOConfig
 from ..errors import UserError
+from ..files import write_json
+from .dream import run_dream
+from .files import config_diff, is_complete, read_json
 from .lock import RunLock, claim
-from .files import config_diff, is_complete, read_json, write_json
-from .store import run_config, run_dream, run_dir_for, slug
+from .store import run_config, run_dir_for, slug
 from .tracking import FRONTIER_REF
 
 log = logging.getLogger(__name__)
@@ -212,7 +214,7 @@ class Worker:
 
     def check(self, jobs: list[Job], s: Settings) -> list[str]:
         """What is wrong with each job's target or settings on this model (empty: all fine)."""
-        from ..core.epo import check_run
+        from ..core.checks import check_run
         from ..targets.kinds import parse_target
 
         problems = []

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import UserError
-from ..core.history import atomic_write
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ share one `batched.epo_many` loop, so one forward pass scores every run's childr
 
     results = run_many(lm, [RunSpec(target, cfg.replace(seed=s), out / f"s{s}", resume=True)
                             for s in range(8)])
-    result, = run_many(lm, [RunSpec(target, cfg, run_dir)])        # runs.run_dream
+    result, = run_many(lm, [RunSpec(target, cfg, run_dir)])        # runs.dream.run_dream
 
 A run's life: open (check the settings, take the directory's lock (lock.py), write config.json
 and provenance.json, start its tracker; a resumed run first replays its saved iterations into
@@ -22,13 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..core.batched import epo_many
+from ..core.checks import check_run
 from ..core.config import EPOConfig
-from ..errors import UserError
 from ..core.frontier import Frontier, pareto_frontier
 from ..core.history import History
-from .lock import RunLock
-from .files import CHECKPOINT, save_history, write_json
+from ..core.progress import ProgressBar
+from ..errors import UserError
+from ..files import write_json
+from ..provenance import now, provenance
 from ..targets.kinds import Target
+from .files import CHECKPOINT, read_json, save_history
+from .lock import RunLock
+from .store import open_run, run_config, save_run, with_post
 from .tracking import FRONTIER_REF, IterationMetrics, NullTracker, Tracker
 
 MakeTracker = Callable[[Path, dict], Tracker]
@@ -65,9 +71,6 @@ class Session:
     """One run directory from opening to its end; raises UserError before writing anything."""
 
     def __init__(self, lm, spec: RunSpec, fluency=None):
-        from ..core.epo import check_run
-        from .store import open_run, run_config
-
         check_run(lm, target=spec.target, cfg=spec.cfg)   # bad settings fail before any write
         self.spec, self.run_dir = spec, Path(spec.run_dir)
         every = spec.checkpoint_every
@@ -109,13 +112,11 @@ class Session:
         return make_tracker(self.run_dir, self.config) if make_tracker else NullTracker()
 
     def _start_provenance(self, lm) -> dict:
-        from .store import _now, provenance, read_json
-
         earlier = []
         if self.saved is not None and (self.run_dir / "provenance.json").exists():
             old = read_json(self.run_dir / "provenance.json")
             earlier = old.pop("previous_sessions", []) + [old]
-        prov = provenance(self.spec.cfg, device=str(lm.device), start_time=_now(), end_time=None,
+        prov = provenance(self.spec.cfg, device=str(lm.device), start_time=now(), end_time=None,
                           dtype=str(lm.dtype).removeprefix("torch."), model_source=lm.source,
                           wandb_run_id=self.tracker.run_id,
                           wandb_mode=getattr(self.tracker, "mode", None),
@@ -154,13 +155,11 @@ class Session:
 
     def finish(self, lm, hist: History) -> RunResult:
         """Save the finished run (or, after Ctrl-C, the iterations done) and end the tracker."""
-        from .store import _now, save_run, with_post
-
         if hist.meta.get("interrupted"):
             return self._save_interrupted(hist)
         spec = self.spec
         front = with_post(lm, spec.target, pareto_frontier([hist], lm.tokenizer), spec.cfg)
-        save_run(self.run_dir, hist, front, spec.cfg, dict(self.prov, end_time=_now()),
+        save_run(self.run_dir, hist, front, spec.cfg, dict(self.prov, end_time=now()),
                  self.config, spec.frontier_ref)
         self.tracker.log_frontier(front.records(), hist)
         self.tracker.log_file(self.run_dir / CHECKPOINT, "history")
@@ -170,13 +169,11 @@ class Session:
     def _save_interrupted(self, hist: History) -> RunResult:
         """Ctrl-C may land mid-iteration, so save the History up to the last finished iteration
         with that iteration's state (not the loop's half-updated one)."""
-        from .store import _now
-
         partial = hist.truncated(self.done["n"])
         partial.state = self.done["state"]
         if partial.state is not None:
             save_history(partial, self.run_dir / CHECKPOINT)
-        write_json(self.run_dir / "provenance.json", dict(self.prov, end_time=_now(),
+        write_json(self.run_dir / "provenance.json", dict(self.prov, end_time=now(),
                                                           interrupted=True))
         self.tracker.finish(exit_code=130)
         return RunResult(self.run_dir, partial, None, False)
@@ -205,9 +202,6 @@ def run_many(lm, specs: list[RunSpec], *, fluency=None, progress: bool = False,
 
 def _loop(lm, sessions: list[Session], fluency, progress: bool, desc: str) -> list[History]:
     """The batched EPO loop over the opened sessions, with a progress bar if asked."""
-    from ..core.batched import epo_many
-    from ..core.progress import ProgressBar
-
     bar = None
     if progress:
         done = sum(len(s.saved) for s in sessions if s.saved is not None)

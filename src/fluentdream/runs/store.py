@@ -1,8 +1,11 @@
 """Run directories: one per dream, the source of truth for every reported number (DESIGN §7).
 
-    result = run_dream(lm, target, cfg, Path("results/my-run"), resume=True,
-                       make_tracker=lambda run_dir, config: start_tracker("auto", run_dir, config))
+    saved = open_run(run_dir, run_config(cfg, lm.name, target.name), resume=True)  # checkpoint or None
+    save_run(run_dir, hist, front, cfg)                  # a finished run, summary.json last
     hist, frontier_records, summary = load_run("results/my-run")
+    records, from_runs = merged_frontier([run_a, run_b])
+
+fluentdream.runs.dream (run_dream, dream_many) writes runs through fluentdream.runs.session.
 
 A run directory holds
   config.json      the EPOConfig, model, target and fluency model (what `resume` must match)
@@ -22,36 +25,23 @@ writers while they read and refuse a run another process is writing.
 """
 from __future__ import annotations
 
-import functools
-import logging
-import platform
 import re
-import subprocess
-import sys
 from dataclasses import replace
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..core.config import EPOConfig
-from ..errors import UserError
+from ..core.context import Context
 from ..core.frontier import Frontier, frontier_indices, frontier_quality
 from ..core.history import History
-from .lock import RunLock, claim, reading, wait_free
-# The run files' helpers live in runfiles.py; experiments and analysis import them from here.
-from .files import (CHECKPOINT, config_diff, is_complete, load_checkpoint,  # noqa: F401
-                       read_json, same_complete_run, save_history, write_json)
-from .session import MakeTracker, RunResult, RunSpec, run_many
-from .tracking import CE_THRESHOLDS, FRONTIER_REF, Tracker
-
-if TYPE_CHECKING:
-    from ..core.epo import IterationReport
-
-log = logging.getLogger(__name__)
-PACKAGES = ("numpy", "torch", "transformers", "tokenizers", "datasets", "wandb", "ray")
+from ..core.scoring.scorer import Scorer
+from ..errors import UserError
+from ..files import write_json
+from ..provenance import now, provenance
+from .files import CHECKPOINT, config_diff, is_complete, load_checkpoint, read_json, save_history
+from .lock import reading
+from .tracking import CE_THRESHOLDS, FRONTIER_REF
 
 
 def slug(text: str) -> str:
@@ -60,36 +50,6 @@ def slug(text: str) -> str:
 
 def run_dir_for(parent: Path, model: str, target: str, seed: int) -> Path:
     return Path(parent) / f"{slug(Path(model).name)}__{slug(target)}__seed{seed}"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def git_info() -> dict:
-    root = Path(__file__).resolve().parents[3]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return {"git_sha": None, "git_dirty": None}
-    return {"git_sha": sha or None, "git_dirty": dirty if sha else None}
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def provenance(cfg: EPOConfig, device: str, **extra) -> dict:
-    from .. import __version__
-    return dict(git_info(), fluentdream=__version__, python=sys.version.split()[0],
-                packages={p: _version(p) for p in PACKAGES}, platform=platform.platform(),
-                device=device, seed=cfg.seed, **extra)
 
 
 def run_config(cfg: EPOConfig, model: str, target: str, fluency_model: str | None = None,
@@ -135,8 +95,6 @@ def with_post(lm, target, front: Frontier, cfg: EPOConfig | None = None) -> Fron
         return replace(front, post=np.zeros(0))
     import torch
 
-    from ..core.scoring.scorer import Scorer   # the model stack, only for the runs that need it
-    from ..core.context import Context
     scorer = Scorer(lm, target.post, retokenize=False, context=Context.of(lm, cfg or EPOConfig()))
     f, _ = scorer.score(torch.as_tensor(front.ids).long())
     return replace(front, post=f.double().numpy())
@@ -151,84 +109,12 @@ def save_run(run_dir: Path, hist: History, front: Frontier, cfg: EPOConfig,
     write_json(run_dir / "config.json", config or run_config(
         cfg, hist.meta.get("model"), hist.meta.get("target"), hist.meta.get("fluency_model"),
         frontier_ref))
-    prov = prov or provenance(cfg, device=str(hist.meta.get("device", "")), end_time=_now())
+    prov = prov or provenance(cfg, device=str(hist.meta.get("device", "")), end_time=now())
     write_json(run_dir / "provenance.json", prov)
     save_history(hist, run_dir / CHECKPOINT)
     write_json(run_dir / "frontier.json", front.records())
     write_json(run_dir / "summary.json", summary(hist, front, frontier_ref))
     return run_dir
-
-
-def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str = "disabled",
-               project: str = "fluentdream", group: str | None = None,
-               stop: Callable[[Path, IterationReport], bool] | None = None) -> list[Path]:
-    """Run every (target, cfg) job whose run directory under `parent` is unfinished, in lockstep
-    (session.run_many: one forward pass scores every run's children), and save each run. Each
-    run keeps its own run directory, W&B run (mode `wandb`, in `group`), checkpoints and exact
-    resume: an unfinished run is continued from its checkpoint. stop(run_dir, report) returning
-    True ends that run there (a time budget, say); it is saved as finished with the iterations
-    it made.
-
-    Processes that share `parent` share its jobs (lock.py): each runs the jobs no other process
-    holds ("taken by ..." in the log), then waits for the others' to be saved, and takes over
-    any left unfinished (its process died: resumed from the checkpoint). So every job is
-    computed once however many processes run the same jobs.
-
-    Returns all the jobs' run directories, finished ones included (sweeps resume, STYLE §7);
-    after Ctrl-C, as soon as the runs of this process are saved.
-    """
-    from .tracking import start_tracker
-
-    def tracker(d: Path, config: dict) -> Tracker:
-        return start_tracker(wandb, d, config, project=project, group=group)
-
-    dirs = [run_dir_for(parent, lm.name, target.name, cfg.seed) for target, cfg in jobs]
-    configs = [run_config(cfg, lm.name, target.name) for target, cfg in jobs]
-    pending = [i for i in range(len(jobs)) if not same_complete_run(dirs[i], configs[i])]
-    told: set[int] = set()
-    while pending:
-        claimed = _claim_jobs(dirs, configs, pending, told)
-        if not claimed:
-            log.warning("waiting for %d runs that other processes are writing in %s",
-                        len(pending), parent)
-            wait_free([dirs[i] for i in pending])
-        else:
-            specs = [RunSpec(jobs[i][0], jobs[i][1], dirs[i], resume=True, make_tracker=tracker,
-                             extra=dict(batched=len(claimed)), lock=lock,
-                             stop=None if stop is None else functools.partial(stop, dirs[i]))
-                     for i, lock in claimed.items()]
-            try:
-                results = run_many(lm, specs, progress=True, desc=desc)
-            finally:
-                for lock in claimed.values():
-                    lock.release()
-            if not all(r.complete for r in results):      # Ctrl-C: saved; a rerun resumes
-                return dirs
-        pending = [i for i in pending if not same_complete_run(dirs[i], configs[i])]
-    return dirs
-
-
-def _claim_jobs(dirs: list[Path], configs: list[dict], pending: list[int],
-                told: set[int]) -> dict[int, RunLock]:
-    """{job index: its lock} for the pending jobs no other process holds and none has saved
-    meanwhile; the taken ones are logged once (their index joins `told`)."""
-    claimed: dict[int, RunLock] = {}
-    try:
-        for i in pending:
-            lock = claim(dirs[i])
-            if isinstance(lock, str):
-                if i not in told:
-                    log.warning("%s: taken by %s; left to it", dirs[i], lock)
-                    told.add(i)
-            elif same_complete_run(dirs[i], configs[i]):
-                lock.release()
-            else:
-                claimed[i] = lock
-    except BaseException:
-        for lock in claimed.values():
-            lock.release()
-        raise
-    return claimed
 
 
 def load_run(run_dir: Path) -> tuple[History, list[dict], dict]:
@@ -275,24 +161,6 @@ def open_run(run_dir: Path, config: dict, resume: bool) -> History | None:
                         f"{len(saved)} iterations{' and is complete' if complete else ''}; give "
                         f"iters > {len(saved)} to extend it")
     return saved
-
-
-def run_dream(lm, target, cfg: EPOConfig, run_dir: Path, *, fluency=None, resume: bool = False,
-              checkpoint_every: int | None = None, make_tracker: MakeTracker | None = None,
-              frontier_ref: tuple[float, float] = FRONTIER_REF, progress: bool = False,
-              lock: RunLock | None = None, **provenance_extra) -> RunResult:
-    """EPO with a run directory: checkpoints every `checkpoint_every` iterations (default the
-    restart period, else 30), resumes an unfinished run when `resume` (or extends a finished one
-    to more `cfg.iters`), mirrors every iteration to the tracker (a resumed run replays the saved
-    iterations into a new tracker run first), and saves on Ctrl-C. Raises UserError, before
-    writing anything, for bad settings or a run_dir holding a finished or a different run; a run
-    that fails before its first checkpoint leaves no config.json or provenance.json behind.
-    A run_dir another process writes raises lock.RunTaken (a UserError naming it); `lock`: the
-    caller's lock on run_dir, if it took it already. One run of session.run_many."""
-    spec = RunSpec(target, cfg, Path(run_dir), resume, checkpoint_every, make_tracker,
-                   frontier_ref, provenance_extra, lock=lock)
-    result, = run_many(lm, [spec], fluency=fluency, progress=progress, desc=target.name)
-    return result
 
 
 def merged_frontier(run_dirs: list[Path]) -> tuple[list[dict], list[str]]:

@@ -43,10 +43,10 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import UserError
 from ..core.frontier import frontier_indices, frontier_quality, staircase_indices
 from ..core.history import History
 from ..core.ragged import lengths, pad
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .packed import attention_implementation
 from ..ragged import lengths
+from .packed import attention_implementation
 
 
 def one_hot_gradients(scorer, ids: torch.Tensor, lambdas: torch.Tensor, which=None,

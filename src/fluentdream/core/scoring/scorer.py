@@ -32,13 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...targets.kinds import AttentionEntry, Logit, Neuron, ResidualDirection, SAELatent, Target
 from ..context import Context
+from ..ragged import is_ragged, lengths
+from ..tokens import check_same_vocab, decode, retokenizes
 from .gradients import one_hot_gradients
 from .hooks import capture
 from .packed import Plan, once_per_token, packed_attention, packed_nll, pad_rows, unembed_rows
-from ..ragged import is_ragged, lengths
-from ...targets.kinds import AttentionEntry, Logit, Neuron, ResidualDirection, SAELatent, Target
-from ..tokens import check_same_vocab, decode, retokenizes
 
 log = logging.getLogger(__name__)
 
