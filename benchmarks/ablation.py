@@ -42,7 +42,7 @@ import torch
 import fluentdream as fd
 from fluentdream.core import batched
 from fluentdream.core import steps as epo_steps
-from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring import Scorer
 from fluentdream.models.hardware import cpu_name
 from fluentdream.files import atomic_write
 from fluentdream.runs import slug

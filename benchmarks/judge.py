@@ -24,7 +24,7 @@ import torch
 
 import fluentdream as fd
 from fluentdream.core.steps import initial_prompts
-from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring import Scorer
 from fluentdream.core.frontier import staircase_indices
 
 

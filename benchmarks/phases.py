@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fluentdream as fd  # noqa: E402
-from fluentdream.core.scoring import packed, scorer as evaluate  # noqa: E402
+from fluentdream.core.scoring import packed, packed_scoring  # noqa: E402
+from fluentdream.core.scoring import scorer as scorer_module  # noqa: E402
 from fluentdream.models.hardware import cpu_name  # noqa: E402
 from fluentdream.files import atomic_write  # noqa: E402
 from run import matmul_peak, replace_section  # noqa: E402
@@ -83,13 +84,13 @@ def measure(lm, target, cfg: fd.EPOConfig, warmup: int) -> dict:
               for part, pattern in (("attention", r".*layers\.\d+\.(self_attn|attention)"),
                                     ("MLP", r".*layers\.\d+\.mlp"))}
     handles = [h for part, modules in blocks.items() for module in modules for h in clock.hook(module, part)]
-    saved = evaluate.packed_nll, evaluate.retokenizes, packed.unembed_rows, scorer.score_counted, scorer.gradients
+    saved = packed_scoring.packed_nll, scorer_module.retokenizes, packed.unembed_rows, scorer.score_counted, scorer.gradients
 
     def counted(unembed, hidden, index):
         clock.rows += len(index)
         return saved[2](unembed, hidden, index)
-    evaluate.packed_nll = clock.timed("unembedding + CE", saved[0])
-    evaluate.retokenizes = clock.timed("retokenization", saved[1])
+    packed_scoring.packed_nll = clock.timed("unembedding + CE", saved[0])
+    scorer_module.retokenizes = clock.timed("retokenization", saved[1])
     packed.unembed_rows = counted
     scorer.score_counted, scorer.gradients = clock.in_phase("score", saved[3]), clock.in_phase("gradients", saved[4])
     tokens0 = scorer.counts["model_tokens"]
@@ -99,7 +100,7 @@ def measure(lm, target, cfg: fd.EPOConfig, warmup: int) -> dict:
                resume=warm)
         wall = time.perf_counter() - t0
     finally:
-        evaluate.packed_nll, evaluate.retokenizes, packed.unembed_rows = saved[:3]
+        packed_scoring.packed_nll, scorer_module.retokenizes, packed.unembed_rows = saved[:3]
         for h in handles:
             h.remove()
     return dict(wall=wall, iters=cfg.iters, seconds={f"{k[0]}/{k[1]}": v for k, v in clock.seconds.items()},

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import fluentdream as fd
 from fluentdream.core.operators import mutate
 from fluentdream.core.steps import initial_prompts, restart, select
-from fluentdream.core.scoring.scorer import xentropy
+from fluentdream.core.scoring import xentropy
 from fluentdream.core.scoring.hooks import capture
 from fluentdream.core.tokens import allowed_tokens, decode, retokenizes
 from fluentdream.core.history import EPOState

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 import fluentdream as fd
-from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring import Scorer
 from fluentdream.core.scoring.hooks import capture
 
 

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fluentdream as fd  # noqa: E402
-from fluentdream.core.scoring.scorer import Scorer  # noqa: E402
+from fluentdream.core.scoring import Scorer  # noqa: E402
 from fluentdream.models.hardware import cpu_name  # noqa: E402
 from fluentdream.files import atomic_write  # noqa: E402
 from plain_epo import plain_epo, plain_score  # noqa: E402

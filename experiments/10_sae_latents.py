@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 import fluentdream as fd
 from fluentdream import runs
 from fluentdream.data import calibration, mining
-from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring import Scorer
 
 NAME = "10_sae_latents"
 LIVE_RULE = ("live = the latent fires (activation > 0 after its activation function) somewhere in "

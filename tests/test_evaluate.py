@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fluentdream as fd
 from conftest import ARCHS, VOCAB, build_model
-from fluentdream.core.scoring.scorer import xentropy
+from fluentdream.core.scoring import xentropy
 from fluentdream.core.tokens import allowed_tokens, drawable_tokens, retokenizes
 
 
@@ -256,7 +256,7 @@ def test_word_continuation_pieces_are_allowed_in_context(sentencepiece_tokenizer
 
 
 def test_memo_starts_afresh_when_full_and_never_holds_more_than_its_size():
-    from fluentdream.core.scoring.scorer import Memo
+    from fluentdream.core.scoring.memo import Memo
     memo = Memo(3)
     memo.add({b"a": (1.0, 2.0), b"b": (3.0, 4.0)})
     memo.add({b"c": (5.0, 6.0)})

@@ -13,7 +13,7 @@ import torch
 import fluentdream as fd
 from fluentdream import cli
 from fluentdream.data import calibration, mining
-from fluentdream.core.scoring.scorer import Scorer, xentropy
+from fluentdream.core.scoring import Scorer, xentropy
 from fluentdream.core.scoring.hooks import capture
 from fluentdream.core.tokens import allowed_tokens
 

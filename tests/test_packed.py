@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import fluentdream as fd
-from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring import Scorer
 from fluentdream.core.scoring.hooks import capture
 from fluentdream.core.scoring.packed import (SHAPE_STEP, Plan, attention_implementation, pad_rows,
                                  packed_attention, packed_nll, padded, row_nll)

@@ -9,7 +9,7 @@ import torch
 
 import fluentdream as fd
 from fluentdream.core.batched import epo_many
-from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring import Scorer
 
 ARCHS = ("gpt_neox", "phi", "gpt2", "llama", "mistral", "qwen2")
 

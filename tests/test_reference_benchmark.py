@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import fluentdream as fd
 from conftest import REPO
-from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring import Scorer
 
 
 def _load():

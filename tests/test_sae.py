@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import fluentdream as fd
 from conftest import load_experiment
-from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring import Scorer
 from fluentdream.targets.sae import SHIPPED, load_sae
 
 D_IN, D_SAE = 64, 32

@@ -15,7 +15,7 @@ import torch
 
 import fluentdream as fd
 from conftest import REPO
-from fluentdream.core.scoring.scorer import Scorer
+from fluentdream.core.scoring import Scorer
 
 
 def _load():

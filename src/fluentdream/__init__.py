@@ -12,7 +12,8 @@ from .core.context import Context
 from .core.epo import epo, gcg
 from .core.frontier import Frontier, frontier_quality, pareto_frontier
 from .core.history import EPOState, History
-from .core.scoring.scorer import Scorer, xentropy
+from .core.scoring.forward import xentropy
+from .core.scoring.scorer import Scorer
 from .errors import UserError
 from .models.hardware import fast_dtype
 from .models.load import load_model, wrap_model

@@ -3,10 +3,11 @@ DESIGN §4). No disk other than the paths it is given, no W&B, no command line; 
 through logging, callbacks and a progress bar on stderr.
 
   config       EPOConfig, the hyperparameters (paper Table 1)
-  epo          the EPO steps (propose, select, restart), fd.epo and fd.gcg
-  batched      the engine: many runs in lockstep (propose, mutate, evaluate, select, restart)
+  epo          fd.epo and fd.gcg: one run of the engine
+  batched      the engine: many runs in lockstep, each iteration reported to a callback
+  steps        the EPO steps, named after the paper's (propose, select, restart, ...)
   operators    mutation operators (swap, swap2, insert, delete)
-  checks       settings refused before anything is computed or written
+  checks       settings that cannot run on a model, refused before anything is computed
   scoring/     the Scorer: target, CE and gradients of prompts, packed forward passes
   history      every candidate of a run, and the loop state to resume it
   frontier     the Pareto frontier and its quality

@@ -36,7 +36,7 @@ from .corpus import DataSource, context_windows, documents  # noqa: F401 (mining
 from ..errors import UserError
 from .features import (Features, TopK, neurons, place_key,  # noqa: F401 (mining.neurons etc.)
                        random_residual, sae_latents)
-from ..core.scoring.scorer import xentropy
+from ..core.scoring.forward import xentropy
 from ..core.scoring.hooks import capture
 from ..core.tokens import decode, retokenizes
 from ..files import atomic_write, write_json

@@ -1,6 +1,7 @@
 """The proposal gradient of EPO (paper §2, DESIGN §4 steps 2 and 7): d(f - lambda * CE) / d X
 for the one-hot tokens X of every slot's prompt, through the target and fluency models of a
-`fluentdream.core.scoring.scorer.Scorer` (its context, targets and out-of-memory back-off).
+`fluentdream.core.scoring.Scorer` (its context and targets), in chunks that back off when
+memory runs out (chunks.py).
 
     g = one_hot_gradients(scorer, ids, lambdas)     # (M, n), (M,) -> (M, n, V); Scorer.gradients
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..ragged import lengths
+from .chunks import in_chunks
+from .forward import forward_logits
 from .packed import attention_implementation
 
 
@@ -36,7 +39,7 @@ def one_hot_gradients(scorer, ids: torch.Tensor, lambdas: torch.Tensor, which=No
     """
     V, W = scorer.lm.vocab_size, ids.shape[1]
     next_tokens = next_logprobs is not None
-    which = scorer._which(which, len(ids))
+    which = scorer.row_targets(which, len(ids))
     uniq, inv = torch.unique(torch.cat([which[:, None], ids], 1), dim=0, return_inverse=True)
     n_of = lengths(uniq[:, 1:])
     ragged = bool((n_of < W).any())
@@ -57,8 +60,8 @@ def one_hot_gradients(scorer, ids: torch.Tensor, lambdas: torch.Tensor, which=No
         embs = [E[x.to(E.device)].detach().requires_grad_(True) for E in tables]
         with torch.enable_grad(), attention_implementation(scorer.lm.model, "eager"), \
                 attention_implementation(scorer.fluency.model, "eager"):
-            f, ce, logits = scorer._forward(x, None, uniq[r, 0], (embs[0], embs[-1]),
-                                          extra=int(next_tokens))
+            f, ce, logits = forward_logits(scorer, x, None, uniq[r, 0], (embs[0], embs[-1]),
+                                           extra=int(next_tokens))
             g_f[r, :n] = one_hot_grad(torch.autograd.grad(f.sum(), embs, retain_graph=True,
                                                           allow_unused=True))
             g_ce[r, :n] = one_hot_grad(torch.autograd.grad(ce.sum(), embs, allow_unused=True))
@@ -70,7 +73,7 @@ def one_hot_gradients(scorer, ids: torch.Tensor, lambdas: torch.Tensor, which=No
             nxt[r, first:n + 1] = logp
     for n in n_of.unique().tolist():
         rows = (n_of == n).nonzero().squeeze(1)
-        scorer._in_chunks(len(rows), lambda a, b: run(rows[a:b] if ragged else slice(a, b), n))
+        in_chunks(scorer, len(rows), lambda a, b: run(rows[a:b] if ragged else slice(a, b), n))
     if nxt is not None:
         next_logprobs[:] = nxt[inv]
     return g_f[inv] - lambdas.float()[:, None, None] * g_ce[inv]
