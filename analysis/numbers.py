@@ -41,56 +41,13 @@ import pandas as pd
 from fluentdream.runs import git_info
 
 from . import dataset, operators, sae_latents, stats
+from .entries import entry, provenance_of
 
 SCHEMA, SCHEMA_VERSION = "fluentdream.numbers", 1
 OFF = 0.1   # a post-GELU activation at most this is "off": GELU's floor is -0.17, stuck runs end at -0.00
 SLACKS = (0, 1, 2, 3)   # Fig 5b's slack values quoted in the README
 LIMITS = {"perplexity_100": "the paper's perplexity 100", "ce_5": "the paper's CE 5",
           "ce_6": "the paper's CE 6", "in_distribution": "in distribution (mean + 2 SD)"}
-
-
-def _num(x) -> float | int | None:
-    """JSON-ready scalar: NaN -> null, integers stay integers."""
-    if x is None or pd.isna(x):
-        return None
-    return int(x) if isinstance(x, (int, np.integer)) else float(x)
-
-
-def _prov(index: pd.DataFrame, experiment: str | tuple[str, ...], targets=None, names=None,
-          files=()) -> dict:
-    """Run directories, W&B ids and git SHAs of one or several experiments' runs (optionally some
-    targets or run names only), from units.py's run index."""
-    exps = (experiment,) if isinstance(experiment, str) else tuple(experiment)
-    experiment = "+".join(exps)
-    rows = index[index["experiment"].isin(exps)] if len(index) else index
-    if len(rows) and targets is not None:
-        rows = rows[rows["target"].isin(list(targets))]
-    if len(rows) and names is not None:
-        rows = rows[rows["run"].isin(list(names))]
-    col = (lambda c: rows[c].dropna().tolist()) if len(rows) else (lambda c: [])
-    return dict(experiment=experiment, run_dirs=sorted(col("path")),
-                wandb_run_ids=sorted(set(col("wandb_run_id"))), git_shas=sorted(set(col("git_sha"))),
-                git_dirty=bool(any(col("git_dirty"))), files=list(files))
-
-
-def entry(claim: str, label: str, unit: str, prov: dict, *, value=None, statistic: str = "value",
-          n: int = 1, over: str = "runs", est: stats.Estimate | None = None,
-          test: stats.Test | None = None, values=None, at: dict | None = None,
-          ci: tuple[float, float] | None = None, ci_method: str | None = None) -> dict:
-    """One numbers.json entry (schema above); an Estimate fills value, statistic, n and ci."""
-    e = dict(claim=claim, label=label, value=_num(value), unit=unit, statistic=statistic, n=int(n),
-             over=over, ci=list(ci) if ci else None, ci_method=ci_method, test=None,
-             runs=len(prov["run_dirs"]), provenance=prov)
-    if est is not None:
-        e.update(value=_num(est.value), statistic=est.statistic, n=est.n,
-                 ci=list(est.ci) if est.ci else None, ci_method=est.ci_method)
-    if test is not None:
-        e["test"] = test.to_dict()
-    if values is not None:
-        e["values"] = [_num(v) for v in values]
-    if at is not None:
-        e["at"] = {k: _num(v) for k, v in at.items()}
-    return e
 
 
 def _point(row: pd.Series) -> dict:
@@ -102,7 +59,7 @@ def fluency(t: dict, index: pd.DataFrame) -> dict:
     out, calib = {}, t.get("fluency_calibration")
     if calib is None:
         return out
-    prov = _prov(index, "01_fluency_calibration", files=["01_fluency_calibration/fluency.json"])
+    prov = provenance_of(index, "01_fluency_calibration", files=["01_fluency_calibration/fluency.json"])
     for _, r in calib.iterrows():
         n = int(r["n"])
         out[f"fluency.ce.n{n}"] = entry(
@@ -116,7 +73,7 @@ def fluency(t: dict, index: pd.DataFrame) -> dict:
     for name, label in LIMITS.items() if limits is not None else ():
         out[f"fluency.limit.{name}"] = entry(
             "fluency", f"CE limit: {label}, moved by z-score at n = 12 (01's rule)", "nats",
-            _prov(index, "01_fluency_calibration", files=["01_fluency_calibration/thresholds.json"]),
+            provenance_of(index, "01_fluency_calibration", files=["01_fluency_calibration/thresholds.json"]),
             value=limits[name].iloc[0], n=limits["n_slices"].iloc[0], over="slices")
     return out
 
@@ -128,7 +85,7 @@ def logits(t: dict, index: pd.DataFrame) -> dict:
         return out
     for target, g in table.groupby("target", sort=False):
         word = re.sub(r"\W+", "_", target.split(":", 1)[-1].strip()).strip("_") or "token"
-        prov = _prov(index, "02_token_logits", targets=[target])
+        prov = provenance_of(index, "02_token_logits", targets=[target])
         for name, row in (("lowest_ce", g.loc[g["xentropy"].idxmin()]),
                           ("highest", g.loc[g["activation"].idxmax()])):
             out[f"logits.{word}.{name}"] = entry(
@@ -144,7 +101,7 @@ def six_neurons(t: dict, index: pd.DataFrame) -> dict:
     if table is None:
         return out
     for _, r in table.iterrows():
-        prov = _prov(index, "03_six_neurons", names=[r["run"]])
+        prov = provenance_of(index, "03_six_neurons", names=[r["run"]])
         out[f"six_neurons.{r['target']}"] = entry(
             "six_neurons", f"{r['target']}: best activation with CE < {r['ce_limit']:.2f}",
             "activation", prov, value=r["activation"], at=dict(xentropy=r["xentropy"],
@@ -155,7 +112,7 @@ def six_neurons(t: dict, index: pd.DataFrame) -> dict:
     fired = (table["activation"] > OFF).sum()
     out["six_neurons.fired"] = entry(
         "six_neurons", f"neurons with an activation above {OFF} under the CE limit", "count",
-        _prov(index, "03_six_neurons"), value=fired, statistic="count", n=len(table), over="neurons")
+        provenance_of(index, "03_six_neurons"), value=fired, statistic="count", n=len(table), over="neurons")
     return out
 
 
@@ -164,7 +121,7 @@ def seeds(t: dict, index: pd.DataFrame) -> dict:
     out, table = {}, t.get("seed_variance")
     if table is None:
         return out
-    prov = _prov(index, "04_seed_variance", names=table["run"])
+    prov = provenance_of(index, "04_seed_variance", names=table["run"])
     cols = [("max", "max_activation", "max activation")]
     if "max_under_ce5" in table:
         cols.append(("max_ce5", "max_under_ce5",
@@ -193,7 +150,7 @@ def growth(t: dict, index: pd.DataFrame) -> dict:
     if table is None:
         return out
     runs = index[index["growth"]]["run"] if len(index) else []
-    prov = _prov(index, "04_seed_variance", names=runs)
+    prov = provenance_of(index, "04_seed_variance", names=runs)
     for k, g in table.groupby("checkpoint"):
         out[f"growth.max.it{k}"] = entry("growth", f"frontier max after {k} iterations",
                                          "activation", prov, value=g["activation"].max(),
@@ -210,7 +167,7 @@ def restarts(t: dict, index: pd.DataFrame) -> dict:
     out, table = {}, t.get("restart_runs")
     if table is None:
         return out
-    prov = _prov(index, "04_seed_variance", names=table["run"].unique())
+    prov = provenance_of(index, "04_seed_variance", names=table["run"].unique())
     every = table["first_improved_everywhere"].astype(bool)
     out["restarts.everywhere"] = entry(
         "restarts", "runs whose first restart left a population better at every penalty",
@@ -239,8 +196,8 @@ def dream_vs_dataset(t: dict, index: pd.DataFrame) -> dict:
     for _, s in summary.iterrows():
         role, neuron = s["role"], s["neuron"]
         runs = per_run[per_run["role"] == role] if per_run is not None else pd.DataFrame()
-        prov = _prov(index, exps[role], targets=[neuron])
-        mined = _prov(pd.DataFrame(), "05_dream_vs_dataset", files=[
+        prov = provenance_of(index, exps[role], targets=[neuron])
+        mined = provenance_of(pd.DataFrame(), "05_dream_vs_dataset", files=[
             "05_dream_vs_dataset/mining/examples.parquet", "05_dream_vs_dataset/mining/summary.json"])
         claim = f"{role}_neuron"
         out[f"{role}.dataset.best"] = entry(
@@ -278,7 +235,7 @@ def sampled_neurons(t: dict, index: pd.DataFrame) -> dict:
     table = t.get("dataset_sampled")
     if table is None:
         return {}
-    prov = _prov(index, "05_dream_vs_dataset", names=[Path(r).name for r in table["run"]])
+    prov = provenance_of(index, "05_dream_vs_dataset", names=[Path(r).name for r in table["run"]])
     dream, data = table["dream_best"], table["dataset_best"]
     both = dream.notna() & data.notna()
     claim, limit = "sampled_neurons", f"CE <= {table['threshold'].iloc[0]:.2f}"
@@ -310,7 +267,7 @@ def attribution(t: dict, index: pd.DataFrame) -> dict:
         return {}
     tops = table.loc[table.groupby("prompt")["max_drop"].idxmax()].sort_values("prompt")
     e = entry("attribution", "distinct tokens that carry an attributed prompt's activation", "count",
-              _prov(index, "06_polysemantic_neuron", names=tops["run"].unique(),
+              provenance_of(index, "06_polysemantic_neuron", names=tops["run"].unique(),
                     files=["06_polysemantic_neuron/attribution.json"]),
               value=tops["token"].nunique(), statistic="count", n=len(tops), over="prompts")
     e["tokens"] = tops["token"].tolist()
@@ -343,7 +300,7 @@ def residual(t: dict, index: pd.DataFrame) -> dict:
     d = t.get("residual_directions")
     if d is None:
         return {}
-    prov = _prov(index, "07_residual_directions",
+    prov = provenance_of(index, "07_residual_directions",
                  files=["07_residual_directions/random_baseline.parquet"])
     out = _residual_means(d, prov)
     slack = t.get("residual_slack_runs")
@@ -359,7 +316,7 @@ def residual(t: dict, index: pd.DataFrame) -> dict:
             g = d[d["layer"] == layer]
             out[f"residual.layer{layer}.dream.mean"] = entry(
                 "layers", f"mean dream alignment (z) at layer {layer}", "z",
-                _prov(index, "07_residual_directions", targets=g["target"]),
+                provenance_of(index, "07_residual_directions", targets=g["target"]),
                 est=stats.estimate(g["dream_z"]), over="directions")
         first, last = d[d["layer"] == layers[0]], d[d["layer"] == layers[-1]]
         if len(layers) > 1:

@@ -36,6 +36,7 @@ from fluentdream.core.history import History
 from fluentdream.runs import CHECKPOINT, read_json
 
 from . import stats
+from .entries import entry
 from .frontiers import complete_runs
 
 EXP = "09_operators_and_restarts"
@@ -185,7 +186,6 @@ def claims(t: dict, _index: pd.DataFrame) -> dict:
     """numbers.json entries: per condition and neuron the mean hypervolume and best in-distribution
     activation (CIs), their SD and IQR, seconds and iterations per run; per condition other than
     swap, the paired level test and the spread test against swap."""
-    from .numbers import entry    # numbers imports this module's claims
 
     runs = t.get("operators_runs")
     if runs is None:

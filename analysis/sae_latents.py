@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import dataset, stats
+from .entries import entry, provenance_of
 
 EXP = "10_sae_latents"
 
@@ -75,11 +76,11 @@ def claims(t: dict, index: pd.DataFrame) -> dict:
     best in-distribution dataset window (paired over latents), the best post value reached by
     optimizing the pre-activation vs the latent itself (paired), and trigger families, latents vs
     neurons (unpaired)."""
-    from .numbers import _prov, entry   # numbers.py lists this function among its CLAIMS
     out, lat, fam = {}, t.get("sae_latents"), t.get("sae_families")
     if lat is not None:
-        prov = _prov(index, EXP, targets=lat["target"])
-        both = _prov(index, EXP, targets=list(lat["target"]) + [x + ":pre" for x in lat["target"]])
+        prov = provenance_of(index, EXP, targets=lat["target"])
+        both = provenance_of(index, EXP,
+                             targets=list(lat["target"]) + [x + ":pre" for x in lat["target"]])
         limit = f"CE <= {lat['threshold'].iloc[0]:.2f}"
         pairs = lat.dropna(subset=["dream_best", "dataset_best"])
         won = int((pairs["dream_best"] > pairs["dataset_best"]).sum())
@@ -106,7 +107,7 @@ def claims(t: dict, index: pd.DataFrame) -> dict:
             est=stats.estimate(lat["pre_best_post"] - lat["dream_best"]), over="latents",
             test=stats.paired(lat["pre_best_post"], lat["dream_best"]))
     if fam is not None:
-        prov = _prov(index, (EXP, "05_dream_vs_dataset"), names=fam["run"])
+        prov = provenance_of(index, (EXP, "05_dream_vs_dataset"), names=fam["run"])
         x = {kind: fam.loc[fam["kind"] == kind, "families"] for kind in ("latent", "neuron")}
         for kind, values in x.items():
             out[f"sae.families.{kind}.median"] = entry(

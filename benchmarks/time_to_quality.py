@@ -58,7 +58,7 @@ import torch
 
 import fluentdream as fd
 from fluentdream.core import tokens
-from fluentdream.cli.commands import operators_arg
+from fluentdream.cli import operators_arg
 from fluentdream.core.config import RESTART_MODES
 from fluentdream.models.hardware import cpu_name
 from fluentdream.files import atomic_write
@@ -66,7 +66,8 @@ from fluentdream.files import atomic_write
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference as ref  # noqa: E402  (the reference runner)
 from judge import Judge, first_reaching, reference_goal  # noqa: E402
-from ttq_table import markdown, options_text, splice_section, summarize  # noqa: E402
+from ttq_table import (markdown, options_text, pilot_markdown, splice_section,  # noqa: E402
+                       summarize)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGETS = ("L1.N840", "logit: function", "resid:L2:0")   # a neuron, a logit, a direction
@@ -237,22 +238,6 @@ def pilot(args, module, cfgs: dict) -> dict:
     return dict(rows=rows, choice=choice, target=spec, seeds=seeds)
 
 
-def pilot_markdown(result: dict) -> str:
-    lines = ["| side | setting | median s to the side's goal | runs reaching it | median final "
-             "hypervolume | median s per iteration | chosen |", "|---|---|---|---|---|---|---|"]
-    for impl, settings in DTYPES.items():
-        for setting in settings:
-            rs = [r for r in result["rows"] if r["implementation"] == impl and r["setting"] == setting]
-            t = [r["seconds_to_goal"] if r["seconds_to_goal"] is not None else np.inf for r in rs]
-            med = float(np.median(t))
-            lines.append(f"| {impl} | {setting} | {'never' if np.isinf(med) else f'{med:.1f}'} "
-                         f"| {sum(np.isfinite(t))} of {len(t)} "
-                         f"| {np.median([r['hypervolume'] for r in rs]):.2f} "
-                         f"| {np.median([r['total_seconds'] / r['iterations_run'] for r in rs]):.3f} "
-                         f"| {'yes' if result['choice'][impl] == setting else ''} |")
-    return "\n".join(lines)
-
-
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -384,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if "pilot" in result:
-        table = pilot_markdown(result["pilot"])
+        table = pilot_markdown(result["pilot"], DTYPES)
         print(table)
         if args.report:
             from run import replace_section

@@ -139,6 +139,24 @@ def markdown(summary: dict, iters: int) -> str:
     return "\n".join(lines)
 
 
+def pilot_markdown(result: dict, settings: dict[str, tuple[str, ...]]) -> str:
+    """The pilot's table: per side and dtype setting (`settings`: side -> its settings), the
+    median time to that side's goal, how many runs reach it, and which setting was chosen."""
+    lines = ["| side | setting | median s to the side's goal | runs reaching it | median final "
+             "hypervolume | median s per iteration | chosen |", "|---|---|---|---|---|---|---|"]
+    for impl, options in settings.items():
+        for setting in options:
+            rs = [r for r in result["rows"] if r["implementation"] == impl and r["setting"] == setting]
+            t = [r["seconds_to_goal"] if r["seconds_to_goal"] is not None else np.inf for r in rs]
+            med = float(np.median(t))
+            lines.append(f"| {impl} | {setting} | {'never' if np.isinf(med) else f'{med:.1f}'} "
+                         f"| {sum(np.isfinite(t))} of {len(t)} "
+                         f"| {np.median([r['hypervolume'] for r in rs]):.2f} "
+                         f"| {np.median([r['total_seconds'] / r['iterations_run'] for r in rs]):.3f} "
+                         f"| {'yes' if result['choice'][impl] == setting else ''} |")
+    return "\n".join(lines)
+
+
 def options_text(options: dict) -> str:
     """'restart_mode=frontier, operators=swap=0.5+insert=0.25' -> a heading's and a file's tag."""
     return ", ".join(f"{k}=" + ("+".join(f"{n}={p:g}" for n, p in v.items())

@@ -21,25 +21,21 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import hashlib
-import importlib.metadata
-import importlib.util
 import json
-import math
-import os
-import re
 import sys
-import sysconfig
-import textwrap
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+# The corpus and the training live beside this script, so that it reads as the recipe.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from embedded_corpus import build_corpus, corpus_readme  # noqa: E402
+from embedded_training import (blocks, encode_stream, evaluate_ce, make_model, model_card,  # noqa: E402
+                               train, train_tokenizer, window_ce)
+
 REPO = Path(__file__).resolve().parents[1]
-EOS = "<|endoftext|>"
 
 
 @dataclass(frozen=True)
@@ -55,7 +51,7 @@ class Config:
     seed: int = 0
     """Seed for the document order, batch order, model init and evaluation windows."""
     sources: str = "stdlib,pydoc_topics,numpy,pandas,matplotlib,networkx,sympy,torch,transformers"
-    """Comma-separated corpus sources (see SOURCES); stdlib and pydoc_topics are PSF-2.0."""
+    """Comma-separated corpus sources (see embedded_corpus.SOURCES); stdlib and pydoc_topics are PSF-2.0."""
     max_files_per_source: int = 0
     """Read at most this many .py files per package source (0 = all); smoke uses a handful."""
     val_per_mille: int = 20
@@ -123,22 +119,6 @@ PRESETS = {
                   eval_blocks=8, n_windows=32),
 }
 
-# name -> (kind, license, where). kind "module" = docstrings of every .py under that package.
-SOURCES = {
-    "stdlib": ("stdlib", "PSF-2.0", "docstrings of the Python standard library (tests excluded)"),
-    "pydoc_topics": ("topics", "PSF-2.0", "`pydoc_data.topics`: the language reference / help() topic texts"),
-    "numpy": ("module", "BSD-3-Clause", "docstrings of numpy"),
-    "pandas": ("module", "BSD-3-Clause", "docstrings of pandas"),
-    "matplotlib": ("module", "Matplotlib License (PSF-based, BSD-compatible)", "docstrings of matplotlib"),
-    "networkx": ("module", "BSD-3-Clause", "docstrings of networkx"),
-    "sympy": ("module", "BSD-3-Clause", "docstrings of sympy"),
-    "torch": ("module", "BSD-3-Clause (PyTorch's own Python code)", "docstrings of torch (third-party dirs excluded)"),
-    "transformers": ("module", "Apache-2.0", "docstrings of transformers"),
-}
-SKIP_DIRS = {"test", "tests", "testing", "_vendor", "vendor", "vendored", "third_party", "thirdparty",
-             "externals", "site-packages", "__pycache__"}
-
-
 def parse_args(argv=None) -> Config:
     """argparse generated from the Config fields; --preset picks the defaults, flags override them."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -178,315 +158,6 @@ def repo_path(p: str) -> Path:
     return Path(p) if Path(p).is_absolute() else REPO / p
 
 
-# ------------------------------------------------------------------------------------------------
-# Corpus: docstrings -> cleaned paragraphs
-# ------------------------------------------------------------------------------------------------
-CODE_DIRECTIVES = ("code", "code-block", "sourcecode", "doctest", "testcode", "testoutput", "math",
-                   "plot", "ipython", "autosummary", "toctree", "image", "figure", "literalinclude",
-                   "csv-table", "table", "list-table", "productionlist", "highlight", "raw", "only")
-ROLE = re.compile(r":[A-Za-z][\w:.-]*:`(~?)([^`]*)`")
-UNDERLINE = re.compile(r"^\s*([-=~^*+#`'\"_.:])\1{2,}\s*$")
-STOPWORDS = {"the", "a", "an", "is", "are", "of", "to", "in", "and", "or", "if", "be", "this", "that",
-             "it", "for", "with", "as", "by", "not", "on", "which", "from", "will", "can", "when"}
-
-
-def role_text(m: re.Match) -> str:
-    """:func:`~a.b.c` -> c, :class:`a.b` -> a.b, :ref:`text <target>` -> text."""
-    tilde, body = m.group(1), m.group(2)
-    body = re.sub(r"\s*<[^>]*>$", "", body).strip()
-    return body.rsplit(".", 1)[-1] if tilde else body
-
-
-def strip_blocks(text: str) -> list[str]:
-    """Drop fenced code, reST literal blocks (after `::`) and code directives; keep prose lines."""
-    out, fence, literal_indent = [], False, None
-    for line in text.expandtabs(4).split("\n"):
-        s = line.strip()
-        if s.startswith("```"):
-            fence = not fence
-            out.append("")
-            continue
-        if fence:
-            continue
-        indent = len(line) - len(line.lstrip())
-        if literal_indent is not None:
-            if not s or indent > literal_indent:
-                continue
-            literal_indent = None
-        if s.startswith(".. "):
-            name = s[3:].split("::")[0].strip()
-            if name in CODE_DIRECTIVES or "::" not in s:  # code, or a comment / link target
-                literal_indent = indent
-            out.append("")
-            continue
-        if s.endswith("::"):
-            literal_indent = indent
-            line = line.rstrip()[:-1] if s != "::" else ""
-        out.append(line)
-    return out
-
-
-def is_code_line(s: str) -> bool:
-    if s.startswith((">>>", "...", "$ ", "% ", "#", "In [", "Out[")):
-        return True
-    if re.match(r"^(def|class|import|from|return|raise|yield|for|while|if|elif|else|try|except|with|"
-                r"lambda|assert|async|await|print)\b.*[:(=]", s) and not re.search(r"[a-z]{2,}\.\s", s):
-        return True
-    letters = sum(c.isalpha() or c == " " for c in s)
-    return letters < 0.72 * len(s)
-
-
-def clean_paragraph(lines: list[str]) -> str | None:
-    if any(l.strip().startswith(">>>") for l in lines):  # a doctest and its output
-        return None
-    kept = [l.strip() for l in lines
-            if l.strip() and not UNDERLINE.match(l) and not is_code_line(l.strip())]
-    if not kept:
-        return None
-    text = " ".join(kept)
-    text = ROLE.sub(role_text, text)
-    text = re.sub(r"`([^`<]+?)\s*<[^>]+>`_+", r"\1", text)       # `text <url>`_
-    text = re.sub(r"``([^`]+)``", r"\1", text)                     # ``literal``
-    text = re.sub(r"`([^`]+)`_?", r"\1", text)                     # `interpreted`
-    text = re.sub(r"\*\*([^*]+)\*\*", r"\1", text)                  # **bold**
-    text = re.sub(r"(?<!\w)\*([^*\s][^*]*?)\*(?!\w)", r"\1", text)  # *emphasis*
-    text = re.sub(r"\[([^\]]+)\]\((?:https?://|\.?/)[^)]*\)", r"\1", text)  # [md](link)
-    text = re.sub(r"\s+", " ", text).strip()
-    words = text.split()
-    if len(words) < 6 or not STOPWORDS.intersection(w.lower().strip(",.;:") for w in words):
-        return None
-    alpha_words = sum(w.strip(",.;:()'\"!?").isalpha() for w in words)
-    if alpha_words < 0.6 * len(words) or sum(c.isalpha() or c == " " for c in text) < 0.8 * len(text):
-        return None
-    return text
-
-
-def paragraphs(doc: str) -> list[str]:
-    out, block = [], []
-    for line in strip_blocks(doc) + [""]:
-        if line.strip():
-            block.append(line)
-        elif block:
-            p = clean_paragraph(block)
-            if p:
-                out.append(p)
-            block = []
-    return out
-
-
-def iter_py_files(root: Path, limit: int):
-    files = sorted(p for p in root.rglob("*.py") if not SKIP_DIRS.intersection(p.relative_to(root).parts[:-1])
-                   and not p.name.startswith("test_"))
-    return files[:limit] if limit else files
-
-
-def docstrings(path: Path) -> list[str]:
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (SyntaxError, UnicodeDecodeError, ValueError):
-        return []
-    nodes = (n for n in ast.walk(tree)
-             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))
-    return [d for d in (ast.get_docstring(n) for n in nodes) if d]
-
-
-def file_paragraphs(path: Path) -> tuple[int, list[str]]:
-    docs = docstrings(path)
-    return len(docs), [p for d in docs for p in paragraphs(d)]
-
-
-def source_paragraphs(name: str, cfg: Config, pool) -> tuple[int, list[str], str]:
-    """(number of docstrings, cleaned paragraphs in file order, version string) of one source."""
-    kind = SOURCES[name][0]
-    if kind == "topics":
-        import pydoc_data.topics as t
-        topics = sorted(t.topics.items())[: cfg.max_files_per_source or None]
-        return len(topics), [p for _, v in topics for p in paragraphs(v)], f"Python {sys.version.split()[0]}"
-    if kind == "stdlib":
-        root, version = Path(sysconfig.get_paths()["stdlib"]), f"Python {sys.version.split()[0]}"
-    else:
-        root = Path(importlib.util.find_spec(name).origin).parent  # located, not imported
-        version = f"{name} {importlib.metadata.version(name)}"
-    results = list(pool.map(file_paragraphs, iter_py_files(root, cfg.max_files_per_source), chunksize=8))
-    return sum(n for n, _ in results), [p for _, ps in results for p in ps], version
-
-
-def build_corpus(cfg: Config):
-    import pandas as pd
-    from tqdm import tqdm
-
-    rows, seen, versions = [], set(), {}
-    with ProcessPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        for name in tqdm(cfg.sources.split(","), desc="corpus sources", file=sys.stdout):
-            n_docs, paras, versions[name] = source_paragraphs(name, cfg, pool)
-            n_before = len(rows)
-            for para in paras:
-                if len(para) >= cfg.min_doc_chars and para not in seen:
-                    seen.add(para)
-                    rows.append((para, name))
-            print(f"  {name}: {n_docs} docstrings -> {len(rows) - n_before} unique paragraphs", flush=True)
-    df = pd.DataFrame(rows, columns=["text", "source"])
-    h = df.text.map(lambda s: int(hashlib.sha1(s.encode()).hexdigest()[:8], 16) % 1000)
-    splits = {"train": df[h >= cfg.val_per_mille].reset_index(drop=True),
-              "validation": df[h < cfg.val_per_mille].reset_index(drop=True)}
-    out = repo_path(cfg.corpus_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for split, d in splits.items():
-        d.to_parquet(out / f"{split}.parquet", compression="zstd", index=False)
-    return splits, versions
-
-
-# ------------------------------------------------------------------------------------------------
-# Tokenizer
-# ------------------------------------------------------------------------------------------------
-def train_tokenizer(texts: list[str], cfg: Config):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=[EOS], min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, unk_token=EOS,
-                                   bos_token=EOS, model_max_length=cfg.max_position_embeddings,
-                                   add_bos_token=False, clean_up_tokenization_spaces=False)
-
-
-def encode_stream(tokenizer, texts: list[str]) -> np.ndarray:
-    """All documents, each followed by <|endoftext|>, as one uint16 token stream."""
-    eos = tokenizer.eos_token_id
-    ids = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-    return np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=np.uint16), ids
-
-
-# ------------------------------------------------------------------------------------------------
-# Model, training, evaluation
-# ------------------------------------------------------------------------------------------------
-def make_model(cfg: Config, tokenizer):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    eos = tokenizer.eos_token_id
-    mcfg = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
-                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                         intermediate_size=4 * cfg.hidden_size, rotary_pct=cfg.rotary_pct,
-                         max_position_embeddings=cfg.max_position_embeddings, use_parallel_residual=True,
-                         tie_word_embeddings=cfg.tie_word_embeddings, bos_token_id=eos, eos_token_id=eos,
-                         pad_token_id=eos, hidden_dropout=0.0, attention_dropout=0.0)
-    return GPTNeoXForCausalLM(mcfg)
-
-
-def blocks(stream: np.ndarray, length: int):
-    """Non-overlapping windows of length+1 tokens (inputs = [:-1], targets = [1:])."""
-    import torch
-
-    n = (len(stream) - 1) // length
-    idx = np.arange(n)[:, None] * length + np.arange(length + 1)[None, :]
-    return torch.from_numpy(stream[idx].astype(np.int64))
-
-
-def lm_loss(model, x, reduction="mean"):
-    import torch.nn.functional as F
-
-    logits = model(input_ids=x[:, :-1]).logits.float()
-    return F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction=reduction)
-
-
-def evaluate_ce(model, val_blocks, batch_size=64, bf16=False) -> float:
-    import torch
-
-    model.eval()
-    tot, n = 0.0, 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for i in range(0, len(val_blocks), batch_size):
-            x = val_blocks[i: i + batch_size]
-            tot += lm_loss(model, x, reduction="sum").item()
-            n += x[:, 1:].numel()
-    model.train()
-    return tot / n
-
-
-def window_ce(model, val_ids: list[list[int]], cfg: Config, rng) -> np.ndarray:
-    """Self cross-entropy of random window_len-token windows inside validation documents:
-    logits at positions 0..n-2 scored against tokens 1..n-1, mean over the n-1 scored tokens."""
-    import torch
-    import torch.nn.functional as F
-
-    n = cfg.window_len
-    docs = [d for d in val_ids if len(d) >= n]
-    starts = np.array([len(d) - n + 1 for d in docs])
-    picks = rng.choice(starts.sum(), size=cfg.n_windows, replace=False)
-    cum = np.cumsum(starts)
-    which = np.searchsorted(cum, picks, side="right")
-    offs = picks - np.concatenate([[0], cum[:-1]])[which]
-    x = torch.tensor([docs[w][o: o + n] for w, o in zip(which, offs)])
-    with torch.no_grad():
-        logits = torch.cat([model(input_ids=c).logits.float() for c in x.split(256)])
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="none")
-    return ce.view(len(x), n - 1).mean(1).numpy()
-
-
-def lr_at(step: int, progress: float, cfg: Config) -> float:
-    """Linear warmup over warmup_steps, then cosine from lr to lr * min_lr_ratio as progress goes 0 -> 1."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, progress)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def train(model, train_stream, val_blocks, cfg: Config, log):
-    import torch
-    from tqdm import tqdm
-
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2))
-    data = blocks(train_stream, cfg.context_length)
-    rng = np.random.default_rng(cfg.seed)
-    order, pos, epoch = rng.permutation(len(data)), 0, 0
-    eval_sub = val_blocks[np.linspace(0, len(val_blocks) - 1, min(cfg.eval_blocks, len(val_blocks))).astype(int)]
-    history, t0 = [], time.time()
-    bar = tqdm(range(cfg.steps), desc="train", mininterval=5, file=sys.stdout)
-    cap = cfg.train_minutes * 60
-    for step in bar:
-        progress = max(step / cfg.steps, (time.time() - t0) / cap if cap else 0.0)
-        if progress >= 1:
-            log(f"train_minutes={cfg.train_minutes} reached after {step} steps; stopping")
-            break
-        if pos + cfg.batch_size > len(order):
-            order, pos, epoch = rng.permutation(len(data)), 0, epoch + 1
-        x = data[order[pos: pos + cfg.batch_size]]
-        pos += cfg.batch_size
-        lr = lr_at(step, progress, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = lm_loss(model, x)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
-        steps_done = step + 1
-        if steps_done % cfg.eval_every == 0 or steps_done == cfg.steps:
-            ce = evaluate_ce(model, eval_sub, bf16=cfg.bf16)
-            history.append(dict(step=step + 1, train_loss=round(loss.item(), 4), val_ce=round(ce, 4),
-                                seconds=round(time.time() - t0, 1)))
-            log(f"step {step + 1}/{cfg.steps}  train {loss.item():.3f}  val(sub) {ce:.3f}  "
-                f"{time.time() - t0:.0f}s  epoch {epoch + pos / len(order):.2f}")
-    bar.close()
-    if history[-1]["step"] != steps_done:
-        ce = evaluate_ce(model, eval_sub, bf16=cfg.bf16)
-        history.append(dict(step=steps_done, train_loss=round(loss.item(), 4), val_ce=round(ce, 4),
-                            seconds=round(time.time() - t0, 1)))
-    tokens = steps_done * cfg.batch_size * cfg.context_length
-    return dict(history=history, train_seconds=round(time.time() - t0, 1), train_tokens=tokens, steps=steps_done,
-                epochs=round(tokens / (len(data) * cfg.context_length), 3))
-
-
 def main(argv=None) -> dict:
     cfg = parse_args(argv)
     import pandas as pd
@@ -504,7 +175,7 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(cfg.seed)
 
     # ---- corpus --------------------------------------------------------------------------------
-    splits, versions = build_corpus(cfg)
+    splits, versions = build_corpus(cfg, repo_path(cfg.corpus_dir))
     log(f"corpus: {len(splits['train'])} train / {len(splits['validation'])} validation documents "
         f"-> {repo_path(cfg.corpus_dir)}")
 
@@ -598,124 +269,6 @@ def main(argv=None) -> dict:
     log(f"model + tokenizer + MODEL_CARD.md + training_metrics.json -> {out}")
     log(f"corpus -> {repo_path(cfg.corpus_dir)}; corpus README -> {readme}")
     return metrics
-
-
-def model_card(m: dict) -> str:
-    c = m["config"]
-    hist = "\n    ".join(f"| {h['step']} | {h['train_loss']:.3f} | {h['val_ce']:.3f} | {h['seconds']:.0f} |"
-                     for h in m["history"])
-    return textwrap.dedent(f"""\
-    # fluentdream embedded model
-
-    A small GPT-NeoX (Pythia architecture) language model trained from scratch on CPU, shipped with
-    fluentdream so that dreaming, the tests and the figures run offline (`fd.load_model("embedded")`).
-    It is a toy: fluent-ish technical English about programming, nothing more.
-
-    ## Architecture
-    - `GPTNeoXForCausalLM`: {m['num_layers']} layers, hidden {m['hidden_size']}, {m['num_heads']} heads
-      (head dim {m['hidden_size'] // m['num_heads']}), MLP {m['intermediate_size']} (GELU), parallel residual,
-      rotary on {m['rotary_pct']:.0%} of each head's dims, max {m['max_position_embeddings']} positions,
-      tied input/output embeddings: {m['tie_word_embeddings']}.
-    - Parameters: {m['parameters']:,} ({m['non_embedding_parameters']:,} non-embedding).
-    - Checkpoint: `model.safetensors` in {m['checkpoint_dtype']}, {m['checkpoint_bytes'] / 1e6:.2f} MB;
-      load in float32 with `GPTNeoXForCausalLM.from_pretrained(dir, dtype=torch.float32)`.
-    - Forward pass of 256 prompts x 12 tokens (float32, {c['threads']} CPU thread(s)): {m['forward_256x12_ms_fp32']} ms.
-
-    ## Tokenizer
-    Byte-level BPE (Hugging Face `tokenizers`, GPT-2/Pythia pre-tokenizer, `add_prefix_space=False`),
-    vocabulary {m['vocab_size']}, trained on the training split. One special token, `<|endoftext|>`
-    (id 0), is eos, pad, unk (and nominal bos); nothing is added when encoding.
-
-    ## Training
-    - Data: `data/corpus/train.parquet` ({m['corpus_documents']['train']:,} paragraphs,
-      {m['corpus_tokens']['train']:,} tokens with one `<|endoftext|>` per document); see `data/README.md`.
-    - {m['steps']} AdamW steps of at most {c['steps']} (training is capped at {c['train_minutes']} min of wall clock; the
-      lr schedule follows whichever runs out first{'; here the cap stopped it' if m['steps'] < c['steps'] else ''}) (peak lr {c['lr']}, betas (0.9, {c['beta2']}), weight decay {c['weight_decay']},
-      {c['warmup_steps']} warmup steps then cosine to {c['min_lr_ratio']}x), batch {m['batch_size']} x
-      {m['context_length']} tokens packed from documents joined by `<|endoftext|>`, bf16 autocast: {c['bf16']}.
-    - Training tokens: {m['train_tokens']:,} ({m['epochs']} epochs).
-    - Training time: {m['train_seconds'] / 60:.1f} min of training, {m['total_seconds'] / 60:.1f} min end to end
-      (corpus + tokenizer + training + evaluation) on a 2-core AMD EPYC (AVX512-BF16) machine,
-      {c['threads']} torch thread(s), torch {m['torch']}, seed {c['seed']}.
-
-    | step | train loss | val CE (subset) | seconds |
-    |---|---|---|---|
-    {hist}
-
-    ## Evaluation
-    - Held-out cross-entropy: **{m['val_ce_nats_per_token']:.4f} nats/token** on the validation split
-      ({m['corpus_tokens']['validation']:,} tokens): {m['val_ce_definition']}.
-    - Self cross-entropy of 12-token prompts (the fluency term of EPO): over {m['window_ce_definition']}:
-      mean **{m['window_ce_mean']:.3f}**, SD **{m['window_ce_sd']:.3f}**; "in-distribution" threshold
-      mean + 2 SD = **{m['window_ce_threshold_mean_plus_2sd']:.3f}** nats/token.
-    - Sample (top-k 40, seed {c['seed']}): {json.dumps(m['sample'])}
-
-    ## Rebuild
-    `{m['command']}` (all numbers above are written by that script to `training_metrics.json`).
-    Results depend on the installed package versions the corpus is read from: {', '.join(m['source_versions'].values())}.
-
-    ## Data and license
-    Python standard library docstrings and `pydoc_data.topics` (PSF-2.0), plus docstrings of numpy,
-    pandas, networkx, sympy, torch (BSD-3-Clause), matplotlib (Matplotlib license, PSF-based) and
-    transformers (Apache-2.0). Details and attributions: `data/README.md`. The model weights are
-    released with fluentdream (MIT).
-    """)
-
-
-def corpus_readme(cfg: Config, m: dict) -> str:
-    by_src = m["corpus_train_tokens_by_source"]
-    rows = "\n    ".join(f"| `{s}` | {SOURCES[s][2]} | {m['source_versions'][s]} | {SOURCES[s][1]} | "
-                     f"{by_src.get(s, '')} |" for s in cfg.sources.split(","))
-    return textwrap.dedent(f"""\
-    # Corpus for the embedded model
-
-    `data/corpus/{{train,validation}}.parquet` — columns `text` (one cleaned paragraph per row) and
-    `source`. Load with
-
-        datasets.load_dataset("parquet", data_files={{"train": "data/corpus/train.parquet",
-                                                      "validation": "data/corpus/validation.parquet"}})
-
-    Built by `python experiments/00_build_embedded_model.py` from text that was already installed on
-    the build machine; nothing was downloaded.
-
-    ## Sources and licenses
-
-    | source | what | version read | license | train tokens |
-    |---|---|---|---|---|
-    {rows}
-
-    Only docstrings (module, class, function) are used; tests, vendored and third-party
-    directories are skipped. Licenses were checked in each package's `*.dist-info` metadata.
-    All are permissive; redistribution keeps the notices:
-    - Python: Copyright (c) 2001-2023 Python Software Foundation; All Rights Reserved (PSF License Agreement v2).
-    - numpy: Copyright (c) 2005-2025, NumPy Developers (BSD-3-Clause).
-    - pandas: Copyright (c) 2008-2011, AQR Capital Management, LLC, Lambda Foundry, Inc. and PyData
-      Development Team; 2011-2026, Open source contributors (BSD-3-Clause).
-    - matplotlib: Copyright (c) 2012- Matplotlib Development Team; All Rights Reserved (Matplotlib License).
-    - networkx: Copyright (c) 2004-2025, NetworkX Developers (BSD-3-Clause).
-    - sympy: Copyright (c) 2006-2023 SymPy Development Team (BSD-3-Clause).
-    - torch: Copyright (c) 2016- Facebook, Inc (Adam Paszke) and the other copyright holders listed in torch's LICENSE (BSD-3-Clause).
-    - transformers: Copyright 2018- The Hugging Face team (Apache License 2.0).
-
-    ## Cleaning
-    1. Docstrings are read with `ast` (nothing is imported except `pydoc_data.topics`).
-    2. Removed: fenced code blocks, reST literal blocks (after `::`), code-like directives
-       (`.. code-block::`, `.. math::`, ...), reST comments, whole paragraphs containing a `>>>`
-       doctest, section underlines, and lines that look like code (shell/doctest prompts, Python
-       statements, or fewer than 72% letters and spaces).
-    3. reST/Markdown markup is flattened (``:func:`~a.b` `` -> `b`, ``` ``x`` ``` -> `x`, `**b**` -> `b`,
-       links -> their text); whitespace is normalized; each paragraph becomes one document.
-    4. Kept only paragraphs of >= {cfg.min_doc_chars} characters and >= 6 words, with at least one common
-       English function word, >= 60% alphabetic words and >= 80% letters/spaces.
-    5. Exact de-duplication across all sources (first occurrence wins, sources in the order above).
-    6. Split by document: sha1(text) mod 1000 < {cfg.val_per_mille} -> validation ({cfg.val_per_mille / 10:g}%).
-
-    ## Size
-    | split | documents | tokens (vocab-{m['vocab_size']} BPE, one `<|endoftext|>` per document) |
-    |---|---|---|
-    | train | {m['corpus_documents']['train']:,} | {m['corpus_tokens']['train']:,} |
-    | validation | {m['corpus_documents']['validation']:,} | {m['corpus_tokens']['validation']:,} |
-    """)
 
 
 if __name__ == "__main__":
