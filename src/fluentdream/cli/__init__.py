@@ -4,8 +4,9 @@
   mine      the `mine` command
   errors    which failures are the user's (one line) and which are bugs (a traceback)
 
-The top layer: may import every other part of fluentdream; nothing imports it.
+The top layer. Imports: runs, data, core, targets, models and the shared modules; nothing
+imports cli.
 """
-from .commands import main
+from .commands import build_parser, config_from_args, main, operators_arg
 
-__all__ = ["main"]
+__all__ = ["build_parser", "config_from_args", "main", "operators_arg"]

@@ -17,5 +17,5 @@ through logging, callbacks and a progress bar on stderr.
   ragged       prompts of several lengths in one array
   progress     progress bars on stderr
 
-May import targets, models and the shared top-level modules; never data, runs or cli.
+Imports: targets, models and the shared modules; never data, runs or cli.
 """

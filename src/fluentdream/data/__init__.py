@@ -9,5 +9,5 @@
   mining       the scan of a corpus for each feature's top examples, re-scored alone
   calibration  the CE of dataset slices (fluency) and random-prompt baselines
 
-May import core, targets, models and the shared top-level modules; never runs or cli.
+Imports: core, targets, models and the shared modules; never runs or cli.
 """

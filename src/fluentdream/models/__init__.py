@@ -8,8 +8,7 @@
   gguf      GGUF files read as dense checkpoints, cached (SmolLM2 by name)
   hardware  which dtype is fast here, which CPU this is, whether a device exists
 
-The bottom layer: imports only the shared top-level modules (errors, files), never the rest of
-fluentdream.
+The bottom layer. Imports: the shared modules; never targets, core, data, runs or cli.
 """
 from .gguf import SMOLLM2, dense_checkpoint, find_gguf, gguf_source, smollm2_gguf
 from .hardware import check_device, cpu_name, fast_dtype

@@ -12,8 +12,8 @@
   jobs         one sweep's jobs in one process
   distributed  sweeps in-process or on Ray
 
-May import data, core, targets, models and the shared top-level modules; never cli. The names
-below are what experiments and analysis use.
+Imports: data, core, targets, models and the shared modules; never cli. The names below are what
+experiments and analysis use.
 """
 from ..files import write_json
 from ..provenance import PACKAGES, git_info, provenance

@@ -7,7 +7,7 @@
          CustomTarget), and parse_target for the string shorthands
   sae    sparse autoencoders read from disk (SAELens, sparsify), every architecture
 
-May import models and the shared top-level modules; never core, data, runs or cli.
+Imports: models and the shared modules; never core, data, runs or cli.
 """
 from .kinds import (AttentionEntry, CustomTarget, Logit, Neuron, Position, ResidualDirection,
                     SAELatent, Site, Target, parse_target)

@@ -13,7 +13,8 @@
   chunks          batches that back off when memory runs out
   hooks           forward hooks that capture activations at the targets' sites
 
-Part of core: may import core's context, tokens and ragged, targets and models.
+Part of core, below the EPO loop. Imports: core.context, core.tokens, core.ragged, targets,
+models and the shared modules; never the rest of core, data, runs or cli.
 """
 from .forward import xentropy
 from .scorer import Scorer
