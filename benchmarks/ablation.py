@@ -4,26 +4,26 @@ settings (Table 1), judged alike (benchmarks/judge.py: one fp32 scorer with flue
 
     git clone https://github.com/Confirm-Solutions/dreamy /tmp/dreamy      # never vendored here
     python benchmarks/ablation.py --reference /tmp/dreamy --model smollm2-135m \
-        --target L8.N1371 --target "logit: dog" --seeds 8 --iters 60 --threads 1 --shard 0/2 &
-    python benchmarks/ablation.py ... --shard 1/2            # two 1-thread processes side by side
-    python benchmarks/ablation.py ... --report BENCHMARKS.md  # judge and tabulate the saved runs
+        --target L8.N1371 --target "logit: dog" --seeds 8 --iters 40 --threads 2 \
+        --report BENCHMARKS.md --check         # every arm, then the tables and the parity check
+    python benchmarks/ablation.py --judge ...  # judge and tabulate the saved runs only
 
 Every (arm, target, seed) is one run, saved as a History under --runs (resumable: a saved run is
-not run again; shards split what is left), with its wall and CPU clock at the end of every
-iteration. Arms (ARMS): the reference as published (fp32; its search knows no retokenization
-rule, the goal text stays banned); fluentdream at its defaults (bf16 where the CPU has it,
-retokenization rejected during the search); and the defaults with exactly one change. The
-changes that are not settings of fluentdream are made here by replacing one of its steps in this
-process (`patched`), never in the library.
+not run again; --shard I/N splits what is left between processes), with its wall and CPU clock
+at the end of every iteration. Arms (ARMS): the reference as published (fp32; its search knows no
+retokenization rule, the goal text stays banned); fluentdream at its defaults; and the defaults
+with exactly one change. The changes that are not settings of fluentdream are made here by
+replacing one of its steps in this process (`patched`), never in the library.
 
 Measured per run: the judged hypervolume after the last iteration (equal iterations), and after
 the compute both sides spend: the smaller of the two medians of total process CPU seconds at
 --iters, each run credited with its curve at the last iteration its CPU clock had reached by then
-(equal compute; with one thread per run, CPU seconds are the run's wall time on a quiet core, and
-other load on the machine barely moves them). Per arm and target: mean and SD over seeds; against
-the reference a two-sided exact Mann-Whitney test (unpaired: the two codes draw different random
-streams); against the defaults an exact Wilcoxon signed-rank test paired by seed (a seed draws the
-same initial prompts in every arm but vocab-init).
+(equal compute: CPU seconds, unlike wall time, barely move with other load on the machine). Per
+arm and target: mean and SD over seeds; against the reference a two-sided exact Mann-Whitney test
+(unpaired: the two codes draw different random streams); against the defaults an exact Wilcoxon
+signed-rank test paired by seed (a blocking by seed only: arms that draw their initial prompts
+differently start from different prompts). --check exits 1 when the defaults fall short of the
+reference on a target: `make bench` runs it on both models.
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ from fluentdream.core import steps as epo_steps
 from fluentdream.core.scoring import Scorer
 from fluentdream.models.hardware import cpu_name
 from fluentdream.files import atomic_write
+from fluentdream.core.tokens import retokenizes
 from fluentdream.runs import slug
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +56,11 @@ from analysis import stats  # noqa: E402
 
 ARMS = {
     "reference": "the published reference code, fp32, its own search (no retokenization rule)",
-    "defaults": "fluentdream's defaults: bf16 (fd.fast_dtype), retokenization rejected in the search",
-    "no-retokenize": "the search without the retokenization rule (judged with it)",
+    "defaults": "fluentdream's defaults: bf16 (fd.fast_dtype); the search passes through prompts "
+                "that do not retokenize, only those that do are reported",
+    "reject-in-search": "prompts that do not retokenize rejected during the search too (the rule "
+                        "before issue 35)",
+    "no-retokenize": "no retokenization rule at all (judged with it)",
     "fp32": "the model in fp32",
     "fixed-restart": "restarts select at the fixed penalty 2.0, the reference's",
     "no-label-term": "the proposal gradient without CE's label term",
@@ -94,6 +98,16 @@ def _row_lambda(propose_many):
     return wrapped
 
 
+def _rejecting(score_counted):
+    """Scorer.score_counted as it was before issue 35: a prompt that does not retokenize scores
+    (-inf, nan), so the search can never hold it."""
+    def wrapped(self, ids, parents=None, which=None):
+        f, ce, computed = score_counted(self, ids, parents, which)
+        bad = torch.from_numpy(~retokenizes(self.lm.tokenizer, ids))
+        return f.masked_fill(bad, -torch.inf), ce.masked_fill(bad, torch.nan), computed & ~bad.numpy()
+    return wrapped
+
+
 @contextlib.contextmanager
 def patched(arm: str, lm):
     """fluentdream's steps as `arm` has them, for the duration of one run."""
@@ -107,6 +121,9 @@ def patched(arm: str, lm):
             stack.enter_context(mock.patch.object(epo_steps, "drawable_tokens", lambda _: drawable))
             stack.enter_context(mock.patch.object(epo_steps, "retokenizes",
                                                   lambda tok, ids, texts=None: np.ones(len(ids), bool)))
+        if arm == "reject-in-search":
+            stack.enter_context(mock.patch.object(Scorer, "score_counted", _rejecting(
+                Scorer.score_counted)))
         if arm == "row-lambda":
             stack.enter_context(mock.patch.object(batched, "propose_many",
                                                   _row_lambda(batched.propose_many)))
@@ -285,6 +302,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--from-json", type=Path, help="run and judge nothing: tabulate a --json")
     ap.add_argument("--report", metavar="MD", help="also write the tables as the "
                     f"'{SECTION}: MODEL' section of this markdown file")
+    ap.add_argument("--check", action="store_true", help="exit 1 when fluentdream's defaults "
+                    "fall short of the reference on any target (exact Mann-Whitney p < 0.05 with "
+                    "a lower mean hypervolume at equal iterations)")
     return ap
 
 
@@ -341,7 +361,19 @@ def main(argv: list[str] | None = None) -> int:
                 "Definitions: the docstring of benchmarks/ablation.py.\n\n" + table)
         from run import replace_section
         replace_section(Path(args.report), f"{SECTION}: {meta['model']}\n", body)
-    return 0
+    return 1 if args.check and short_of_reference(result["summary"]) else 0
+
+
+def short_of_reference(summary: dict) -> list[str]:
+    """Targets on which the defaults arm's hypervolume is significantly below the reference's."""
+    out = []
+    for target, arms in summary.items():
+        test = arms.get("defaults", {}).get("vs_reference")
+        if test and test["p"] < 0.05 and arms["defaults"]["mean"] < arms["reference"]["mean"]:
+            out.append(target)
+            print(f"parity check: the defaults fall short of the reference on {target} "
+                  f"(p = {test['p']:.2g})", file=sys.stderr)
+    return out
 
 
 if __name__ == "__main__":

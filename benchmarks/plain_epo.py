@@ -44,11 +44,11 @@ def plain_forward(lm, target, ids=None, one_hot=None):
 
 
 @torch.no_grad()
-def plain_score(lm, target, ids, batch_size, retokenize=True):
-    """(B, n) -> f, ce: every row through the whole model; rejected rows (-inf, nan)."""
+def plain_score(lm, target, ids, batch_size):
+    """(B, n) -> f, ce: every row through the whole model; rows the target bans (-inf, nan).
+    A prompt that does not retokenize is scored like any other: the search may hold it, and
+    the run does not report it (History.valid)."""
     bad = target.rejects(decode(lm.tokenizer, ids))
-    if retokenize:
-        bad |= ~retokenizes(lm.tokenizer, ids)
     f, ce = torch.full((len(ids),), -torch.inf), torch.full((len(ids),), torch.nan)
     rows = torch.from_numpy(~bad).nonzero().squeeze(1)
     for a in range(0, len(rows), batch_size):
@@ -74,7 +74,7 @@ def plain_epo(lm, target, cfg: fd.EPOConfig, timer: dict | None = None) -> fd.Hi
     allowed = allowed_tokens(lm)
     M, r = cfg.population_size, cfg.explore_per_pop
     ids = initial_prompts(lm, cfg, gen)
-    f0, ce0 = plain_score(lm, target, ids, cfg.batch_size, cfg.retokenize)
+    f0, ce0 = plain_score(lm, target, ids, cfg.batch_size)
     state = EPOState(0, ids.numpy(), f0.numpy(), ce0.numpy(),
                      np.zeros((M, cfg.seq_len, cfg.topk), np.int32), np.ones(M, bool), None)
     hist = fd.History(lambdas=cfg.lambdas.copy(), meta=dict(method="plain", target=target.name))
@@ -87,7 +87,7 @@ def plain_epo(lm, target, cfg: fd.EPOConfig, timer: dict | None = None) -> fd.Hi
         state.topk = grad.topk(cfg.topk, dim=-1).indices.to(torch.int32).numpy()
         children = mutate(state, r, gen)
         t1 = time.perf_counter()
-        f_kids, ce_kids = plain_score(lm, target, children, cfg.batch_size, cfg.retokenize)
+        f_kids, ce_kids = plain_score(lm, target, children, cfg.batch_size)
         if timer is not None:
             timer["score_seconds"] = timer.get("score_seconds", 0.0) + time.perf_counter() - t1
             timer["score_tokens"] = timer.get("score_tokens", 0) + children.numel()
@@ -100,6 +100,9 @@ def plain_epo(lm, target, cfg: fd.EPOConfig, timer: dict | None = None) -> fd.Hi
             kept, lam_r = restart(f, ce, M, cfg, gen)
         state.slot_ids = pool[kept].numpy()
         state.slot_target, state.slot_xentropy = f[kept].numpy(), ce[kept].numpy()
+        valid = (torch.isfinite(f) & torch.isfinite(ce)).numpy()
+        if cfg.retokenize:
+            valid &= retokenizes(lm.tokenizer, pool)
         hist.append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r,
-                    time.perf_counter() - t0, len(children))
+                    time.perf_counter() - t0, len(children), valid=valid)
     return hist

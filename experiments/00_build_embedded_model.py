@@ -55,7 +55,7 @@ class Config:
     max_files_per_source: int = 0
     """Read at most this many .py files per package source (0 = all); smoke uses a handful."""
     val_per_mille: int = 20
-    """Documents whose sha1(text) mod 1000 is below this go to validation (20 = 2%)."""
+    """Documents whose sha1(text) mod 1000 is below this go to validation (20 = 2 percent)."""
     min_doc_chars: int = 40
     """Cleaned paragraphs shorter than this are dropped."""
     vocab_size: int = 4096

@@ -221,9 +221,10 @@ def test_selection_and_restarts_in_a_real_run(counted_run):
         kept = hist.kept[t] if t % cfg.restart_frequency else hist.kept[t][:1]
         # The kept member attains the slot's maximum (float32 ties: up to rounding), ...
         np.testing.assert_allclose(value[np.arange(len(kept)), kept], best[:, 0], rtol=1e-6)
-        # ... and it is the first member that does (ties go to parents).
+        # ... and it is the slot's own prompt when that ties, else the first member that does.
         for i, k in enumerate(kept):
-            assert k == np.flatnonzero(value[i] >= value[i, k])[0]
+            own = t % cfg.restart_frequency and value[i, i] >= value[i, k]
+            assert k == (i if own else np.flatnonzero(value[i] >= value[i, k])[0])
         if t % cfg.restart_frequency == 0:
             assert (hist.kept[t] == hist.kept[t][0]).all()
 
@@ -238,16 +239,16 @@ def test_candidates_are_allowed_tokens_one_swap_from_their_parent(counted_run, t
         assert allowed[pool].all()
         parents = np.repeat(pool[:M], r, axis=0)
         assert ((pool[M:] != parents).sum(1) <= 1).all()
+        # the search scores every prompt; the run reports those that retokenize
         ok = retokenizes(tiny_lm.tokenizer, torch.tensor(pool, dtype=torch.long))
-        np.testing.assert_array_equal(np.isfinite(hist.target[t]), ok)
-    # n_scored: the distinct children never seen before that were not rejected; n_memo: the
-    # other accepted children (seen in an earlier pool, or a repeat within this one).
+        assert np.isfinite(hist.target[t]).all()
+        np.testing.assert_array_equal(hist.valid[t], ok)
+    # n_scored: the distinct children never seen before (a neuron bans none); n_memo: the
+    # others (seen in an earlier pool, or a repeat within this one).
     seen = {tuple(row) for row in hist.ids[0][:M]}
     for t in range(len(hist)):
         fresh, looked_up = set(), 0
-        for row, f in zip(map(tuple, hist.ids[t][M:]), hist.target[t][M:]):
-            if not np.isfinite(f):
-                continue
+        for row in map(tuple, hist.ids[t][M:]):
             if row in seen or row in fresh:
                 looked_up += 1
             else:
@@ -263,8 +264,8 @@ def test_callback_reports(counted_run):
         f, ce = hist.slot_scores(t)
         np.testing.assert_array_equal(rep.slot_target, f)
         np.testing.assert_array_equal(rep.slot_xentropy, ce)
-        seen = np.concatenate(hist.target[:t + 1])
-        assert rep.best_target == pytest.approx(float(seen[np.isfinite(seen)].max()))
+        seen = hist.target[:t + 1][hist.valid[:t + 1]]             # what the run reports
+        assert rep.best_target == pytest.approx(float(seen.max()))
         assert (rep.restart_lambda is None) == (t % cfg.restart_frequency != 0)
         assert rep.n_scored == hist.n_scored[t] <= cfg.children and rep.seconds > 0
 
@@ -358,21 +359,44 @@ def test_reported_best_target_counts_the_initial_parents(tiny_lm):
         hist = fd.gcg(tiny_lm, fd.Neuron(1, 5), small(iters=2, explore_per_pop=1, seed=seed),
                       callback=reports.append)
         for t, rep in enumerate(reports):
-            assert rep.best_target == float(np.concatenate(hist.target[:t + 1]).max())
+            assert rep.best_target == float(hist.target[:t + 1][hist.valid[:t + 1]].max())
 
 
 def test_a_reused_scorer_must_compute_what_the_run_asks_for(tiny_lm):
     # A scorer made for L1.N5 and given to a run of L1.N7 would optimize L1.N5 under L1.N7's
-    # name; one built with other rejection rules would change what the search may hold.
+    # name.
     cfg = fd.EPOConfig(iters=1, population_size=2, explore_per_pop=2, topk=8, seq_len=4)
     n5, n7 = fd.Neuron(1, 5), fd.Neuron(1, 7)
     with pytest.raises(fd.UserError, match="scores L1.N5, not L1.N7"):
         fd.epo(tiny_lm, n7, cfg, scorer=fd.Scorer(tiny_lm, n5), progress=False)
-    with pytest.raises(fd.UserError, match="retokenize=False"):
-        fd.epo(tiny_lm, n5, cfg, scorer=fd.Scorer(tiny_lm, n5, retokenize=False), progress=False)
+    # its retokenize rule does not matter: the search has none, each run reports by its own
+    free = fd.epo(tiny_lm, n5, cfg, scorer=fd.Scorer(tiny_lm, n5, retokenize=False), progress=False)
+    np.testing.assert_array_equal(free.ids, fd.epo(tiny_lm, n5, cfg, progress=False).ids)
     # the right scorer is used, and a scorer of several targets serves any of them
     both = fd.Scorer(tiny_lm, [n5, n7])
     hist = fd.epo(tiny_lm, n7, cfg, scorer=both, progress=False)
     alone = fd.epo(tiny_lm, n7, cfg, progress=False)
     np.testing.assert_array_equal(hist.ids, alone.ids)
     np.testing.assert_allclose(hist.target, alone.target, rtol=1e-5, atol=1e-6)
+
+
+def test_the_search_passes_through_prompts_that_do_not_retokenize_and_never_reports_them(tiny_lm):
+    # Rejecting them outright blocked the search on a real tokenizer (issue 35); they are scored
+    # and may hold slots, but the frontier, candidates() and every best value skip them.
+    cfg = small(iters=8, seed=3)
+    hist = fd.epo(tiny_lm, fd.Neuron(1, 5), cfg, progress=False)
+    T, P, W = hist.ids.shape
+    flat = torch.from_numpy(hist.ids.reshape(T * P, W).astype(np.int64))
+    ok = retokenizes(tiny_lm.tokenizer, flat).reshape(T, P)
+    np.testing.assert_array_equal(hist.valid, ok)
+    assert not ok.all() and np.isfinite(hist.target).all()          # scored, not rejected
+    held = np.stack([ok[t][hist.kept[t]] for t in range(T)])
+    assert not held.all()                                           # some slot held one
+    front = fd.pareto_frontier([hist], tiny_lm.tokenizer)
+    assert retokenizes(tiny_lm.tokenizer, torch.from_numpy(front.ids.astype(np.int64))).all()
+    assert hist.best_target() == hist.target[ok].max()
+    # a Scorer's own score() applies the rule; score_counted, what the search calls, does not
+    scorer = fd.Scorer(tiny_lm, fd.Neuron(1, 5))
+    bad = flat[~ok.reshape(-1)][:4]
+    assert torch.isinf(scorer.score(bad)[0]).all()
+    assert torch.isfinite(scorer.score_counted(bad)[0]).all()

@@ -105,7 +105,7 @@ def test_the_judged_curve_is_the_staircase_area_of_every_accepted_candidate(tiny
     assert curve.shape == (5,) and (np.diff(curve) >= 0).all()
     for t in range(1, 6):                                    # written out: union of rectangles
         f, ce = hist.target[:t].ravel(), hist.xentropy[:t].ravel()
-        ok = np.isfinite(f) & np.isfinite(ce)
+        ok = hist.valid[:t].ravel()                     # scored and retokenizing
         f, ce = f[ok].astype(float), ce[ok].astype(float)
         xs = sorted({c for c in ce if c < corner[0]} | {corner[0]})
         area = sum((b - a) * max([v - corner[1] for v, c in zip(f, ce) if c <= a] + [0.0])

@@ -31,7 +31,7 @@ from .operators import mutate
 from .ragged import widen
 from .scoring.scorer import Scorer
 from .steps import initial_prompts, propose_many, replay_memo, restart, select
-from .tokens import allowed_tokens
+from .tokens import allowed_tokens, retokenizes
 
 
 @dataclasses.dataclass
@@ -63,13 +63,12 @@ def _target_index(targets: list[Target], target: Target) -> int:
 def _reuse(scorer: Scorer, lm, fluency, cfg: EPOConfig, context: Context,
            targets: list[Target]) -> list[int]:
     """Each job's target index in a given scorer, after checking that the scorer computes what
-    these jobs ask for (its model, fluency model, retokenize rule, context and targets); a
-    UserError names the first difference."""
+    these jobs ask for (its model, fluency model, context and targets; its retokenize rule
+    does not matter: the search has none, and each run reports by its own); a UserError names
+    the first difference."""
     same = [("model", scorer.lm is lm, "another model"),
             ("fluency model", scorer.fluency is (fluency if fluency is not None else lm),
              "another fluency model"),
-            ("retokenize", scorer.retokenize == cfg.retokenize,
-             f"retokenize={scorer.retokenize}, the config {cfg.retokenize}"),
             ("context", scorer.context == context,
              f"context {scorer.context}, the config's prefix and suffix {context}")]
     for what, ok, detail in same:
@@ -93,7 +92,7 @@ def _check_jobs(lm, jobs) -> None:
     first = jobs[0][1]
     for target, cfg in jobs:
         check_run(lm, cfg, target)
-        shared = ("seq_len", "retokenize", "prefix", "suffix")   # one Scorer serves every job
+        shared = ("seq_len", "prefix", "suffix")   # one Scorer serves every job
         differ = [k for k in shared if getattr(cfg, k) != getattr(first, k)]
         if differ:
             raise UserError(f"all jobs of one epo_many call need the same {', '.join(shared)}; "
@@ -130,7 +129,7 @@ def _start(lm, target: Target, cfg: EPOConfig, which: int, fluency,
             fluency_model=(fluency or lm).name, **ids_of))
     return dict(target=target, cfg=cfg, gen=gen, state=state, hist=hist, which=which,
                 lambdas=torch.tensor(cfg.lambdas, dtype=torch.float32), best=hist.best_target(),
-                new=resume is None)
+                new=resume is None, tokenizer=lm.tokenizer)
 
 
 def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float,
@@ -151,12 +150,27 @@ def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float,
                      fresh=old.fresh & (kept == torch.arange(M)).numpy(),  # gradients survive in place
                      rng_state=run["gen"].get_state().numpy(), next_ids=old.next_ids,
                      next_probs=old.next_probs)
-    run["hist"].append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r, seconds, *counts)
+    valid = reportable(run["tokenizer"], pool, f, ce, cfg.retokenize)
+    run["hist"].append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r, seconds, *counts,
+                       valid=valid)
     run["hist"].state = run["state"] = state
-    finite = f[torch.isfinite(f)]      # parents too: iteration 0's are new candidates
-    run["best"] = max(run["best"], float(finite.max())) if len(finite) else run["best"]
+    shown = f.numpy()[valid]           # parents too: iteration 0's are new candidates
+    run["best"] = max(run["best"], float(shown.max())) if len(shown) else run["best"]
     return IterationReport(t, state.slot_target.copy(), state.slot_xentropy.copy(), run["best"],
                            None if np.isnan(lam_r) else lam_r, seconds, counts[0], run["hist"])
+
+
+def reportable(tokenizer, pool: torch.Tensor, f: torch.Tensor, ce: torch.Tensor,
+               retokenize: bool) -> np.ndarray:
+    """(P, W) pool, (P,) scores -> (P,) bool: the candidates a run may report (History.valid):
+    scored (not banned), and with retokenize decoding to text that encodes back to them. The
+    search itself may hold the others: rejecting them outright blocked its way to better
+    prompts on a real model's tokenizer (LOG.md, issue 35)."""
+    ok = (torch.isfinite(f) & torch.isfinite(ce)).numpy()
+    if retokenize and ok.any():
+        rows = np.flatnonzero(ok)
+        ok[rows] = retokenizes(tokenizer, pool[rows])
+    return ok
 
 
 def _score_initial(scorer: Scorer, runs: list[dict]) -> None:
@@ -165,10 +179,10 @@ def _score_initial(scorer: Scorer, runs: list[dict]) -> None:
     new = [run for run in runs if run["new"]]
     if new:
         W = max(run["state"].slot_ids.shape[1] for run in new)       # runs' max_len may differ
-        f, ce = scorer.score(torch.cat([widen(torch.from_numpy(run["state"].slot_ids), W)
-                                        for run in new]),
-                             which=torch.cat([torch.full((run["cfg"].population_size,), run["which"])
-                                              for run in new]))
+        f, ce, _ = scorer.score_counted(
+            torch.cat([widen(torch.from_numpy(run["state"].slot_ids), W) for run in new]),
+            which=torch.cat([torch.full((run["cfg"].population_size,), run["which"])
+                             for run in new]))
         start = 0
         for run in new:
             M = run["cfg"].population_size
@@ -225,7 +239,7 @@ def epo_many(lm, jobs: Sequence[tuple[Target, EPOConfig]], *, fluency=None,
         targets: list[Target] = []
         which = [_target_index(targets, target) for target, _ in jobs]
         scorer = Scorer(lm, targets, fluency, max(c.batch_size for _, c in jobs),
-                        cfg0.retokenize, context=context)
+                        context=context)
     else:
         which = _reuse(scorer, lm, fluency, cfg0, context, [target for target, _ in jobs])
     runs = [_start(lm, target, cfg, w, fluency, saved, context)

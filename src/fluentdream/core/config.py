@@ -74,7 +74,9 @@ class EPOConfig:
     """Fixed text after the optimized tokens, never mutated; the target reads the whole
     sequence's last position (fluentdream.core.context)."""
     retokenize: bool = True
-    """Reject prompts whose decoded text does not encode back to the same tokens (target = -inf)."""
+    """Report only prompts whose decoded text encodes back to the same tokens (the frontier,
+    History.candidates and every best value skip the others), so a dream is text a user can
+    paste back. The search may pass through the others on its way (History.valid marks them)."""
     device: str | None = None
     """Device the model is loaded on ("cpu", "cuda", ...); None = wherever it already is."""
     dtype: str | None = None

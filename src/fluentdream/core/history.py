@@ -3,7 +3,8 @@
     hist = fd.epo(lm, tgt, cfg)
     hist.ids.shape            # (T, P, W): pool of each iteration, P = M + M*r (parents first)
     hist.lengths              # (T, P) tokens of each prompt (ids are -1 after them)
-    hist.target, hist.xentropy  # (T, P) float32; rejected candidates are -inf / nan
+    hist.target, hist.xentropy  # (T, P) float32 as the search scored them; banned: -inf / nan
+    hist.valid                # (T, P) bool: candidates the run may report (retokenizing ones)
     hist.kept                 # (T, M) pool index held by each slot after the iteration
     hist.restart_lambda       # (T,) lambda_r where a restart happened, else nan
     hist.seconds             # (T,) wall seconds
@@ -16,7 +17,11 @@ atomic (temporary file + rename).
 
 Schema 3 adds n_memo, the children answered from the scorer's memo (scored before, or repeats);
 n_scored counts only what the model computed. In schemas 1 and 2 n_scored counted every child
-(memo hits and rejected ones too), and n_memo loads as -1 (not recorded).
+(memo hits and rejected ones too), and n_memo loads as -1 (not recorded). It also adds `valid`
+(T, P): the candidates a run may report. target and xentropy hold what the search scored, and
+with EPOConfig.retokenize the search may pass through prompts that do not retokenize; `valid` is
+False for those, and for banned ones (-inf / nan). Earlier schemas load with valid = finite
+scores (their search rejected such prompts outright).
 
 Schema 2 (issue 14) holds prompts of several lengths: ids is (T, P, W) with W = the run's max_len,
 each prompt's tokens first and -1 after them (fluentdream.core.ragged; a fixed-length run has no -1,
@@ -42,11 +47,11 @@ SCHEMA_VERSION = 3
 READS = (1, 2, 3)            # schema versions load() accepts
 
 # Per-iteration arrays, in save order, with the dtype each row is stored in.
-COLUMNS = dict(ids=np.int32, target=np.float32, xentropy=np.float32, kept=np.int32,
-               restart_lambda=np.float64, seconds=np.float64, n_scored=np.int64,
+COLUMNS = dict(ids=np.int32, target=np.float32, xentropy=np.float32, valid=np.bool_,
+               kept=np.int32, restart_lambda=np.float64, seconds=np.float64, n_scored=np.int64,
                n_memo=np.int64)
 # Row shapes of an empty History, so its arrays have the documented number of axes.
-_EMPTY_ROW = dict(ids=(0, 0), target=(0,), xentropy=(0,), kept=(0,))
+_EMPTY_ROW = dict(ids=(0, 0), target=(0,), xentropy=(0,), valid=(0,), kept=(0,))
 
 
 @dataclass
@@ -79,10 +84,12 @@ class History:
         self._n = 0
 
     def append(self, ids, target, xentropy, kept, restart_lambda, seconds, n_scored,
-               n_memo=-1) -> None:
+               n_memo=-1, valid=None) -> None:
         """Add one iteration: ids (P, W), target and xentropy (P,), kept (M,), four scalars
-        (n_memo -1: not recorded)."""
-        row = dict(ids=ids, target=target, xentropy=xentropy, kept=kept,
+        (n_memo -1: not recorded), valid (P,) (None: the finite scores)."""
+        if valid is None:
+            valid = np.isfinite(target) & np.isfinite(xentropy)
+        row = dict(ids=ids, target=target, xentropy=xentropy, valid=valid, kept=kept,
                    restart_lambda=restart_lambda, seconds=seconds, n_scored=n_scored,
                    n_memo=n_memo)
         row = {k: np.asarray(v, dtype=COLUMNS[k]) for k, v in row.items()}
@@ -115,8 +122,12 @@ class History:
 
     ids = property(lambda self: self._column("ids"),
                    doc="(T, P, W) int32 pool tokens, -1 after each prompt")
-    target = property(lambda self: self._column("target"), doc="(T, P) float32; -inf rejected")
-    xentropy = property(lambda self: self._column("xentropy"), doc="(T, P) float32; nan rejected")
+    target = property(lambda self: self._column("target"),
+                      doc="(T, P) float32 as the search scored it; -inf banned")
+    xentropy = property(lambda self: self._column("xentropy"),
+                        doc="(T, P) float32 as the search scored it; nan banned")
+    valid = property(lambda self: self._column("valid"),
+                     doc="(T, P) bool: candidates the run may report (History.candidates)")
     kept = property(lambda self: self._column("kept"), doc="(T, M) int32 pool index of each slot")
     restart_lambda = property(lambda self: self._column("restart_lambda"),
                               doc="(T,) float64 lambda_r at restarts, else nan")
@@ -144,18 +155,18 @@ class History:
                 f"target={self.meta.get('target')!r}, best={self.best_target():.4g})")
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """lambdas (M,) and the per-iteration arrays: ids (T, P, W), target/xentropy (T, P),
-        kept (T, M), restart_lambda/seconds/n_scored/n_memo (T,)."""
+        """lambdas (M,) and the per-iteration arrays: ids (T, P, W), target/xentropy/valid
+        (T, P), kept (T, M), restart_lambda/seconds/n_scored/n_memo (T,)."""
         return dict(lambdas=np.asarray(self.lambdas, dtype=np.float64),
                     **{k: self._column(k) for k in COLUMNS})
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All finite candidates, flattened: ids (N, W) (-1 after a prompt), target (N,),
-        xentropy (N,)."""
+        """All valid candidates (what a run reports), flattened: ids (N, W) (-1 after a
+        prompt), target (N,), xentropy (N,)."""
         T, P, n = self.ids.shape
         ids = self.ids.reshape(T * P, n)
         f, ce = self.target.reshape(-1), self.xentropy.reshape(-1)
-        ok = np.isfinite(f) & np.isfinite(ce)
+        ok = self.valid.reshape(-1)
         return ids[ok], f[ok], ce[ok]
 
     def slot_scores(self, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,6 +214,8 @@ class History:
             columns = {k: z[k] for k in COLUMNS if k in z}
             if "n_memo" not in columns:                        # schemas 1 and 2
                 columns["n_memo"] = np.full(len(columns["seconds"]), -1, np.int64)
+            if "valid" not in columns:                         # ... whose search rejected
+                columns["valid"] = np.isfinite(columns["target"]) & np.isfinite(columns["xentropy"])
             if len({len(a) for a in columns.values()}) != 1:
                 raise UserError(f"{path}: the history's arrays disagree on the number of "
                                 f"iterations ({ {k: len(a) for k, a in columns.items()} })")

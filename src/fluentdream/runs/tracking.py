@@ -241,7 +241,7 @@ class IterationMetrics:
         assert t == self.next, f"iteration {t} given, {self.next} expected"
         self.next += 1
         f, ce = hist.target[t], hist.xentropy[t]                       # (P,), (P,)
-        ok = np.isfinite(f) & np.isfinite(ce)
+        ok = hist.valid[t]                                             # what the run reports
         f, ce = f[ok].astype(np.float64), ce[ok].astype(np.float64)
         out: dict[str, float] = {}
         for i, (fi, ci) in enumerate(zip(*hist.slot_scores(t))):

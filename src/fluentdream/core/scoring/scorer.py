@@ -6,8 +6,10 @@
     g = scorer.gradients(ids, lambdas)              # (M, n) -> (M, n, V): d(f - lambda*CE)/d one-hot
 
 CE is the mean next-token cross-entropy of the prompt's own tokens: logits at positions 0..n-2
-scored against tokens 1..n-1, no BOS, computed in float32. Rejected prompts (banned text, failed
-retokenization) score target = -inf and CE = nan and are never run through the model.
+scored against tokens 1..n-1, no BOS, computed in float32. Prompts the target bans (a Logit's
+goal text) score target = -inf and CE = nan and are never run through the model; `score` also
+rejects, with retokenize, prompts that do not retokenize, which the search (`score_counted`) may
+pass through.
 
 The Scorer is the public face; the work is done in its neighbours:
   packed_scoring  prompts not seen before, one packed pass per chunk, children reusing parents
@@ -79,16 +81,22 @@ class Scorer:
         return torch.zeros(B, dtype=torch.long) if which is None else torch.as_tensor(which).long()
 
     def rejected(self, ids: torch.Tensor, which=None) -> np.ndarray:
-        """(B, n) -> (B,) bool: prompts the target bans or that do not retokenize."""
-        which = self.row_targets(which, len(ids)).numpy()
+        """(B, n) -> (B,) bool: prompts the target bans, or (with retokenize) that do not
+        retokenize."""
         texts = decode(self.lm.tokenizer, ids)
-        bad = np.zeros(len(ids), dtype=bool)
+        bad = self.banned(texts, which)
+        if self.retokenize:
+            bad |= ~retokenizes(self.lm.tokenizer, ids, texts)
+        return bad
+
+    def banned(self, texts: list[str], which=None) -> np.ndarray:
+        """B decoded prompts -> (B,) bool: those their row's target bans (a Logit's goal text)."""
+        which = self.row_targets(which, len(texts)).numpy()
+        bad = np.zeros(len(texts), dtype=bool)
         for t, target in enumerate(self.targets):
             rows = np.flatnonzero(which == t)
             if len(rows):
                 bad[rows] = target.rejects([texts[i] for i in rows])
-        if self.retokenize:
-            bad |= ~retokenizes(self.lm.tokenizer, ids, texts)
         return bad
 
     def forward(self, ids: torch.Tensor | None = None, one_hot: torch.Tensor | None = None,
@@ -108,22 +116,27 @@ class Scorer:
     @torch.no_grad()
     def score(self, ids: torch.Tensor, parents: torch.Tensor | None = None,
               which=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n) -> f (B,), ce (B,) on CPU, float32; rejected rows are (-inf, nan). Rows may be
-        shorter than n, padded with -1 (fluentdream.core.ragged).
+        """(B, n) -> f (B,), ce (B,) on CPU, float32; rejected rows are (-inf, nan): prompts the
+        target bans, and with retokenize those that do not retokenize. Rows may be shorter than
+        n, padded with -1 (fluentdream.core.ragged).
 
         parents (B, n), optional: a prompt each row was made from. Positions before the first
         difference are then reused from the parent instead of recomputed; the numbers are the
         same up to floating-point rounding. Prompts this scorer has scored before are looked up.
         """
         f, ce, _ = self.score_counted(ids, parents, which)
+        if self.retokenize:
+            bad = torch.from_numpy(~retokenizes(self.lm.tokenizer, ids))
+            f, ce = f.masked_fill(bad, -torch.inf), ce.masked_fill(bad, torch.nan)
         return f, ce
 
     @torch.no_grad()
     def score_counted(self, ids: torch.Tensor, parents: torch.Tensor | None = None,
                       which=None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """score(), also returning (B,) bool: the rows the model computed (a finite CE came
-        back). The others were looked up (scored before, or a repeat of an earlier row of this
-        call) or rejected."""
+        """What the search scores: score() without the retokenization rule (the search may pass
+        through a prompt that does not retokenize; EPO reports only those that do), also
+        returning (B,) bool, the rows the model computed (a finite CE came back). The others
+        were looked up (scored before, or a repeat of an earlier row of this call) or banned."""
         B = len(ids)
         which = self.row_targets(which, B)
         keys = prompt_keys(ids, which)
@@ -141,7 +154,7 @@ class Scorer:
             rows = torch.tensor(list(todo.values()))
             f_new, ce_new = score_new(self, ids[rows], None if parents is None else parents[rows],
                                       which[rows])
-            computed[rows.numpy()] = torch.isfinite(ce_new).numpy()   # rejected: CE nan
+            computed[rows.numpy()] = torch.isfinite(ce_new).numpy()   # banned: CE nan
             new = dict(zip(todo, zip(f_new.tolist(), ce_new.tolist())))
             known.update(new)
             self.memo.add(new)
