@@ -118,38 +118,31 @@ operators: $(RES)/.09_operators_and_restarts.done ## experiment 09 (~17 min): op
 	  $(if $(filter $(README_PRESETS),$(PRESET)),$(shell grep -q 'results-table:begin' $(README) && echo --splice $(README)))
 	$(PY) -m paper_figures.fig8_operators --tables $(RES)/tables --out $(OUT)
 
-# REFERENCE: a checkout of Confirm-Solutions/dreamy (read, never vendored) for the time-to-quality table
+# REFERENCE: a checkout of Confirm-Solutions/dreamy (read, never vendored), for the rows against it
 REFERENCE ?=
-# fluentdream's own options beyond the paper (experiment 09's operators+explore), timed against the reference too
-OWN_OPTIONS = --restart-mode frontier --operators swap=0.5,swap2=0.1,insert=0.2,delete=0.2 --min-len 8 --max-len 16
-# a greedier k than the paper's 512 reaches a frontier sooner (LOG.md): fluentdream's, and the reference's in the fair rows
-EMBEDDED_K = 64
-SMOLLM2_K = 128
-# the two embedded rows of k = 64 with the own options (against Table 1, and against k = 64): 10
-# seeds a side, whose intervals are narrower than 5's
-K64_SEEDS = --seeds 10
-TTQ = $(PY) benchmarks/time_to_quality.py --reference $(REFERENCE) --threads $(shell nproc)
-# SmolLM2 with 3 seeds a side, fluentdream stopping at the goal (a reference run takes 10-17 min)
-SMOLLM2_SEEDS = --model smollm2-135m --seeds 3 --reference-seeds 3 --stop-at-goal 10
-SMOLLM2_NEURON = $(SMOLLM2_SEEDS) --target L8.N1371
-SMOLLM2_ALL = $(SMOLLM2_SEEDS) --target "logit: dog" --target resid:L12:0 --target L8.N1371
-bench: install ## speed vs the plain algorithm (~30 min), SmolLM2 per phase (~2 min), restart penalty (~15 min); with REFERENCE=PATH, time to quality vs the reference (embedded ~15 min, SmolLM2 ~80 min; with fluentdream's own options and k: embedded 2 x ~13 min + 2 x ~40 min, SmolLM2 ~130 min + 2 x ~40 min) and SmolLM2's restart penalty with the reference (~60 min), on 2 cores
+BENCH_THREADS = $(shell nproc)
+TTQ = $(PY) benchmarks/time_to_quality.py --reference $(REFERENCE) --threads $(BENCH_THREADS) --report BENCHMARKS.md
+ABLATION = $(PY) benchmarks/ablation.py --reference $(REFERENCE) --threads $(BENCH_THREADS) --report BENCHMARKS.md --check
+# Each side's dtype setting, chosen by the pilots' time to quality (BENCHMARKS.md, "Best settings")
+EMBEDDED_DTYPES = --dtype bfloat16 --reference-dtype bfloat16
+SMOLLM2_DTYPES = --dtype bfloat16 --reference-dtype bfloat16
+# fluentdream's defaults beyond the paper (`fluentdream dream`'s; --preset paper restores Table 1),
+# with prompts never longer than the paper's 12 tokens, where the CE limits are calibrated
+OWN_OPTIONS = --topk 128 --restart-mode frontier --operators swap=0.5,swap2=0.1,insert=0.2,delete=0.2 --min-len 8 --max-len 12
+# SmolLM2: two targets, 8 seeds a side, the reference's 100-iteration frontier as the goal
+SMOLLM2_TTQ = --model smollm2-135m --iters 100 --seeds 8 --target L8.N1371 --target "logit: dog" --stop-at-goal 10
+bench: install ## speed vs the plain algorithm (~30 min), SmolLM2 per phase (~2 min); with REFERENCE=PATH: single-run time to quality vs the reference (pilots, then embedded ~1 h, SmolLM2 ~3 h) and the ablation at equal iterations with its parity check (SmolLM2 ~5 h, embedded ~20 min), on 2 cores
 	$(PY) benchmarks/run.py --iters 300 --threads 2,1
-	$(PY) benchmarks/phases.py --model smollm2-135m --threads $(shell nproc) --report BENCHMARKS.md
-	$(PY) benchmarks/restart_penalty.py --threads $(shell nproc) --iters 300 --seeds 10 --report BENCHMARKS.md
-	$(if $(REFERENCE),$(TTQ) --report BENCHMARKS.md,@echo "time to quality skipped: give REFERENCE=PATH (git clone https://github.com/Confirm-Solutions/dreamy PATH)")
-	$(if $(REFERENCE),$(TTQ) --model smollm2-135m --target L8.N1371 --target "logit: dog" --target resid:L12:0 --seeds 3 \
-	  --reference-seeds 1 --stop-at-goal 10 --report BENCHMARKS.md)
-	$(if $(REFERENCE),$(TTQ) $(OWN_OPTIONS) --report BENCHMARKS.md)
-	$(if $(REFERENCE),$(TTQ) --topk $(EMBEDDED_K) $(OWN_OPTIONS) $(K64_SEEDS) --report BENCHMARKS.md)
-	$(if $(REFERENCE),$(TTQ) --topk $(EMBEDDED_K) --reference-topk $(EMBEDDED_K) $(OWN_OPTIONS) $(K64_SEEDS) --report BENCHMARKS.md)
-	$(if $(REFERENCE),$(TTQ) --topk $(EMBEDDED_K) --reference-topk $(EMBEDDED_K) --report BENCHMARKS.md)
-	$(if $(REFERENCE),$(TTQ) $(SMOLLM2_NEURON) $(OWN_OPTIONS) --report BENCHMARKS.md)
-	$(if $(REFERENCE),$(TTQ) $(SMOLLM2_ALL) --topk $(SMOLLM2_K) $(OWN_OPTIONS) --report BENCHMARKS.md)
-	$(if $(REFERENCE),$(TTQ) $(SMOLLM2_NEURON) --topk $(SMOLLM2_K) --reference-topk $(SMOLLM2_K) $(OWN_OPTIONS) --report BENCHMARKS.md)
-	$(if $(REFERENCE),$(PY) benchmarks/restart_penalty.py --model smollm2-135m --target L8.N1371 \
-	  --iters 100 --seeds 8 --threads $(shell nproc) --reference $(REFERENCE) --reference-seeds 6 \
-	  --report BENCHMARKS.md)
+	$(PY) benchmarks/phases.py --model smollm2-135m --threads $(BENCH_THREADS) --report BENCHMARKS.md
+	$(if $(REFERENCE),,@echo "the rows against the reference skipped: give REFERENCE=PATH (git clone https://github.com/Confirm-Solutions/dreamy PATH)")
+	$(if $(REFERENCE),$(TTQ) --pilot 3)
+	$(if $(REFERENCE),$(TTQ) --model smollm2-135m --iters 60 --pilot 3 --target L8.N1371)
+	$(if $(REFERENCE),$(TTQ) --seeds 10 $(EMBEDDED_DTYPES))
+	$(if $(REFERENCE),$(TTQ) --seeds 10 $(EMBEDDED_DTYPES) $(OWN_OPTIONS))
+	$(if $(REFERENCE),$(TTQ) $(SMOLLM2_TTQ) $(SMOLLM2_DTYPES))
+	$(if $(REFERENCE),$(TTQ) $(SMOLLM2_TTQ) $(SMOLLM2_DTYPES) $(OWN_OPTIONS))
+	$(if $(REFERENCE),$(ABLATION) --model embedded --seeds 8 --iters 100 --target L1.N840 --target "logit: function")
+	$(if $(REFERENCE),$(ABLATION) --model smollm2-135m --seeds 8 --iters 40 --target L8.N1371 --target "logit: dog")
 
 embedded-model: install ## rebuild the embedded corpus, tokenizer and model (about 20-30 min)
 	$(PY) experiments/00_build_embedded_model.py
