@@ -6,9 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= embedded
 RES := results/$(PRESET)
-# the README whose results table has a column per preset of README_PRESETS (spliced between its
-# markers; analysis/readme_table.py keeps the columns of presets not run in this clone)
+# RESULTS.md's full results table and the README's compact one have a column per preset of
+# README_PRESETS (spliced between their markers; analysis/readme_table.py keeps the columns of
+# presets not run in this clone)
 README ?= README.md
+RESULTS_MD ?= RESULTS.md
 README_PRESETS ?= embedded smollm2
 # figures of the embedded preset in paper_figures/out, of any other beside them in out/<preset>
 OUT := paper_figures/out$(if $(filter embedded,$(PRESET)),,/$(PRESET))
@@ -81,10 +83,10 @@ experiments: $(EXPERIMENTS:%=$(RES)/.%.done) ## run every experiment (PRESET=emb
 $(RES)/tables/.done: $(EXPERIMENTS:%=$(RES)/.%.done) $(wildcard analysis/*.py)
 	$(PY) -m analysis.build_tables --preset $(PRESET)
 	$(PY) -m analysis.readme_table --preset $(PRESET) \
-	  $(if $(filter $(README_PRESETS),$(PRESET)),$(shell grep -q 'results-table:begin' $(README) && echo --splice $(README)))
+	  $(if $(filter $(README_PRESETS),$(PRESET)),--splice $(RESULTS_MD) --compact $(README))
 	@touch $@
 
-tables: $(RES)/tables/.done ## saved runs -> tidy tables, numbers.json and the README results table
+tables: $(RES)/tables/.done ## saved runs -> tidy tables, numbers.json, RESULTS.md's table and the README's compact one
 
 $(OUT)/.%.done: paper_figures/%.py paper_figures/style.py $(RES)/tables/.done
 	$(PY) -m paper_figures.$* --tables $(RES)/tables --out $(OUT)
@@ -115,7 +117,7 @@ $(RES)/.09_operators_and_restarts.done: experiments/09_operators_and_restarts.py
 operators: $(RES)/.09_operators_and_restarts.done ## experiment 09 (~17 min): operators and exploring restarts -> tables, README rows, Fig 8
 	$(PY) -m analysis.build_tables --preset $(PRESET)
 	$(PY) -m analysis.readme_table --preset $(PRESET) \
-	  $(if $(filter $(README_PRESETS),$(PRESET)),$(shell grep -q 'results-table:begin' $(README) && echo --splice $(README)))
+	  $(if $(filter $(README_PRESETS),$(PRESET)),--splice $(RESULTS_MD) --compact $(README))
 	$(PY) -m paper_figures.fig8_operators --tables $(RES)/tables --out $(OUT)
 
 # REFERENCE: a checkout of Confirm-Solutions/dreamy (read, never vendored), for the rows against it

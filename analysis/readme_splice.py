@@ -9,7 +9,7 @@ BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
 SOURCE = "- `results/{preset}/numbers.json` (git {sha}{dirty})"   # a legend line per model
 
 
-def _split_row(line: str) -> list[str]:
+def split_row(line: str) -> list[str]:
     """A markdown table line -> its cells, escaped pipes kept inside their cell."""
     parts = line.strip().strip("|").replace("\\|", "\0").split("|")
     return [c.strip().replace("\0", "\\|") for c in parts]
@@ -23,12 +23,12 @@ def kept_columns(text: str, preset: str) -> dict | None:
     block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip().splitlines()
     if not block or f"ours ({preset})" not in block[0]:
         return None
-    col = _split_row(block[0]).index(f"ours ({preset})")
+    col = split_row(block[0]).index(f"ours ({preset})")
     rows = {}
     for line in block[2:]:
         if not line.startswith("| "):
             break
-        c = _split_row(line)
+        c = split_row(line)
         rows[c[0].replace("\\|", "|")] = [x.replace("\\|", "|") for x in c[col:col + 3]]
     prefix = SOURCE.format(preset=preset, sha="", dirty="").split(" (")[0]
     line = next((x for x in block if x.startswith(prefix)), prefix + " (not here)")

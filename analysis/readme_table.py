@@ -22,6 +22,7 @@ from typing import Callable
 
 from fluentdream.files import atomic_write
 
+from . import readme_compact as compact
 from .readme_beyond import BEYOND_PAPER
 from .readme_numbers import Numbers, Row, tested as _tested
 from .readme_splice import BEGIN, END, SOURCE, kept_columns, splice
@@ -342,13 +343,17 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=Path("results"), help="results root")
     p.add_argument("--preset", default="embedded", help="embedded | smollm2 | paper | smoke")
-    p.add_argument("--splice", type=Path, metavar="FILE", help="also replace the table in FILE")
+    p.add_argument("--splice", type=Path, metavar="FILE", help="also replace the table in FILE "
+                   "(RESULTS.md)")
+    p.add_argument("--compact", type=Path, metavar="FILE", help="also replace the compact table "
+                   "in FILE (README.md; analysis/readme_compact.py)")
     args = p.parse_args(argv)
     src = args.results / args.preset / "numbers.json"
     if not src.exists():
         raise ValueError(f"{src} is missing: run `make tables PRESET={args.preset}` first")
-    if args.splice and not args.splice.exists():
-        raise ValueError(f"{args.splice} does not exist; give the README to splice the table into")
+    for given in (args.splice, args.compact):
+        if given and not given.exists():
+            raise ValueError(f"{given} does not exist; give the file to splice the table into")
     own = render(json.loads(src.read_text()))
     out = args.results / args.preset / "readme_table.md"
     atomic_write(out, lambda fh: fh.write(own.encode()))
@@ -356,7 +361,13 @@ def main(argv: list[str] | None = None) -> Path:
         readme = args.splice.read_text()
         new = splice(readme, readme_columns(args.results, readme))
         atomic_write(args.splice, lambda fh: fh.write(new.encode()))
-    print(f"results table: {out}" + (f", spliced into {args.splice}" if args.splice else ""))
+    if args.compact:
+        text = args.compact.read_text()
+        new = compact.splice(text, compact.render(ROWS, compact.columns(args.results, text,
+                                                                         MODELS)))
+        atomic_write(args.compact, lambda fh: fh.write(new.encode()))
+    print(f"results table: {out}" + (f", spliced into {args.splice}" if args.splice else "")
+          + (f", compact in {args.compact}" if args.compact else ""))
     return out
 
 

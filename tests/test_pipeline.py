@@ -26,7 +26,7 @@ def test_smollm2_pipeline_runs_01_to_08_and_writes_beside_the_embedded_outputs()
     figures = re.findall(r"-m paper_figures\.(\w+) --tables results/smollm2/tables --out (\S+)", plan)
     assert figures and {out for _, out in figures} == {"paper_figures/out/smollm2"}
     assert "fig7_sae_latents" not in {name for name, _ in figures}
-    assert re.search(r"analysis.readme_table --preset smollm2 \\\s+--splice README.md", plan)
+    assert re.search(r"analysis.readme_table --preset smollm2 \\\s+--splice RESULTS.md --compact README.md", plan)
 
 
 def test_embedded_pipeline_keeps_its_outputs_and_experiment_10():
