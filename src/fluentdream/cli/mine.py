@@ -17,8 +17,9 @@ def add_mine_parser(sub) -> None:
 
     p = sub.add_parser("mine", help="max-activating dataset examples for every feature of layers")
     p.add_argument("--model", required=True, help="'embedded', a local HF directory or a hub name")
-    p.add_argument("--dataset", default="embedded", help="'embedded' (the repo's data/corpus), a "
-                   "local parquet/json/jsonl/txt/csv file or directory, or a hub name such as "
+    p.add_argument("--dataset", default="embedded", help="'embedded' (the repo's data/corpus), "
+                   "'general' (data/general: books, reference works, manuals, code), a local "
+                   "parquet/json/jsonl/txt/csv file or directory, or a hub name such as "
                    "monology/pile-uncopyrighted (streamed) [default: embedded]")
     p.add_argument("--split", default=None, help="dataset split of a hub dataset or a directory "
                    "of split files; a single file is one split [default: train]")

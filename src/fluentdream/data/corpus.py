@@ -1,6 +1,7 @@
 """Text datasets streamed through `datasets`, tokenized into documents and context windows.
 
     src = DataSource("embedded")                       # the repo's data/corpus
+    src = DataSource("general", split="validation")    # the repo's data/general (SmolLM2's)
     src = DataSource("monology/pile-uncopyrighted")    # a hub name, streamed
     for doc_id, ids in documents(src, tokenizer, tokens=10**6): ...
 
@@ -22,7 +23,11 @@ having here into itself just last least less like many more most much must next 
 ours over same should since some such than that their them then there these they this those
 through under until upon very were what when where which while will with within without would
 your yours""".split())
-EMBEDDED_CORPUS = Path(__file__).resolve().parents[3] / "data" / "corpus"
+# Corpora that ship in the repository (data/README.md): the embedded model's own training text,
+# and the general-text mix that the smollm2 preset reads (closer to SmolLM2's training data).
+CORPORA = {"embedded": Path(__file__).resolve().parents[3] / "data" / "corpus",
+           "general": Path(__file__).resolve().parents[3] / "data" / "general"}
+EMBEDDED_CORPUS = CORPORA["embedded"]
 FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".txt": "text",
                  ".csv": "csv", ".arrow": "arrow"}
 
@@ -31,9 +36,10 @@ FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".txt
 class DataSource:
     """A text dataset read through `datasets`, streamed (nothing is downloaded whole).
 
-    dataset: "embedded" (the repo's data/corpus; from an installed package give its path
-    instead), a local file (.parquet/.json/.jsonl/.txt/.csv) or directory of them, or a hub name
-    such as "monology/pile-uncopyrighted". A single file is one split, whatever `split` says.
+    dataset: "embedded" (the repo's data/corpus) or "general" (data/general; from an installed
+    package give their paths instead), a local file (.parquet/.json/.jsonl/.txt/.csv) or
+    directory of them, or a hub name such as "monology/pile-uncopyrighted". A single file is one
+    split, whatever `split` says. The repo's corpora have the splits train and validation.
     """
     dataset: str
     split: str = "train"
@@ -44,12 +50,8 @@ class DataSource:
         datasets.logging.set_verbosity_error()
         datasets.disable_progress_bars()
         name, path = self.dataset, Path(self.dataset).expanduser()
-        if name == "embedded":
-            if not EMBEDDED_CORPUS.is_dir():
-                raise UserError(f"the embedded corpus is missing from {EMBEDDED_CORPUS} (an "
-                                "installed package does not ship data/); give --dataset PATH to "
-                                "the corpus directory or one of its parquet files")
-            name, path = str(EMBEDDED_CORPUS), EMBEDDED_CORPUS
+        if name in CORPORA and not path.exists():
+            return self._load_shipped(datasets, name)
         if path.is_file() and path.suffix not in FILE_BUILDERS:
             raise UserError(f"dataset file {name!r} has an unknown type; allowed: "
                             f"{', '.join(FILE_BUILDERS)}")
@@ -63,9 +65,24 @@ class DataSource:
                                          streaming=True)
         except Exception as e:  # datasets raises many types: connection, not found, split, format
             raise UserError(f"cannot load dataset {self.dataset!r} ({type(e).__name__}: "
-                            f"{(str(e) or '?').splitlines()[0]}); allowed: 'embedded', a local "
+                            f"{(str(e) or '?').splitlines()[0]}); allowed: 'embedded', 'general', a local "
                             "parquet/json/text file or directory, or a hub dataset name "
                             "reachable online or in the HF cache") from None
+
+    def _load_shipped(self, datasets, name: str):
+        """A corpus of CORPORA: its split's parquet file, named explicitly (the folder also
+        holds a manifest that `datasets` would otherwise take for data)."""
+        folder = CORPORA[name]
+        file = folder / f"{self.split}.parquet"
+        if not folder.is_dir():
+            raise UserError(f"the {name} corpus is missing from {folder} (an installed package "
+                            "does not ship data/); give --dataset PATH to the corpus directory "
+                            "or one of its parquet files")
+        if not file.is_file():
+            raise UserError(f"the {name} corpus has no split {self.split!r}; allowed: "
+                            f"{', '.join(sorted(f.stem for f in folder.glob('*.parquet')))}")
+        return datasets.load_dataset("parquet", data_files={self.split: str(file)},
+                                     split=self.split, streaming=True)
 
     def open(self):
         """The streaming dataset, after checking that it has rows and the text column."""
