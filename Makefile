@@ -41,7 +41,7 @@ FIGURES := $(basename $(notdir $(wildcard paper_figures/fig*.py paper_figures/ta
 FIGURES := $(filter-out fig8_operators $(SKIP_$(PRESET)),$(FIGURES))   # `make operators` draws Fig 8
 
 .DEFAULT_GOAL := help
-.PHONY: help install test figures experiments tables bench embedded-model clean
+.PHONY: help install test figures experiments tables report bench embedded-model clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-15s %s\n", $$1, $$2}'
@@ -95,9 +95,19 @@ $(OUT)/.%.done: paper_figures/%.py paper_figures/style.py $(RES)/tables/.done
 figures: $(FIGURES:%=$(OUT)/.%.done) ## the main job: experiments -> tables -> every table and figure
 	@echo "figures and tables written to $(OUT)/:"; ls $(OUT)
 
-# Then each experiment's tables, figures and numbers to one W&B run in its group (offline unless
-# logged in, WANDB_MODE above; runs under $(RES)/wandb). W&B failing warns and goes on.
-$(RES)/.wandb_summary.done: analysis/wandb_summary.py $(FIGURES:%=$(OUT)/.%.done)
+# Pages of every target of every experiment (DESIGN §7, docs/report.md): $(RES)/report/index.html
+# opens offline; dataset examples from every mine under $(RES), CE lines from 01's calibration.
+$(RES)/.report.done: $(RES)/tables/.done $(wildcard src/fluentdream/report/*.*)
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m fluentdream.cli report $(RES) --mine $(RES) --no-progress \
+	  --in-distribution $(RES)/01_fluency_calibration/thresholds.json --out $(RES)/report
+	@touch $@
+
+report: $(RES)/.report.done ## pages of every target's runs: results/PRESET/report/index.html, offline
+figures: $(RES)/.report.done
+
+# Then each experiment's tables, figures, numbers and report pages to one W&B run in its group
+# (offline unless logged in, WANDB_MODE above; runs under $(RES)/wandb). W&B failing warns and goes on.
+$(RES)/.wandb_summary.done: analysis/wandb_summary.py $(FIGURES:%=$(OUT)/.%.done) $(RES)/.report.done
 	$(PY) -m analysis.wandb_summary --preset $(PRESET) --tables $(RES)/tables --figures $(OUT)
 	@touch $@
 figures: $(RES)/.wandb_summary.done
@@ -149,5 +159,5 @@ bench: install ## speed vs the plain algorithm (~30 min), SmolLM2 per phase (~2 
 embedded-model: install ## rebuild the embedded corpus, tokenizer and model (about 20-30 min)
 	$(PY) experiments/00_build_embedded_model.py
 
-clean: ## remove results and figures (keeps .venv)
+clean: ## remove results, reports and figures (keeps .venv)
 	rm -rf results $(OUT)

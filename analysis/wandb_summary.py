@@ -12,6 +12,9 @@ tracked, experiments/0N_*.py), named `<preset>-<experiment>-summary`, holding
   tables/<name>    a wandb.Table per table of the experiment (NaN as null)
   figures/<stem>   a wandb.Image per .png figure; html/<stem> a wandb.Html per .html page
                    (dots in the stem as underscores: W&B flattens nested keys with dots)
+  html/<model>__<target>  the report page (results/<preset>/report, `make figures`) of each target
+                   whose runs the experiment made: its frontier, prompts, dataset examples and
+                   progress on one page, drawn by its own inline script
   tables/frontier_<run>  each dream's Pareto frontier (the run's frontier.json: prompt, target,
                    post value of a pre-activation target, CE, perplexity, lambda), so every dream's
                    frontier is on the dashboard even when its own run was not tracked
@@ -47,6 +50,7 @@ import pandas as pd
 
 from fluentdream.files import writable_dir
 from fluentdream.errors import UserError
+from fluentdream.report import read_page
 from fluentdream.runs.lock import other_writer
 from fluentdream.runs.tracking import MODES, resolve_mode, start_tracker
 
@@ -140,6 +144,24 @@ def dream_frontiers(experiment_dir: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
+def report_pages(preset_dir: Path) -> dict[str, list[Path]]:
+    """experiment -> the pages of the report under `preset_dir`/report of the targets whose
+    runs lie in that experiment's folder ({} when there is no report)."""
+    index = preset_dir / "report" / "index.html"
+    if not index.exists():
+        return {}
+    out: dict[str, list[Path]] = {}
+    root = preset_dir.resolve()
+    for row in read_page(index)["rows"]:
+        page = index.parent / row["href"]
+        for d in (Path(x).resolve() for x in row["dirs"]):
+            if d.is_relative_to(root):
+                pages = out.setdefault(d.relative_to(root).parts[0], [])
+                if page not in pages:
+                    pages.append(page)
+    return out
+
+
 def _experiments_of(entry: dict) -> list[str]:
     return entry.get("provenance", {}).get("experiment", "").split("+")
 
@@ -153,6 +175,7 @@ def plan(preset: str, tables: dict[str, pd.DataFrame], figures: list[Path], numb
     for df in tables.values():
         if "experiment" in df.columns:
             names |= set(df["experiment"].dropna().astype(str))
+    pages = report_pages(preset_dir) if preset_dir is not None else {}
     out = []
     for exp in sorted(names):
         listed, patterns = OUTPUTS.get(exp, ((), ()))
@@ -162,6 +185,7 @@ def plan(preset: str, tables: dict[str, pd.DataFrame], figures: list[Path], numb
         if preset_dir is not None:
             own |= dream_frontiers(preset_dir / exp)
         figs = [p for p in figures if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
+        figs += pages.get(exp, [])
         nums = {k: e for k, e in entries.items() if exp in _experiments_of(e)}
         if not (own or figs or nums):
             continue

@@ -7,6 +7,7 @@
 
 The package's parts, each importing only those below it (tests/test_layout.py checks it):
   cli/      the `fluentdream` command
+  report/   pages of saved runs: a static site that opens offline (fd.report)
   runs/     run directories, locks, W&B tracking, sweeps
   data/     corpora, mining, calibration
   core/     the algorithm: EPOConfig, EPO, the Scorer, History, frontiers
@@ -15,7 +16,7 @@ The package's parts, each importing only those below it (tests/test_layout.py ch
 and the shared modules every part may import: errors (UserError), files (atomic writes),
 provenance (versions, git) and moved (the old module paths, for one release).
 
-Imports: core, targets, models and the shared modules.
+Imports: report, core, targets, models and the shared modules.
 """
 import sys
 
@@ -34,6 +35,7 @@ from .models.hardware import fast_dtype
 from .models.load import load_model, wrap_model
 from .models.loaded import LoadedModel
 from .provenance import __version__  # noqa: F401 (fd.__version__)
+from .report import report
 from .targets.kinds import (AttentionEntry, CustomTarget, Logit, Neuron, ResidualDirection,
                             SAELatent, Target, parse_target)
 from .targets.sae import SAE, load_sae
@@ -42,6 +44,6 @@ __all__ = ["EPOConfig", "IterationReport", "epo", "gcg", "Scorer", "xentropy", "
            "fast_dtype", "frontier_quality", "pareto_frontier", "EPOState", "History", "LoadedModel",
            "load_model", "wrap_model", "AttentionEntry", "CustomTarget", "Logit", "Neuron",
            "ResidualDirection", "SAELatent", "Target", "UserError", "parse_target", "attribution",
-           "batched", "SAE", "load_sae", "Context"]
+           "batched", "SAE", "load_sae", "Context", "report"]
 
 _install_old_paths(sys.modules[__name__])

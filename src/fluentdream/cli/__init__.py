@@ -1,10 +1,11 @@
-"""The `fluentdream` command (DESIGN §3): dream, frontier, sweep and mine.
+"""The `fluentdream` command (DESIGN §3): dream, frontier, sweep, mine and report.
 
   commands  the parser, `dream`, `frontier`, `sweep` and main()
   mine      the `mine` command
+  report    the `report` command
   errors    which failures are the user's (one line) and which are bugs (a traceback)
 
-The top layer. Imports: runs, data, core, targets, models and the shared modules; nothing
+The top layer. Imports: runs, report, data, core, targets, models and the shared modules; nothing
 imports cli.
 """
 from .commands import build_parser, config_from_args, main, operators_arg

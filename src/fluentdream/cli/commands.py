@@ -5,6 +5,7 @@
     fluentdream dream ... --run-dir results/x --resume     # continue after a kill or Ctrl-C
     fluentdream frontier results/a results/b               # one frontier over several runs
     fluentdream sweep --model embedded --targets L1.N5,L1.N6 --seeds 0-3 --executor ray --out DIR
+    fluentdream report results/a results/b --out site      # pages of the runs (cli/report.py)
 
 Every user error (fd.UserError, a full disk, a permission denied) ends with one line on stderr,
 exit status 2, no traceback, nothing half-written; any other exception is a bug and shows its
@@ -26,6 +27,7 @@ from ..core.config import EPOConfig, fields_help, parse_operators
 from ..errors import ISSUE_TRACKER, UserError
 from .errors import DISK_FULL, os_error, user_fault
 from .mine import add_mine_parser
+from .report import add_report_parser, report_command
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dream)
     _add_run_commands(sub)
     add_mine_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
@@ -172,6 +175,7 @@ def _dream(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path, lock) -> int
     print(f"\n{len(result.frontier)} frontier points from {len(result.history)} iterations; "
           f"run saved to {run_dir}")
     _print_wandb(run_dir)
+    print(f"see it on a page: {report_command(run_dir)}")
     return 0
 
 
