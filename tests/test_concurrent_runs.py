@@ -42,7 +42,7 @@ def documented(model_dir: Path, iters: int = 3) -> list[list[str]]:
     small = {"--model": str(model_dir), "--iters": str(iters), "--workers": "1"}
     commands = []
     for line in lines:
-        program, *argv = shlex.split(line)
+        program, *argv = shlex.split(line, comments=True)    # a "# not run: ..." note dropped
         assert program == "fluentdream", line
         argv = [small[before] if before in small else a.replace("embedded__",
                                                                f"{slug(model_dir.name)}__")
