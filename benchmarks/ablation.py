@@ -258,8 +258,9 @@ def markdown(summary: dict, meta: dict) -> str:
     """One table per target: an arm a row."""
     lines = []
     for target, arms in summary.items():
-        lines += [f"**{target}** ({meta['iters']} iterations, {meta['seeds']} seeds an arm)", "",
-                  "| arm | what differs from the defaults | hypervolume, mean ± SD | vs the "
+        lines += [f"**{target}** ({meta['iters']} iterations, seeds 0..{meta['seeds'] - 1}; n = the "
+                  "runs an arm has saved)", "",
+                  "| arm | what differs from the defaults | hypervolume, mean ± SD (n) | vs the "
                   "reference: difference of medians, Mann-Whitney p | vs the defaults: median "
                   "paired difference, Wilcoxon p | at equal compute: arm vs reference (CPU s) "
                   "| CPU s / iteration |", "|---|---|---|---|---|---|---|"]
@@ -267,7 +268,7 @@ def markdown(summary: dict, meta: dict) -> str:
             eq = e.get("equal_compute")
             eq_text = (f"{eq['mean']:.1f} vs {eq['reference_mean']:.1f} ({eq['seconds']:.0f} s; "
                        f"p = {eq['test']['p']:.2g})" if eq else "—")
-            lines.append(f"| {arm} | {ARMS[arm]} | {e['mean']:.1f} ± {e['sd']:.1f} "
+            lines.append(f"| {arm} | {ARMS[arm]} | {e['mean']:.1f} ± {e['sd']:.1f} ({e['runs']}) "
                          f"| {_p(e.get('vs_reference'))} | {_p(e.get('vs_defaults'))} | {eq_text} "
                          f"| {e['seconds_per_iteration']:.2f} |")
         lines.append("")
@@ -318,7 +319,7 @@ def check(args) -> None:
             raise fd.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if len(args.shard) != 2 or not 0 <= args.shard[0] < args.shard[1]:
         raise fd.UserError(f"--shard must read I/N with 0 <= I < N, got {args.shard}")
-    if "reference" in args.arms and not args.judge and not args.reference:
+    if "reference" in args.arms and not (args.judge or args.from_json or args.reference):
         raise fd.UserError("the reference arm needs --reference PATH (a checkout of "
                            "Confirm-Solutions/dreamy); or leave it out of --arms")
 

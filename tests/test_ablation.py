@@ -4,6 +4,7 @@ table's comparisons at equal iterations and equal compute on hand-made runs."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import numpy as np
@@ -100,3 +101,26 @@ def test_equal_iterations_and_equal_compute_on_hand_made_runs():
     assert ab.at_compute(rows[0], 25.0) == 2.0 and ab.at_compute(rows[0], 5.0) == 0.0
     table = ab.markdown(ab.summarize(rows), dict(iters=3, seeds=3))
     assert "| defaults |" in table and "3.6 ± 1.0" in table
+
+
+def test_time_to_the_references_frontier_in_cpu_seconds_by_hand(tmp_path, capsys):
+    """Goal = the lower median of the reference's finals (3, 4, 5 -> 4); a run's time is its
+    CPU clock at the first iteration reaching it, scanned (a curve may fall), never = inf."""
+    import ablation_latency as al
+    rows = ([_row("reference", s, [1.0, 2.0, 3.0 + s], [10.0, 20.0, 30.0]) for s in range(3)]
+            + [_row("defaults", 0, [4.5, 1.0, 1.0], [1.0, 2.0, 3.0]),   # reaches at once, then falls
+               _row("defaults", 1, [1.0, 4.0, 9.0], [1.0, 2.0, 3.0]),
+               _row("defaults", 2, [1.0, 1.0, 1.0], [1.0, 2.0, 3.0])])  # never
+    got = {(r["implementation"], r["seed"]): r["seconds_to_goal"]
+           for r in al.latency_rows(rows, "defaults")}
+    assert got == {("reference", 0): None, ("reference", 1): 30.0, ("reference", 2): 30.0,
+                   ("fluentdream", 0): 1.0, ("fluentdream", 1): 2.0, ("fluentdream", 2): None}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(dict(meta=dict(model="m", iters=3, command="c", cpu="x",
+                                              fluentdream_sha="s", reference_sha="r"), runs=rows)))
+    assert al.main([str(path), "--report", str(tmp_path / "B.md")]) == 0
+    assert "| t | 30.0 | 2.0 | 15.00x" in capsys.readouterr().out
+    assert "## Single runs to the reference's frontier in CPU seconds (ablation runs): m" in \
+        (tmp_path / "B.md").read_text()
+    assert al.main([str(path), "--arm", "fp32"]) == 2
+    assert al.main([str(tmp_path / "none.json")]) == 2

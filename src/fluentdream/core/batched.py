@@ -164,8 +164,8 @@ def reportable(tokenizer, pool: torch.Tensor, f: torch.Tensor, ce: torch.Tensor,
                retokenize: bool) -> np.ndarray:
     """(P, W) pool, (P,) scores -> (P,) bool: the candidates a run may report (History.valid):
     scored (not banned), and with retokenize decoding to text that encodes back to them. The
-    search itself may hold the others: rejecting them outright blocked its way to better
-    prompts on a real model's tokenizer (LOG.md, issue 35)."""
+    search itself may hold the others (issue 35); on SmolLM2 rejecting them in the search too
+    did better (BENCHMARKS.md, ablation; LOG.md, 2026-12-07)."""
     ok = (torch.isfinite(f) & torch.isfinite(ce)).numpy()
     if retokenize and ok.any():
         rows = np.flatnonzero(ok)
