@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 import fluentdream as fd
+from fluentdream.core.batched import reportable
 from fluentdream.core.operators import mutate
 from fluentdream.core.steps import initial_prompts, restart, select
 from fluentdream.core.scoring import xentropy
 from fluentdream.core.scoring.hooks import capture
-from fluentdream.core.tokens import allowed_tokens, decode, retokenizes
+from fluentdream.core.tokens import allowed_tokens, decode
 from fluentdream.core.history import EPOState
 
 
@@ -100,9 +101,7 @@ def plain_epo(lm, target, cfg: fd.EPOConfig, timer: dict | None = None) -> fd.Hi
             kept, lam_r = restart(f, ce, M, cfg, gen)
         state.slot_ids = pool[kept].numpy()
         state.slot_target, state.slot_xentropy = f[kept].numpy(), ce[kept].numpy()
-        valid = (torch.isfinite(f) & torch.isfinite(ce)).numpy()
-        if cfg.retokenize:
-            valid &= retokenizes(lm.tokenizer, pool)
         hist.append(pool.numpy(), f.numpy(), ce.numpy(), kept.numpy(), lam_r,
-                    time.perf_counter() - t0, len(children), valid=valid)
+                    time.perf_counter() - t0, len(children),
+                    valid=reportable(lm.tokenizer, pool, f, ce, cfg.retokenize))
     return hist

@@ -38,9 +38,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
             shown = "seq_len" if default is None else default
             p.add_argument(flag, type=int, default=None, help=f"{text} [default: {shown}]")
         elif name == "operators":
-            shown = ",".join(f"{o}={q:g}" for o, q in default.items())
             p.add_argument(flag, type=operators_arg, default=None, metavar="NAME=P,...",
-                           help=f"{text} [default: {shown}]")
+                           help=f"{text} [default: {_operators_text(default)}]")
         else:
             kind = type(default) if default is not None else str
             p.add_argument(flag, type=kind, default=None, help=f"{text} [default: {default}]")
@@ -55,9 +54,14 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _preset_text(name: str) -> str:
     """A preset as the flags that make it."""
-    return " ".join(f"--{k.replace('_', '-')} " + (",".join(f"{o}={q:g}" for o, q in v.items())
-                                                  if isinstance(v, dict) else str(v))
+    return " ".join(f"--{k.replace('_', '-')} "
+                    + (_operators_text(v) if isinstance(v, dict) else str(v))
                     for k, v in PRESETS[name].items())
+
+
+def _operators_text(operators: dict[str, float]) -> str:
+    """{"swap": 0.5, "insert": 0.5} -> "swap=0.5,insert=0.5", as --operators takes it."""
+    return ",".join(f"{o}={q:g}" for o, q in operators.items())
 
 
 def config_from_args(args: argparse.Namespace, default_preset: str = DEFAULT_PRESET) -> EPOConfig:

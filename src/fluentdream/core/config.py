@@ -225,7 +225,7 @@ def preset(name: str, **changes) -> "EPOConfig":
     """EPOConfig of a named preset (PRESETS), with `changes` on top; the name is kept in
     extra["preset"] so a run's config.json says where its settings came from. A resizing
     preset's prompts range over [2/3 seq_len, seq_len] (8-12 at the paper's 12) unless
-    min_len or max_len is given."""
+    min_len or max_len is given, or operators (then the lengths are the caller's to set)."""
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
     settings = {**PRESETS[name], **changes}
