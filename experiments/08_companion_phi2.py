@@ -70,11 +70,10 @@ def main(argv=None) -> int:
     if args.model:
         cfg = Config(**{**asdict(cfg), "model": args.model})
     if cfg.model is None:
-        if args.preset == "smoke":
-            raise ValueError("the smoke preset needs --model DIR (a tiny Phi model directory)")
         print("08_companion_phi2 needs Phi-2 (microsoft/phi-2, ~5.6 GB, a GPU); it does not run "
-              f"on the {args.preset} preset. Run it with --preset paper; experiments 05 and 06 do "
-              "the same steps on this preset's model.")
+              f"on the {args.preset} preset. Run it with --preset paper (or --preset smoke --model "
+              "DIR, a tiny Phi directory); experiments 05 and 06 do the same steps on this "
+              "preset's model.")
         return 0
     out = Path(args.results) / args.preset / "08_companion_phi2"
     torch.manual_seed(cfg.seed)
