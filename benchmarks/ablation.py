@@ -45,7 +45,7 @@ from fluentdream.core import steps as epo_steps
 from fluentdream.core.scoring import Scorer
 from fluentdream.models.hardware import cpu_name
 from fluentdream.files import atomic_write
-from fluentdream.core.tokens import retokenizes
+from fluentdream.core.tokens import decode
 from fluentdream.runs import slug
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,10 +56,10 @@ from analysis import stats  # noqa: E402
 
 ARMS = {
     "reference": "the published reference code, fp32, its own search (no retokenization rule)",
-    "defaults": "fluentdream's defaults: bf16 (fd.fast_dtype); the search passes through prompts "
-                "that do not retokenize, only those that do are reported",
-    "reject-in-search": "prompts that do not retokenize rejected during the search too (the rule "
-                        "before issue 35)",
+    "defaults": "fluentdream's defaults: bf16 (fd.fast_dtype); prompts that do not retokenize "
+                "are rejected in the search",
+    "pass-through": "the search passes through prompts that do not retokenize and the run reports "
+                    "only those that do (the rule from a898f3e to the restored rejection)",
     "no-retokenize": "no retokenization rule at all (judged with it)",
     "fp32": "the model in fp32",
     "fixed-restart": "restarts select at the fixed penalty 2.0, the reference's",
@@ -98,14 +98,10 @@ def _row_lambda(propose_many):
     return wrapped
 
 
-def _rejecting(score_counted):
-    """Scorer.score_counted as it was before issue 35: a prompt that does not retokenize scores
-    (-inf, nan), so the search can never hold it."""
-    def wrapped(self, ids, parents=None, which=None):
-        f, ce, computed = score_counted(self, ids, parents, which)
-        bad = torch.from_numpy(~retokenizes(self.lm.tokenizer, ids))
-        return f.masked_fill(bad, -torch.inf), ce.masked_fill(bad, torch.nan), computed & ~bad.numpy()
-    return wrapped
+def _banned_only(self, ids, which=None):
+    """Scorer.rejected without the retokenization rule: the search scores and may hold prompts
+    that do not retokenize; batched.reportable still keeps them out of what the run reports."""
+    return self.banned(decode(self.lm.tokenizer, ids), which)
 
 
 @contextlib.contextmanager
@@ -121,9 +117,8 @@ def patched(arm: str, lm):
             stack.enter_context(mock.patch.object(epo_steps, "drawable_tokens", lambda _: drawable))
             stack.enter_context(mock.patch.object(epo_steps, "retokenizes",
                                                   lambda tok, ids, texts=None: np.ones(len(ids), bool)))
-        if arm == "reject-in-search":
-            stack.enter_context(mock.patch.object(Scorer, "score_counted", _rejecting(
-                Scorer.score_counted)))
+        if arm == "pass-through":
+            stack.enter_context(mock.patch.object(Scorer, "rejected", _banned_only))
         if arm == "row-lambda":
             stack.enter_context(mock.patch.object(batched, "propose_many",
                                                   _row_lambda(batched.propose_many)))

@@ -23,7 +23,7 @@ from fluentdream.core.operators import mutate
 from fluentdream.core.steps import initial_prompts, restart, select
 from fluentdream.core.scoring import xentropy
 from fluentdream.core.scoring.hooks import capture
-from fluentdream.core.tokens import allowed_tokens, decode
+from fluentdream.core.tokens import allowed_tokens, decode, retokenizes
 from fluentdream.core.history import EPOState
 
 
@@ -45,11 +45,12 @@ def plain_forward(lm, target, ids=None, one_hot=None):
 
 
 @torch.no_grad()
-def plain_score(lm, target, ids, batch_size):
-    """(B, n) -> f, ce: every row through the whole model; rows the target bans (-inf, nan).
-    A prompt that does not retokenize is scored like any other: the search may hold it, and
-    the run does not report it (History.valid)."""
+def plain_score(lm, target, ids, batch_size, retokenize=True):
+    """(B, n) -> f, ce: every row through the whole model; rejected rows (-inf, nan): those the
+    target bans and, with retokenize, those that do not retokenize."""
     bad = target.rejects(decode(lm.tokenizer, ids))
+    if retokenize:
+        bad |= ~retokenizes(lm.tokenizer, ids)
     f, ce = torch.full((len(ids),), -torch.inf), torch.full((len(ids),), torch.nan)
     rows = torch.from_numpy(~bad).nonzero().squeeze(1)
     for a in range(0, len(rows), batch_size):
@@ -75,7 +76,7 @@ def plain_epo(lm, target, cfg: fd.EPOConfig, timer: dict | None = None) -> fd.Hi
     allowed = allowed_tokens(lm)
     M, r = cfg.population_size, cfg.explore_per_pop
     ids = initial_prompts(lm, cfg, gen)
-    f0, ce0 = plain_score(lm, target, ids, cfg.batch_size)
+    f0, ce0 = plain_score(lm, target, ids, cfg.batch_size, cfg.retokenize)
     state = EPOState(0, ids.numpy(), f0.numpy(), ce0.numpy(),
                      np.zeros((M, cfg.seq_len, cfg.topk), np.int32), np.ones(M, bool), None)
     hist = fd.History(lambdas=cfg.lambdas.copy(), meta=dict(method="plain", target=target.name))
@@ -88,7 +89,7 @@ def plain_epo(lm, target, cfg: fd.EPOConfig, timer: dict | None = None) -> fd.Hi
         state.topk = grad.topk(cfg.topk, dim=-1).indices.to(torch.int32).numpy()
         children = mutate(state, r, gen)
         t1 = time.perf_counter()
-        f_kids, ce_kids = plain_score(lm, target, children, cfg.batch_size)
+        f_kids, ce_kids = plain_score(lm, target, children, cfg.batch_size, cfg.retokenize)
         if timer is not None:
             timer["score_seconds"] = timer.get("score_seconds", 0.0) + time.perf_counter() - t1
             timer["score_tokens"] = timer.get("score_tokens", 0) + children.numel()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import fluentdream as fd
 from conftest import REPO
 from fluentdream.core.history import EPOState
-from fluentdream.core.tokens import allowed_tokens, drawable_tokens
+from fluentdream.core.tokens import allowed_tokens, drawable_tokens, retokenizes
 
 
 def _load():
@@ -67,7 +67,8 @@ def test_row_lambda_gives_prompts_new_to_slots_the_lowest_penalties_in_order():
     assert seen[0][1].tolist() == pytest.approx([0.1, 0.1, 5.0, 1.0])   # slots 1, 3 take 0.1, 1.0
 
 
-@pytest.mark.parametrize("arm", ["all-tokens", "vocab-init", "fixed-restart", "no-retokenize"])
+@pytest.mark.parametrize("arm", ["all-tokens", "vocab-init", "fixed-restart", "no-retokenize",
+                                 "pass-through"])
 def test_each_arm_changes_what_it_says(tiny_lm, arm):
     cfg = fd.EPOConfig(iters=3, seed=4, restart_frequency=2, **SMALL)
     hist = ab.run_one(arm, tiny_lm, "L1.N4", cfg, module=None)
@@ -82,6 +83,11 @@ def test_each_arm_changes_what_it_says(tiny_lm, arm):
         assert (lam == 2.0).all() and len(lam) == 2
     if arm == "no-retokenize":
         assert ab.arm_config(arm, cfg).retokenize is False and np.isfinite(hist.target).all()
+    if arm == "pass-through":                                # scored, held maybe, never reported
+        T, P, W = pool.shape
+        ok = retokenizes(tiny_lm.tokenizer, torch.from_numpy(pool.reshape(T * P, W).astype(np.int64)))
+        assert np.isfinite(hist.target).all() and not ok.all()
+        np.testing.assert_array_equal(hist.valid.ravel(), ok)
 
 
 def _row(arm, seed, curve, cpu):

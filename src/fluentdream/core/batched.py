@@ -63,12 +63,13 @@ def _target_index(targets: list[Target], target: Target) -> int:
 def _reuse(scorer: Scorer, lm, fluency, cfg: EPOConfig, context: Context,
            targets: list[Target]) -> list[int]:
     """Each job's target index in a given scorer, after checking that the scorer computes what
-    these jobs ask for (its model, fluency model, context and targets; its retokenize rule
-    does not matter: the search has none, and each run reports by its own); a UserError names
-    the first difference."""
+    these jobs ask for (its model, fluency model, retokenize rule, context and targets); a
+    UserError names the first difference."""
     same = [("model", scorer.lm is lm, "another model"),
             ("fluency model", scorer.fluency is (fluency if fluency is not None else lm),
              "another fluency model"),
+            ("retokenize rule", scorer.retokenize == cfg.retokenize,
+             f"retokenize={scorer.retokenize}, the config's {cfg.retokenize}"),
             ("context", scorer.context == context,
              f"context {scorer.context}, the config's prefix and suffix {context}")]
     for what, ok, detail in same:
@@ -92,7 +93,7 @@ def _check_jobs(lm, jobs) -> None:
     first = jobs[0][1]
     for target, cfg in jobs:
         check_run(lm, cfg, target)
-        shared = ("seq_len", "prefix", "suffix")   # one Scorer serves every job
+        shared = ("seq_len", "retokenize", "prefix", "suffix")   # one Scorer serves every job
         differ = [k for k in shared if getattr(cfg, k) != getattr(first, k)]
         if differ:
             raise UserError(f"all jobs of one epo_many call need the same {', '.join(shared)}; "
@@ -163,9 +164,9 @@ def _finish_iteration(run: dict, children, f_kids, ce_kids, seconds: float,
 def reportable(tokenizer, pool: torch.Tensor, f: torch.Tensor, ce: torch.Tensor,
                retokenize: bool) -> np.ndarray:
     """(P, W) pool, (P,) scores -> (P,) bool: the candidates a run may report (History.valid):
-    scored (not banned), and with retokenize decoding to text that encodes back to them. The
-    search itself may hold the others (issue 35); on SmolLM2 rejecting them in the search too
-    did better (BENCHMARKS.md, ablation; LOG.md, 2026-12-07)."""
+    scored (not rejected), and with retokenize decoding to text that encodes back to them. The
+    scorer rejects the others already, so the search never holds them; checked again here, at
+    the one place that says what a run reports (and where an ablation passes through them)."""
     ok = (torch.isfinite(f) & torch.isfinite(ce)).numpy()
     if retokenize and ok.any():
         rows = np.flatnonzero(ok)
@@ -239,7 +240,7 @@ def epo_many(lm, jobs: Sequence[tuple[Target, EPOConfig]], *, fluency=None,
         targets: list[Target] = []
         which = [_target_index(targets, target) for target, _ in jobs]
         scorer = Scorer(lm, targets, fluency, max(c.batch_size for _, c in jobs),
-                        context=context)
+                        cfg0.retokenize, context=context)
     else:
         which = _reuse(scorer, lm, fluency, cfg0, context, [target for target, _ in jobs])
     runs = [_start(lm, target, cfg, w, fluency, saved, context)

@@ -74,9 +74,10 @@ class EPOConfig:
     """Fixed text after the optimized tokens, never mutated; the target reads the whole
     sequence's last position (fluentdream.core.context)."""
     retokenize: bool = True
-    """Report only prompts whose decoded text encodes back to the same tokens (the frontier,
-    History.candidates and every best value skip the others), so a dream is text a user can
-    paste back. The search may pass through the others on its way (History.valid marks them)."""
+    """Reject prompts whose decoded text does not encode back to the same tokens (target = -inf):
+    the search never holds them and every reported dream is text a user can paste back.
+    Rejecting them in the search did better on SmolLM2 than passing through them and reporting
+    only the others (BENCHMARKS.md, ablation; LOG.md, 2026-12-07)."""
     device: str | None = None
     """Device the model is loaded on ("cpu", "cuda", ...); None = wherever it already is."""
     dtype: str | None = None

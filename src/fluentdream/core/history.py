@@ -3,7 +3,7 @@
     hist = fd.epo(lm, tgt, cfg)
     hist.ids.shape            # (T, P, W): pool of each iteration, P = M + M*r (parents first)
     hist.lengths              # (T, P) tokens of each prompt (ids are -1 after them)
-    hist.target, hist.xentropy  # (T, P) float32 as the search scored them; banned: -inf / nan
+    hist.target, hist.xentropy  # (T, P) float32 as the search scored them; rejected: -inf / nan
     hist.valid                # (T, P) bool: candidates the run may report (retokenizing ones)
     hist.kept                 # (T, M) pool index held by each slot after the iteration
     hist.restart_lambda       # (T,) lambda_r where a restart happened, else nan
@@ -18,10 +18,10 @@ atomic (temporary file + rename).
 Schema 3 adds n_memo, the children answered from the scorer's memo (scored before, or repeats);
 n_scored counts only what the model computed. In schemas 1 and 2 n_scored counted every child
 (memo hits and rejected ones too), and n_memo loads as -1 (not recorded). It also adds `valid`
-(T, P): the candidates a run may report. target and xentropy hold what the search scored, and
-with EPOConfig.retokenize the search may pass through prompts that do not retokenize; `valid` is
-False for those, and for banned ones (-inf / nan). Earlier schemas load with valid = finite
-scores (their search rejected such prompts outright).
+(T, P): the candidates a run may report. target and xentropy hold what the search scored; runs
+made between a898f3e and the restored rejection (LOG.md, 2026-12-07) passed through prompts
+that do not retokenize, and `valid` is False for those; it is False for rejected ones (-inf /
+nan) always. Earlier schemas load with valid = finite scores (their search rejected outright).
 
 Schema 2 (issue 14) holds prompts of several lengths: ids is (T, P, W) with W = the run's max_len,
 each prompt's tokens first and -1 after them (fluentdream.core.ragged; a fixed-length run has no -1,

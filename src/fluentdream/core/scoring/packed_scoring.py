@@ -7,9 +7,9 @@ An EPO child differs from its parent from position p on, so before p its keys/va
 activations and log-probabilities are the parent's. Each chunk of rows runs as one packed
 forward pass (fluentdream.core.scoring.packed): the distinct parents in full and every child's
 positions p..n-1 only, laid end to end, so the model computes about half the tokens of a full
-pass in large matrix products. Prompts the target bans score target = -inf and CE = nan and
-are never run through the model; prompts that do not retokenize are scored like any other (the
-search may pass through them, Scorer.score_counted).
+pass in large matrix products. Rejected prompts (banned text, with retokenize failed
+retokenization: Scorer.rejected) score target = -inf and CE = nan and are never run through the
+model.
 
 Prompts of several lengths (EPOConfig.operators insert/delete) come as (B, W) ids padded with -1
 (fluentdream.core.ragged). CE stays the mean over each prompt's own predicted tokens and "last"
@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 
 from ..ragged import is_ragged, lengths
-from ..tokens import decode
 from .chunks import in_chunks
 from .forward import target_values
 from .hooks import capture
@@ -32,8 +31,8 @@ from .packed import Plan, once_per_token, packed_attention, packed_nll, pad_rows
 def score_new(scorer, ids: torch.Tensor, parents: torch.Tensor | None,
               which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct unseen rows (B, W), their parents (B, W) or None, target indices (B,) -> f (B,),
-    ce (B,): the banned ones set aside, then packed passes over chunks of rows, each with the distinct parents its
-    rows reuse. The context's prefix is part of what a child shares with its parent, so it is
+    ce (B,): the rejected ones set aside, then packed passes over chunks of rows, each with the
+    distinct parents its rows reuse. The context's prefix is part of what a child shares with its parent, so it is
     computed for parents only."""
     if is_ragged(ids) and not scorer.mixes_lengths:       # one length at a time, in full
         f, ce, n = torch.empty(len(ids)), torch.empty(len(ids)), lengths(ids)
@@ -43,8 +42,7 @@ def score_new(scorer, ids: torch.Tensor, parents: torch.Tensor | None,
         return f, ce
     f = torch.full((len(ids),), -torch.inf)
     ce = torch.full((len(ids),), torch.nan)
-    keep = torch.from_numpy(~scorer.banned(decode(scorer.lm.tokenizer, ids), which))
-    keep = keep.nonzero().squeeze(1)
+    keep = torch.from_numpy(~scorer.rejected(ids, which)).nonzero().squeeze(1)
     if len(keep) == 0:
         return f, ce
     ids, which, ctx = ids[keep], which[keep], scorer.context

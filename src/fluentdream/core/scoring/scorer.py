@@ -7,9 +7,9 @@
 
 CE is the mean next-token cross-entropy of the prompt's own tokens: logits at positions 0..n-2
 scored against tokens 1..n-1, no BOS, computed in float32. Prompts the target bans (a Logit's
-goal text) score target = -inf and CE = nan and are never run through the model; `score` also
-rejects, with retokenize, prompts that do not retokenize, which the search (`score_counted`) may
-pass through.
+goal text) and, with retokenize, prompts whose decoded text does not encode back to them score
+target = -inf and CE = nan and are never run through the model: the search never holds them
+(rejecting them there did better on SmolLM2 than passing through them; LOG.md, 2026-12-07).
 
 The Scorer is the public face; the work is done in its neighbours:
   packed_scoring  prompts not seen before, one packed pass per chunk, children reusing parents
@@ -125,18 +125,14 @@ class Scorer:
         same up to floating-point rounding. Prompts this scorer has scored before are looked up.
         """
         f, ce, _ = self.score_counted(ids, parents, which)
-        if self.retokenize:
-            bad = torch.from_numpy(~retokenizes(self.lm.tokenizer, ids))
-            f, ce = f.masked_fill(bad, -torch.inf), ce.masked_fill(bad, torch.nan)
         return f, ce
 
     @torch.no_grad()
     def score_counted(self, ids: torch.Tensor, parents: torch.Tensor | None = None,
                       which=None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """What the search scores: score() without the retokenization rule (the search may pass
-        through a prompt that does not retokenize; EPO reports only those that do), also
-        returning (B,) bool, the rows the model computed (a finite CE came back). The others
-        were looked up (scored before, or a repeat of an earlier row of this call) or banned."""
+        """score(), also returning (B,) bool: the rows the model computed (a finite CE came
+        back). The others were looked up (scored before, or a repeat of an earlier row of this
+        call) or rejected."""
         B = len(ids)
         which = self.row_targets(which, B)
         keys = prompt_keys(ids, which)
@@ -154,7 +150,7 @@ class Scorer:
             rows = torch.tensor(list(todo.values()))
             f_new, ce_new = score_new(self, ids[rows], None if parents is None else parents[rows],
                                       which[rows])
-            computed[rows.numpy()] = torch.isfinite(ce_new).numpy()   # banned: CE nan
+            computed[rows.numpy()] = torch.isfinite(ce_new).numpy()   # rejected: CE nan
             new = dict(zip(todo, zip(f_new.tolist(), ce_new.tolist())))
             known.update(new)
             self.memo.add(new)
