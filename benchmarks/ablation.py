@@ -197,6 +197,7 @@ def judge_all(args) -> list[dict]:
                 hist = fd.History.load(path).truncated(args.iters)
                 native = hist.meta["dtype"] == "torch.float32"
                 rows.append(dict(arm=arm, target=judge.target.name, seed=seed, corner=list(corner),
+                                 made_at=str(hist.meta.get("fluentdream_sha") or "")[:7],
                                  curve=judge.curve(hist, corner, native).tolist(),
                                  cpu_clock=hist.meta["cpu_clock"][:args.iters],
                                  wall_clock=hist.meta["wall_clock"][:args.iters]))
@@ -204,6 +205,14 @@ def judge_all(args) -> list[dict]:
         print(f"{len(missing)} runs not saved yet, left out: " + "; ".join(missing[:5])
               + (" ..." if len(missing) > 5 else ""), file=sys.stderr)
     return rows
+
+
+def made_at(rows: list[dict]) -> dict[str, list[str]]:
+    """Per arm, the fluentdream commits its saved runs were made at (a run keeps its own)."""
+    out: dict[str, set] = {}
+    for r in rows:
+        out.setdefault(r["arm"], set()).add(r.get("made_at") or "?")
+    return {arm: sorted(shas) for arm, shas in out.items()}
 
 
 def at_compute(row: dict, seconds: float) -> float:
@@ -340,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             meta = dict(command="python benchmarks/ablation.py " + shlex.join(
                 argv if argv is not None else sys.argv[1:]), model=args.model, iters=args.iters,
                 seeds=args.seeds, targets=args.targets, arms=args.arms, cpu=cpu_name(),
-                fluentdream_sha=ref.checkout_sha(ROOT),
+                fluentdream_sha=ref.checkout_sha(ROOT), made_at=made_at(rows),
                 reference_sha=ref.checkout_sha(args.reference) if args.reference else None)
             result = dict(meta=meta, summary=summarize(rows), runs=rows)
             doc = json.dumps(result, indent=1).encode()
@@ -352,8 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.report:
         meta = result["meta"]
-        body = (f"{SECTION}: {meta['model']}\n\n`{meta['command']}` (on {meta['cpu']}; "
-                f"fluentdream {meta['fluentdream_sha']}, reference {meta['reference_sha']}). "
+        made = "; ".join(f"{arm} at {', '.join(shas)}" for arm, shas in meta.get("made_at", {}).items())
+        body = (f"{SECTION}: {meta['model']}\n\n`{meta['command']}` (on {meta['cpu']}; judged "
+                f"at fluentdream {meta['fluentdream_sha']}, reference {meta['reference_sha']}; "
+                f"runs made at fluentdream commits: {made or 'not recorded'}). "
                 "Definitions: the docstring of benchmarks/ablation.py.\n\n" + table)
         from run import replace_section
         replace_section(Path(args.report), f"{SECTION}: {meta['model']}\n", body)
