@@ -10,12 +10,16 @@ settings (Table 1), judged alike (benchmarks/judge.py: one fp32 scorer with flue
 
 Every (arm, target, seed) is one run, saved as a History under --runs (resumable: a saved run is
 not run again; --shard I/N splits what is left between processes), with its wall and CPU clock
-at the end of every iteration. Arms (ARMS): the reference as published (fp32; its search knows no
+at the end of every iteration. --reference-iters N runs and judges the reference at N
+iterations and the other arms at --iters; a saved run of another arm shorter than --iters is
+continued from its saved state (the same trajectory as one long run; its clocks go on from
+where they stopped), so fluentdream can be given the CPU time of the reference's runs. Arms (ARMS): the reference as published (fp32; its search knows no
 retokenization rule, the goal text stays banned); fluentdream at its defaults; and the defaults
 with exactly one change. The changes that are not settings of fluentdream are made here by
 replacing one of its steps in this process (`patched`), never in the library.
 
-Measured per run: the judged hypervolume after the last iteration (equal iterations), and after
+Measured per run: the judged hypervolume after the reference's last iteration (equal
+iterations), and after
 the compute both sides spend: the smaller of the two medians of total process CPU seconds at
 --iters, each run credited with its curve at the last iteration its CPU clock had reached by then
 (equal compute: CPU seconds, unlike wall time, barely move with other load on the machine). Per
@@ -133,11 +137,15 @@ def arm_config(arm: str, cfg: fd.EPOConfig) -> fd.EPOConfig:
     return cfg
 
 
-def run_one(arm: str, lm, spec: str, cfg: fd.EPOConfig, module) -> fd.History:
-    """One run of `arm`, with its clocks (wall, CPU) at the end of every iteration in meta."""
+def run_one(arm: str, lm, spec: str, cfg: fd.EPOConfig, module,
+            resume: fd.History | None = None) -> fd.History:
+    """One run of `arm`, with its clocks (wall, CPU) at the end of every iteration in meta;
+    resume: a saved shorter run of a fluentdream arm, continued to cfg.iters (clocks go on)."""
     target = fd.parse_target(spec, lm)
     cfg = arm_config(arm, cfg)
-    t0 = (time.perf_counter(), time.process_time())
+    before = (0.0, 0.0) if resume is None else (resume.meta["wall_clock"][-1],
+                                                resume.meta["cpu_clock"][-1])
+    t0 = (time.perf_counter() - before[0], time.process_time() - before[1])
     if arm == "reference":
         stamps: list = []
         raw, _ = ref.run_reference(module, lm, target, cfg, stamps)
@@ -149,9 +157,11 @@ def run_one(arm: str, lm, spec: str, cfg: fd.EPOConfig, module) -> fd.History:
             lm, target, retokenize=cfg.retokenize)
         with patched(arm, lm):
             hist, = batched.epo_many(lm, [(target, cfg)], scorer=scorer, callback=lambda i, r: ends.append(
-                (time.perf_counter(), time.process_time())))
+                (time.perf_counter(), time.process_time())), resume=[resume])
+    old = {} if resume is None else {k: list(resume.meta[k]) for k in ("wall_clock", "cpu_clock")}
     hist.meta.update(arm=arm, target=spec, seed=cfg.seed, dtype=str(lm.dtype),
-                     wall_clock=[w - t0[0] for w, _ in ends], cpu_clock=[c - t0[1] for _, c in ends])
+                     wall_clock=old.get("wall_clock", []) + [w - t0[0] for w, _ in ends],
+                     cpu_clock=old.get("cpu_clock", []) + [c - t0[1] for _, c in ends])
     return hist
 
 
@@ -159,11 +169,16 @@ def run_path(runs: Path, arm: str, spec: str, seed: int) -> Path:
     return runs / arm / slug(spec) / f"seed{seed}.npz"
 
 
+def saved_iterations(path: Path) -> int:
+    return fd.History.load(path).n_iters if path.exists() else 0
+
+
 def run_all(args, module) -> None:
-    """Every (arm, target, seed) of this shard not saved yet, loading each dtype's model once."""
-    cfg = fd.EPOConfig(iters=args.iters)
+    """Every (arm, target, seed) of this shard not saved yet, or saved shorter than its arm's
+    iterations (continued), loading each dtype's model once."""
     todo = [(a, t, s) for s in range(args.seeds) for t in args.targets for a in args.arms
-            if not run_path(args.runs, a, t, s).exists()]      # every arm's first seeds first
+            if saved_iterations(run_path(args.runs, a, t, s)) < iterations(args, a)]
+    # every arm's first seeds first
     shard, shards = args.shard
     todo = todo[shard::shards]
     models: dict[str, object] = {}
@@ -171,10 +186,19 @@ def run_all(args, module) -> None:
         dtype = "float32" if arm in ("reference", "fp32") else fd.fast_dtype("cpu")
         if dtype not in models:
             models[dtype] = fd.load_model(args.model, dtype=dtype)
-        hist = run_one(arm, models[dtype], spec, cfg.replace(seed=seed), module)
+        path = run_path(args.runs, arm, spec, seed)
+        if arm == "reference" and path.exists():
+            raise fd.UserError(f"{path} holds a reference run shorter than {iterations(args, arm)} "
+                               "iterations; the reference cannot be continued: remove it")
+        cfg = fd.EPOConfig(iters=iterations(args, arm), seed=seed)
+        hist = run_one(arm, models[dtype], spec, cfg, module,
+                       resume=fd.History.load(path) if path.exists() else None)
+        sha = ref.checkout_sha(ROOT)
+        if "fluentdream_sha" in hist.meta:                  # continued: it keeps where it began
+            hist.meta["continued_at"] = sha
         hist.meta.update(model=args.model, threads=args.threads, cpu=cpu_name(),
-                         fluentdream_sha=ref.checkout_sha(ROOT))
-        hist.save(run_path(args.runs, arm, spec, seed))
+                         fluentdream_sha=hist.meta.get("fluentdream_sha", sha))
+        hist.save(path)
         print(f"[{i + 1}/{len(todo)}] {arm} {spec} seed {seed}: {hist.meta['wall_clock'][-1]:.0f} s",
               file=sys.stderr, flush=True)
 
@@ -194,17 +218,25 @@ def judge_all(args) -> list[dict]:
                 if not path.exists():
                     missing.append(f"{arm} {spec} seed {seed}")
                     continue
-                hist = fd.History.load(path).truncated(args.iters)
+                n = iterations(args, arm)
+                hist = fd.History.load(path).truncated(n)
                 native = hist.meta["dtype"] == "torch.float32"
                 rows.append(dict(arm=arm, target=judge.target.name, seed=seed, corner=list(corner),
-                                 made_at=str(hist.meta.get("fluentdream_sha") or "")[:7],
+                                 made_at="+".join(str(hist.meta[k])[:7] for k in
+                                                  ("fluentdream_sha", "continued_at")
+                                                  if hist.meta.get(k)),
                                  curve=judge.curve(hist, corner, native).tolist(),
-                                 cpu_clock=hist.meta["cpu_clock"][:args.iters],
-                                 wall_clock=hist.meta["wall_clock"][:args.iters]))
+                                 cpu_clock=hist.meta["cpu_clock"][:n],
+                                 wall_clock=hist.meta["wall_clock"][:n]))
     if missing:
         print(f"{len(missing)} runs not saved yet, left out: " + "; ".join(missing[:5])
               + (" ..." if len(missing) > 5 else ""), file=sys.stderr)
     return rows
+
+
+def iterations(args, arm: str) -> int:
+    """The iterations `arm` runs and is judged at (the reference's may differ: --reference-iters)."""
+    return args.reference_iters if arm == "reference" and args.reference_iters else args.iters
 
 
 def made_at(rows: list[dict]) -> dict[str, list[str]]:
@@ -230,13 +262,15 @@ def summarize(rows: list[dict]) -> dict:
         mine = [r for r in rows if r["target"] == target]
         by_arm = {a: sorted([r for r in mine if r["arm"] == a], key=lambda r: r["seed"])
                   for a in dict.fromkeys(r["arm"] for r in mine)}
-        final = {a: np.array([r["curve"][-1] for r in rs]) for a, rs in by_arm.items()}
+        n_eq = min(len(r["curve"]) for r in mine)            # equal iterations: the shortest
+        final = {a: np.array([r["curve"][n_eq - 1] for r in rs]) for a, rs in by_arm.items()}
         cpu = {a: float(np.median([r["cpu_clock"][-1] for r in rs])) for a, rs in by_arm.items()}
         out[target] = {}
         for arm, rs in by_arm.items():
             entry = dict(runs=len(rs), mean=float(final[arm].mean()),
                          sd=float(final[arm].std(ddof=1)) if len(rs) > 1 else 0.0,
-                         cpu_seconds=cpu[arm], seconds_per_iteration=cpu[arm] / len(rs[0]["curve"]))
+                         iterations=n_eq, cpu_seconds=cpu[arm],
+                         seconds_per_iteration=cpu[arm] / len(rs[0]["curve"]))
             if arm != "reference" and "reference" in by_arm:
                 budget = min(cpu[arm], cpu["reference"])
                 ours = np.array([at_compute(r, budget) for r in rs])
@@ -247,7 +281,7 @@ def summarize(rows: list[dict]) -> dict:
                                               test=stats.unpaired(ours, theirs).to_dict())
             if arm not in ("defaults", "reference") and "defaults" in by_arm:
                 seeds = [r["seed"] for r in rs]
-                base = {r["seed"]: r["curve"][-1] for r in by_arm["defaults"]}
+                base = {r["seed"]: r["curve"][n_eq - 1] for r in by_arm["defaults"]}
                 if all(s in base for s in seeds):
                     entry["vs_defaults"] = stats.paired(final[arm], [base[s] for s in seeds]).to_dict()
             out[target][arm] = entry
@@ -262,7 +296,11 @@ def markdown(summary: dict, meta: dict) -> str:
     """One table per target: an arm a row."""
     lines = []
     for target, arms in summary.items():
-        lines += [f"**{target}** ({meta['iters']} iterations, seeds 0..{meta['seeds'] - 1}; n = the "
+        ref_iters = meta.get("reference_iters") or meta["iters"]
+        runs = (f"{meta['iters']} iterations" if ref_iters == meta["iters"] else
+                f"the reference {ref_iters} iterations, the other arms {meta['iters']}; the "
+                f"hypervolume columns at {ref_iters}")
+        lines += [f"**{target}** ({runs}, seeds 0..{meta['seeds'] - 1}; n = the "
                   "runs an arm has saved)", "",
                   "| arm | what differs from the defaults | hypervolume, mean ± SD (n) | vs the "
                   "reference: difference of medians, Mann-Whitney p | vs the defaults: median "
@@ -296,6 +334,8 @@ def parser() -> argparse.ArgumentParser:
                     help="comma-separated arms (default: all: %(default)s)")
     ap.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 (default: %(default)s)")
     ap.add_argument("--iters", type=int, default=60, help="iterations (default: %(default)s)")
+    ap.add_argument("--reference-iters", type=int, metavar="N", help="the reference's iterations "
+                    "(default: --iters); the other arms run --iters, continuing shorter saved runs")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     ap.add_argument("--shard", default="0/1", type=lambda s: tuple(map(int, s.split("/"))),
                     help="I/N: run every N-th missing run from the I-th (default: %(default)s)")
@@ -318,9 +358,10 @@ def check(args) -> None:
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         raise fd.UserError(f"unknown arms {unknown}; allowed: {', '.join(ARMS)}")
-    for name in ("seeds", "iters", "threads"):
-        if getattr(args, name) < 1:
-            raise fd.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("seeds", "iters", "threads", "reference_iters"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise fd.UserError(f"--{name.replace('_', '-')} must be at least 1, "
+                               f"got {getattr(args, name)}")
     if len(args.shard) != 2 or not 0 <= args.shard[0] < args.shard[1]:
         raise fd.UserError(f"--shard must read I/N with 0 <= I < N, got {args.shard}")
     if "reference" in args.arms and not (args.judge or args.from_json or args.reference):
@@ -348,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = judge_all(args)
             meta = dict(command="python benchmarks/ablation.py " + shlex.join(
                 argv if argv is not None else sys.argv[1:]), model=args.model, iters=args.iters,
+                reference_iters=args.reference_iters or args.iters,
                 seeds=args.seeds, targets=args.targets, arms=args.arms, cpu=cpu_name(),
                 fluentdream_sha=ref.checkout_sha(ROOT), made_at=made_at(rows),
                 reference_sha=ref.checkout_sha(args.reference) if args.reference else None)

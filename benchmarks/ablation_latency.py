@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.json} holds no runs of both the reference and the arm {args.arm!r}",
               file=sys.stderr)
         return 2
-    table = ttq_table.markdown(ttq_table.summarize(rows), meta["iters"]).replace(
+    table = ttq_table.markdown(ttq_table.summarize(rows), meta.get("reference_iters") or meta["iters"]).replace(
         "median s", "median CPU s").replace("fluentdream:", f"fluentdream ({args.arm}):")
     print(table)
     if args.report:

@@ -130,3 +130,25 @@ def test_time_to_the_references_frontier_in_cpu_seconds_by_hand(tmp_path, capsys
         (tmp_path / "B.md").read_text()
     assert al.main([str(path), "--arm", "fp32"]) == 2
     assert al.main([str(tmp_path / "none.json")]) == 2
+
+
+def test_a_continued_run_is_the_long_run_and_its_clocks_go_on(tiny_lm):
+    cfg = fd.EPOConfig(iters=6, seed=2, restart_frequency=4, **SMALL)
+    whole = ab.run_one("defaults", tiny_lm, "L1.N4", cfg, module=None)
+    short = ab.run_one("defaults", tiny_lm, "L1.N4", cfg.replace(iters=3), module=None)
+    short.meta["fluentdream_sha"] = "abc"
+    longer = ab.run_one("defaults", tiny_lm, "L1.N4", cfg, module=None, resume=short)
+    np.testing.assert_array_equal(longer.ids, whole.ids)
+    for clock in ("cpu_clock", "wall_clock"):
+        c = np.asarray(longer.meta[clock])
+        assert len(c) == 6 and (np.diff(c) > 0).all()
+
+
+def test_arms_longer_than_the_reference_are_compared_at_its_iterations():
+    rows = ([_row("reference", s, [1.0, 2.0], [10.0, 20.0]) for s in range(3)]
+            + [_row("defaults", s, [1.5, 2.5, 9.0, 9.0], [1.0, 2.0, 3.0, 4.0]) for s in range(3)])
+    summary = ab.summarize(rows)["t"]
+    assert summary["defaults"]["mean"] == pytest.approx(2.5) and summary["defaults"]["iterations"] == 2
+    assert summary["defaults"]["equal_compute"]["seconds"] == 4.0      # its whole run's CPU time
+    assert ab.iterations(type("A", (), dict(iters=4, reference_iters=2))(), "reference") == 2
+    assert ab.iterations(type("A", (), dict(iters=4, reference_iters=None))(), "reference") == 4
