@@ -32,16 +32,13 @@ THREADS := $(if $(filter 1,$(JOBS)),$(shell nproc),1)
 EXPERIMENTS := 01_fluency_calibration 04_seed_variance 02_token_logits 03_six_neurons \
                05_dream_vs_dataset 06_polysemantic_neuron 07_residual_directions 08_companion_phi2 \
                10_sae_latents
-# What does not apply to a preset: no SAE of SmolLM2 ships, so its preset has no 10 and no Fig 7.
-SKIP_smollm2 := 10_sae_latents fig7_sae_latents
-EXPERIMENTS := $(filter-out $(SKIP_$(PRESET)),$(EXPERIMENTS))
 # 10 counts trigger families on 05's sampled-neuron runs too, so it waits for 05 to finish.
 $(RES)/.10_sae_latents.done: $(RES)/.05_dream_vs_dataset.done
 FIGURES := $(basename $(notdir $(wildcard paper_figures/fig*.py paper_figures/table*.py))) frontier_plots
-FIGURES := $(filter-out fig8_operators $(SKIP_$(PRESET)),$(FIGURES))   # `make operators` draws Fig 8
+FIGURES := $(filter-out fig8_operators,$(FIGURES))   # `make operators` draws Fig 8
 
 .DEFAULT_GOAL := help
-.PHONY: help install test figures experiments tables report bench embedded-model clean
+.PHONY: help install test figures experiments tables report bench embedded-model sae-smollm2 clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-15s %s\n", $$1, $$2}'
@@ -158,6 +155,11 @@ bench: install ## speed vs the plain algorithm (~30 min), SmolLM2 per phase (~2 
 
 embedded-model: install ## rebuild the embedded corpus, tokenizer and model (about 20-30 min)
 	$(PY) experiments/00_build_embedded_model.py
+
+# SmolLM2's SAE ships in the package (src/fluentdream/smollm2/sae-L15); experiment 10 of the
+# smollm2 preset reads it. Trained once, on the general corpus (data/general), never by `figures`.
+sae-smollm2: install ## retrain SmolLM2's shipped SAE smollm2-L15 (about 45 min on 2 cores)
+	$(PY) experiments/10a_train_sae.py --preset smollm2
 
 clean: ## remove results, reports and figures (keeps .venv)
 	rm -rf results $(OUT)

@@ -64,10 +64,13 @@ PRESETS = {
                        epo=fd.EPOConfig(iters=300, device="cpu", dtype=FAST)),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", target="L10.N5", seeds=60,
                     epo=fd.EPOConfig(iters=300, device="cuda", dtype="float16"), wandb="auto"),
-    # 8 seeds x T = 100 (800 run-iterations, the largest share of the smollm2 pipeline's 90
-    # minutes): enough for the spread's range and its median's interval, not the paper's 60.
+    # 8 seeds x the paper's T = 300 (2400 run-iterations, ~75 minutes of one core: the smollm2
+    # pipeline's critical path; the other experiments share the other core). 05 reads these runs
+    # for the example neuron's matched-CE test, which needs T = 300 (at T = 100 a 30-layer model
+    # has not reached low CE yet; LOG.md, 2026-12-02) and >= 8 seeds (an exact two-sided
+    # Wilcoxon test reaches p < 0.05 from n = 6). Not the paper's 60 seeds.
     "smollm2": Config(model="smollm2-135m", seeds=8,
-                      epo=fd.EPOConfig(iters=100, device="cpu", dtype=FAST)),
+                      epo=fd.EPOConfig(iters=300, device="cpu", dtype=FAST)),
     "smoke": Config(model="embedded", seeds=3,
                     epo=fd.EPOConfig(iters=6, population_size=4, explore_per_pop=4, topk=16,
                                      restart_frequency=3, device="cpu", dtype="float32")),

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 import fluentdream as fd
 from fluentdream import runs
 from fluentdream.data import calibration, mining
-from fluentdream.data.corpus import STOPWORDS
+from fluentdream.data.corpus import CORPORA, STOPWORDS
 from fluentdream.core.progress import CountBar
 
 RULE = ("layer = round(0.28 * (n_layers - 1)) (the paper's L10 of 36). Per neuron, the 'family' of "
@@ -60,19 +60,22 @@ class Config:
     """Model dtype; None = the checkpoint's own (fp32 on CPU). Embedded: fd.fast_dtype (bf16
     where the CPU computes it natively); mining and dreams share it, so they share one scale."""
     dataset: str = "embedded"
-    """Corpus mined for examples (mining.DataSource): the embedded corpus or a hub name."""
+    """Corpus mined for examples (mining.DataSource): the embedded corpus, the general corpus
+    (data/general) or a hub name."""
     layer: int | None = None
     """Layer whose neurons are mined; None = round(0.28 * (n_layers - 1)) (paper: L10 of 36)."""
     mine_tokens: int | None = 500_000_000
-    """Dataset tokens scanned (paper §3.3: 500M Pile tokens). Embedded and smollm2: 200k of the
-    corpus's ~4M (~20 s of scan on one CPU core for the embedded model, ~60 s for SmolLM2)."""
+    """Dataset tokens scanned (paper §3.3: 500M Pile tokens). Embedded: 200k of its corpus's ~4M
+    (~20 s of scan on one CPU core); smollm2: 200k of the general corpus's ~6.5M (~60 s)."""
     top_k: int = 64
     """Examples kept per neuron (paper §3.3: the top 64)."""
     seeds: tuple[int, ...] = (0, 1, 2)
-    """Dream seeds on the example neuron (the paper shows one run). Embedded: none here, because
-    04 runs the same neuron with the same settings and 32 seeds, which Fig 3 and Table 4 use."""
+    """Dream seeds on the example neuron (the paper shows one run). Embedded and smollm2: none
+    here, because 04 runs the same neuron with the same settings (32 seeds at T = 300; SmolLM2:
+    8 at T = 300), which Fig 3, Table 4 and the matched-CE test use."""
     iters: int = 300
-    """EPO iterations T (Table 1: 300, every preset)."""
+    """EPO iterations T (Table 1: 300). Smollm2: 50 for the sampled neurons (the example neuron's
+    runs are 04's, at T = 300)."""
     sample_neurons: int = 16
     """Neurons drawn (seed 0) among the candidates of RULE (top example at least the layer's
     median), one dream each (seed 0); 0 = none. Not in the paper: it tests §3.3's claim beyond
@@ -93,10 +96,11 @@ PRESETS = {
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16",
                     dataset="monology/pile-uncopyrighted", layer=10, mine_tokens=500_000_000,
                     seeds=(0,), iters=300, sample_neurons=0),
-    # SmolLM2: L8 of 30 by the rule, 200k tokens of the embedded corpus, no example-neuron seeds
-    # (04 runs it with 8) and 6 sampled neurons at T = 100, what the 90-minute pipeline fits.
-    "smollm2": Config(model="smollm2-135m", mine_tokens=200_000, dtype=fd.fast_dtype("cpu"),
-                      seeds=(), iters=100, sample_neurons=6),
+    # SmolLM2: the layer by the rule (L8 of 30), 200k tokens of the general corpus, no
+    # example-neuron seeds (04 runs it: 8 seeds at T = 300) and 6 sampled neurons at T = 50, on
+    # the core that 04 leaves free (02's smollm2 preset says more).
+    "smollm2": Config(model="smollm2-135m", dataset="general", mine_tokens=200_000,
+                      dtype=fd.fast_dtype("cpu"), seeds=(), iters=50, sample_neurons=6),
     "smoke": Config(mine_tokens=4000, top_k=8, seeds=(0, 1), iters=3, sample_neurons=2, population_size=4,
                     explore_per_pop=4, topk=16, calibration_slices=64),
 }
@@ -110,7 +114,7 @@ def threshold(preset_dir: Path, lm, cfg: Config) -> dict:
         t = runs.read_json(path)
         return dict(threshold=t["in_distribution"], corpus_mean=t["mean"], corpus_sd=t["sd"],
                     source=str(path))
-    split = "validation" if cfg.dataset == "embedded" else "train"
+    split = "validation" if cfg.dataset in CORPORA else "train"
     table = calibration.fluency_calibration(lm, mining.DataSource(cfg.dataset, split=split), (12,),
                                             n_slices=cfg.calibration_slices, tokens=2_000_000)
     row = table.iloc[0]

@@ -36,7 +36,7 @@ class Config:
     """Dream seeds (the paper does not say how many runs it made on L3.N1000; 3 here, 2 on the
     embedded preset, what fits `make figures`' 20 minutes)."""
     iters: int = 300
-    """EPO iterations T (Table 1: 300, every preset)."""
+    """EPO iterations T (Table 1: 300; smollm2: 100, its preset says why)."""
     population_size: int = 8
     """M (Table 1: 8)."""
     explore_per_pop: int = 32
@@ -52,7 +52,8 @@ class Config:
 PRESETS = {
     "embedded": Config(dtype=fd.fast_dtype("cpu"), seeds=(0, 1)),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16"),
-    # SmolLM2: 05's polysemantic neuron, 2 seeds at T = 100 (the 90-minute pipeline's share).
+    # SmolLM2: 05's polysemantic neuron (chosen from the general corpus's examples), 2 seeds at
+    # T = 100, on the core that 04's T = 300 seeds leave free (02's smollm2 preset says more).
     "smollm2": Config(model="smollm2-135m", dtype=fd.fast_dtype("cpu"), seeds=(0, 1), iters=100),
     "smoke": Config(seeds=(0, 1), iters=3, population_size=4, explore_per_pop=4, topk=16,
                     n_attributions=3, attribution_k=4),

@@ -1,11 +1,13 @@
 """10 · Dreams of SAE latents: vs dataset examples, pre- vs post-activation, trigger families.
 
     python experiments/10_sae_latents.py                  # -> results/embedded/10_sae_latents
+    python experiments/10_sae_latents.py --preset smollm2 # SmolLM2-135M and its SAE, ~20 min
     python experiments/10_sae_latents.py --preset smoke   # seconds
 
 The paper closes (§4) by proposing sparse-autoencoder features in place of polysemantic neurons;
-the EPO authors' follow-up dreams SAE latents and optimizes each latent's pre-activation. On the
-SAE shipped with the package (embedded-L2: TopK, 2048 latents, residual entering block 2):
+the EPO authors' follow-up dreams SAE latents and optimizes each latent's pre-activation. On an
+SAE shipped with the package (embedded-L2: TopK, 2048 latents, residual entering block 2 of the
+embedded model; smollm2-L15: TopK, 4096 latents, residual entering block 15 of SmolLM2's 30):
 1. scan the corpus once for the top-k examples of every latent (as `fluentdream mine --sae`);
 2. draw `latents` live latents by LIVE_RULE, and re-score their examples alone as the 12-token
    window ending at the max token (the others are never compared with a dream);
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 import fluentdream as fd
 from fluentdream import runs
 from fluentdream.data import calibration, mining
+from fluentdream.data.corpus import CORPORA
 from fluentdream.core.scoring import Scorer
 
 NAME = "10_sae_latents"
@@ -58,19 +61,21 @@ class Config:
     sae: str = "embedded-L2"
     """SAE directory (SAELens or sparsify layout) or a shipped SAE's name."""
     dataset: str = "embedded"
-    """Corpus mined for examples (mining.DataSource)."""
+    """Corpus mined for examples (mining.DataSource): the one the SAE was trained on."""
     mine_tokens: int | None = 200_000
     """Dataset tokens scanned; 200k of the embedded corpus, as 05 (about 25 s on one thread)."""
     top_k: int = 64
     """Examples kept per latent (paper §3.3: the top 64)."""
     latents: int = 8
-    """Live latents drawn (LIVE_RULE), as many as 05's sampled neurons."""
+    """Live latents drawn (LIVE_RULE), as many as 05's sampled neurons (smollm2: 6)."""
     seeds: tuple[int, ...] = (0,)
     """Seeds per (latent, mode). One: 8 latents x 2 modes x 1 seed x 100 iterations is 1600
     run-iterations, about 2.5 minutes at ~0.1 s per batched run-iteration on one thread."""
     iters: int = 100
     """EPO iterations T, equal in both modes (Table 1 has 300; 100 keeps `make figures` within
-    ~3 more minutes, and 05's neuron runs are cut to the same T for the family count)."""
+    ~3 more minutes, and 05's neuron runs are cut to the same T for the family count).
+    Smollm2: 40, so 6 latents x 2 modes (480 run-iterations, ~18 minutes of one core) fit beside
+    04's T = 300 seeds in the 90-minute pipeline (02's smollm2 preset says more)."""
     population_size: int = 8
     """M (Table 1: 8)."""
     explore_per_pop: int = 32
@@ -91,8 +96,10 @@ PRESETS = {
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16", sae="",
                     dataset="monology/pile-uncopyrighted", mine_tokens=100_000_000, seeds=(0, 1),
                     iters=300, latents=16),
-    # No SAE of SmolLM2 ships, so `make figures PRESET=smollm2` skips 10; give --sae DIR to run it.
-    "smollm2": Config(model="smollm2-135m", dtype=fd.fast_dtype("cpu"), sae="", mine_tokens=100_000),
+    # SmolLM2 and its shipped SAE (experiments/10a_train_sae.py --preset smollm2), mined on the
+    # general corpus it was trained on: 100k tokens (the scan stops after block 14).
+    "smollm2": Config(model="smollm2-135m", dtype=fd.fast_dtype("cpu"), sae="smollm2-L15",
+                      dataset="general", mine_tokens=100_000, latents=6, iters=40),
     "smoke": Config(mine_tokens=3000, top_k=4, latents=2, iters=3, population_size=4,
                     explore_per_pop=4, topk=16, calibration_slices=64),
 }
@@ -105,7 +112,7 @@ def threshold(preset_dir: Path, lm, cfg: Config) -> dict:
                       (preset_dir / "01_fluency_calibration/thresholds.json", "in_distribution")):
         if path.exists():
             return dict(threshold=runs.read_json(path)[key], source=str(path))
-    split = "validation" if cfg.dataset == "embedded" else "train"
+    split = "validation" if cfg.dataset in CORPORA else "train"
     table = calibration.fluency_calibration(lm, mining.DataSource(cfg.dataset, split=split), (12,),
                                             n_slices=cfg.calibration_slices, tokens=2_000_000)
     return dict(threshold=calibration.in_distribution_threshold(table, 12),

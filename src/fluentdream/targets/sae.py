@@ -1,7 +1,7 @@
 """Sparse autoencoders read from disk, as researchers have them (DESIGN §5, paper §4).
 
     sae = load_sae("path/to/dir")     # SAELens (v6 or older) or EleutherAI sparsify directory
-    sae = load_sae("embedded-L2")     # the SAE shipped with the package (SHIPPED)
+    sae = load_sae("embedded-L2")     # an SAE shipped with the package (SHIPPED; also smollm2-L15)
     sae.site                          # ("resid", 2): the fluentdream site it reads
     pre = sae.pre_acts(x)             # (..., d_in) -> (..., d_sae), before the activation function
     f = sae.encode(x)                 # (..., d_sae) latent activations
@@ -33,7 +33,10 @@ import torch
 
 from ..errors import UserError
 
-SHIPPED = {"embedded-L2": Path(__file__).parents[1] / "embedded" / "sae-L2"}
+# SAEs that ship inside the package, by name: the embedded model's (experiments/10a_train_sae.py)
+# and SmolLM2-135M's (the same script, --preset smollm2), each with its SAE_CARD.md
+SHIPPED = {"embedded-L2": Path(__file__).parents[1] / "embedded" / "sae-L2",
+           "smollm2-L15": Path(__file__).parents[1] / "smollm2" / "sae-L15"}
 ARCHITECTURES = ("standard", "jumprelu", "topk", "gated")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 # SAELens (TransformerLens) hook names -> fluentdream sites: "resid" L is the residual stream
