@@ -27,6 +27,7 @@ def _load():
 
 
 ab = _load()
+import ablation_arms as arms  # noqa: E402  (benchmarks/ is on the path once ablation.py loads)
 SMALL = dict(population_size=4, explore_per_pop=4, seq_len=5, topk=16, batch_size=64)
 
 
@@ -57,7 +58,7 @@ def test_the_no_label_gradient_is_autograd_with_constant_labels(tiny_lm):
 
 def test_row_lambda_gives_prompts_new_to_slots_the_lowest_penalties_in_order():
     seen = []
-    wrapped = ab._row_lambda(lambda scorer, runs, allowed: seen.extend(runs))
+    wrapped = arms.row_lambda(lambda scorer, runs, allowed: seen.extend(runs))
     M = 4
     state = EPOState(0, np.zeros((M, 3), int), np.zeros(M, np.float32), np.zeros(M, np.float32),
                      np.zeros((M, 3, 2), np.int32), np.array([True, False, True, False]),

@@ -44,9 +44,9 @@ def test_the_encoder_is_the_topk_formula(smollm2, weights):
     stream entering block 15 (hidden_states[15]) of real text."""
     lm, w = smollm2, weights
     k = json.loads((DIR / "cfg.json").read_text())["k"]
-    ids = lm.tokenizer(["The cat sat on the mat and looked out of the window at the rain",
-                        "def add(a, b):\n    return a + b  # the sum of two numbers here"],
-                       return_tensors="pt").input_ids[:, :12]
+    texts = ["The cat sat on the mat and looked out of the window at the rain",
+             "def add(a, b):\n    return a + b  # the sum of two numbers here"]
+    ids = torch.tensor([lm.tokenizer(t).input_ids[:12] for t in texts])            # (2, 12)
     with torch.no_grad():
         x = lm.model(input_ids=ids, output_hidden_states=True).hidden_states[15].float()  # (2, 12, 576)
     pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]                                     # (2, 12, d_sae)
