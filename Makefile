@@ -28,10 +28,14 @@ JOBS ?= 2
 MAKEFLAGS += --jobs=$(JOBS)
 THREADS := $(if $(filter 1,$(JOBS)),$(shell nproc),1)
 
-# 04 (the most runs) first, so it starts as soon as its inputs exist and the rest runs beside it.
-EXPERIMENTS := 01_fluency_calibration 04_seed_variance 02_token_logits 03_six_neurons \
-               05_dream_vs_dataset 06_polysemantic_neuron 07_residual_directions 08_companion_phi2 \
-               10_sae_latents
+# 04 (the most runs) first, so its shards start as soon as their inputs exist and the rest runs
+# beside them; 10 right after 05, which it waits for.
+EXPERIMENTS := 01_fluency_calibration 04_seed_variance 05_dream_vs_dataset 10_sae_latents \
+               02_token_logits 03_six_neurons 06_polysemantic_neuron 07_residual_directions \
+               08_companion_phi2
+# 04 runs in SHARDS_04 processes (--shard k/K: seeds k, k + K, ...): on SmolLM2 its 8 seeds at
+# T = 300 are ~116 CPU-minutes, more than one core's share of the 90-minute pipeline.
+SHARDS_04 ?= $(if $(filter 1,$(JOBS)),1,4)
 # 10 counts trigger families on 05's sampled-neuron runs too, so it waits for 05 to finish.
 $(RES)/.10_sae_latents.done: $(RES)/.05_dream_vs_dataset.done
 FIGURES := $(basename $(notdir $(wildcard paper_figures/fig*.py paper_figures/table*.py))) frontier_plots
@@ -70,6 +74,14 @@ $(RES)/.05_mining.done: experiments/05_dream_vs_dataset.py | $(VENV)/.installed
 $(RES)/.04_seed_variance.done: $(RES)/.05_mining.done
 $(filter-out $(RES)/.01_fluency_calibration.done $(RES)/.04_seed_variance.done,$(EXPERIMENTS:%=$(RES)/.%.done)): \
 	$(RES)/.05_mining.done $(RES)/.01_fluency_calibration.done
+$(RES)/.04_seed_variance.%.done: experiments/04_seed_variance.py $(RES)/.05_mining.done \
+		| $(VENV)/.installed
+	OMP_NUM_THREADS=$(THREADS) $(PY) experiments/04_seed_variance.py --preset $(PRESET) \
+	  --shard $*/$(SHARDS_04)
+	@touch $@
+$(RES)/.04_seed_variance.done: $(foreach k,$(shell seq 0 $$(($(SHARDS_04) - 1))),\
+		$(RES)/.04_seed_variance.$(k).done)
+	@touch $@
 $(RES)/.%.done: experiments/%.py | $(VENV)/.installed
 	OMP_NUM_THREADS=$(THREADS) $(PY) experiments/$*.py --preset $(PRESET)
 	@touch $@

@@ -58,9 +58,9 @@ PRESETS = {
     "paper": Config(model="EleutherAI/pythia-12b-deduped",
                     neurons=tuple(f"L{2 + 5 * i}.N{i}" for i in range(6)),
                     epo=fd.EPOConfig(iters=300, device="cuda", dtype="float16"), wandb="auto"),
-    # The ladder rule on 30 layers (L0.N0 ... L29.N5), one run each at T = 40: 240 run-iterations
-    # on the core that 04's T = 300 seeds leave free (02's smollm2 preset says more).
-    "smollm2": Config(model="smollm2-135m", epo=fd.EPOConfig(iters=40, device="cpu", dtype=FAST)),
+    # The ladder rule on 30 layers (L0.N0 ... L29.N5), one run each at T = 10: 60 run-iterations
+    # beside 04's T = 300 seeds (02's smollm2 preset says why so few).
+    "smollm2": Config(model="smollm2-135m", epo=fd.EPOConfig(iters=10, device="cpu", dtype=FAST)),
     "smoke": Config(model="embedded", attribution_k=4,
                     epo=fd.EPOConfig(iters=3, population_size=4, explore_per_pop=4, topk=16,
                                      restart_frequency=2, device="cpu", dtype="float32")),

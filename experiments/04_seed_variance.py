@@ -3,6 +3,7 @@
     python experiments/04_seed_variance.py                    # embedded preset (needs 05's mining)
     python experiments/04_seed_variance.py --target L1.N7     # any neuron, no mining needed
     python experiments/04_seed_variance.py --preset paper     # 60 seeds on L10.N5, Pythia-12B
+    python experiments/04_seed_variance.py --shard 0/2        # seeds 0, 2, 4, ... only
 
 The paper runs EPO with 60 seeds on L10.N5 (the "example" neuron of §3.3): the per-seed maximal
 activation ranges 2.4-10.2 and the maximal activation with CE < 5 ranges 0-8.6 (Fig 2a); one
@@ -14,6 +15,9 @@ top examples (05_dream_vs_dataset/neuron_choices.json, key "example_neuron"; the
 Fig 2b's checkpoints are the paper's 20/40/100/300 of 300 iterations scaled to the preset's
 iteration count; the frontier-growth numbers (analysis/seeds.py) compare each run's frontier at a
 restart with its frontier 10/30 of a restart period later.
+
+`--shard k/K` runs seeds k, k + K, ... only, so K processes share the seeds (the smollm2 preset's
+Makefile runs two 1-thread shards side by side); every shard writes the same study.json.
 
 Writes <results>/<preset>/04_seed_variance/: study.json (target, seeds, checkpoints) and one run
 directory per seed.
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seeds", type=int, help="override the preset's number of seeds")
     parser.add_argument("--iters", type=int, help="override the preset's EPO iterations")
     parser.add_argument("--wandb", choices=("auto", "online", "offline", "disabled"))
+    parser.add_argument("--shard", default="0/1", help="k/K: run seeds k, k + K, ... only "
+                        "(two 1-thread shards beat one 2-thread process on 2 cores)")
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
     cfg = replace(cfg, model=args.model or cfg.model, target=args.target or cfg.target,
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> Path:
                   epo=cfg.epo.replace(iters=args.iters or cfg.epo.iters))
     preset_dir = args.results / args.preset
     out = preset_dir / NAME
+    seeds = runs.shard_seeds(cfg.seeds, args.shard)
 
     # target
     target = choose_target(cfg, preset_dir)
@@ -110,12 +117,14 @@ def main(argv: list[str] | None = None) -> Path:
                                         iters=cfg.epo.iters, checkpoints=cfg.checkpoints,
                                         growth_seed=cfg.growth_seed,
                                         restart_frequency=cfg.epo.restart_frequency))
-    print(f"{NAME}: {cfg.seeds} seeds on {target}")
+    print(f"{NAME}: seeds {seeds} of {cfg.seeds} on {target}")
+    if not seeds:
+        return out
 
     # run: every seed is its own run directory; all seeds go batched in lockstep
     lm = fd.load_model(cfg.model, device=cfg.epo.device, dtype=cfg.epo.dtype)
     tgt = fd.parse_target(target, lm)
-    dirs = runs.dream_many(lm, [(tgt, cfg.epo.replace(seed=s)) for s in range(cfg.seeds)], out,
+    dirs = runs.dream_many(lm, [(tgt, cfg.epo.replace(seed=s)) for s in seeds], out,
                            desc=NAME, wandb=cfg.wandb, group=f"{args.preset}-{NAME}")
     best = sorted(read_json(d / "summary.json")["best_target"] for d in dirs)
     print(f"{NAME}: per-seed max activation {best[0]:.3f} .. {best[-1]:.3f}; runs in {out}")

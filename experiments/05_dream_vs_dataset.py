@@ -97,10 +97,10 @@ PRESETS = {
                     dataset="monology/pile-uncopyrighted", layer=10, mine_tokens=500_000_000,
                     seeds=(0,), iters=300, sample_neurons=0),
     # SmolLM2: the layer by the rule (L8 of 30), 200k tokens of the general corpus, no
-    # example-neuron seeds (04 runs it: 8 seeds at T = 300) and 6 sampled neurons at T = 50, on
-    # the core that 04 leaves free (02's smollm2 preset says more).
+    # example-neuron seeds (04 runs it: 8 seeds at T = 300) and 6 sampled neurons at T = 25
+    # (150 run-iterations beside 04; 02's smollm2 preset says why).
     "smollm2": Config(model="smollm2-135m", dataset="general", mine_tokens=200_000,
-                      dtype=fd.fast_dtype("cpu"), seeds=(), iters=50, sample_neurons=6),
+                      dtype=fd.fast_dtype("cpu"), seeds=(), iters=25, sample_neurons=6),
     "smoke": Config(mine_tokens=4000, top_k=8, seeds=(0, 1), iters=3, sample_neurons=2, population_size=4,
                     explore_per_pop=4, topk=16, calibration_slices=64),
 }

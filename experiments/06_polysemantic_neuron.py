@@ -53,8 +53,8 @@ PRESETS = {
     "embedded": Config(dtype=fd.fast_dtype("cpu"), seeds=(0, 1)),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16"),
     # SmolLM2: 05's polysemantic neuron (chosen from the general corpus's examples), 2 seeds at
-    # T = 100, on the core that 04's T = 300 seeds leave free (02's smollm2 preset says more).
-    "smollm2": Config(model="smollm2-135m", dtype=fd.fast_dtype("cpu"), seeds=(0, 1), iters=100),
+    # T = 30 (60 run-iterations beside 04's T = 300 seeds; 02's smollm2 preset says why).
+    "smollm2": Config(model="smollm2-135m", dtype=fd.fast_dtype("cpu"), seeds=(0, 1), iters=30),
     "smoke": Config(seeds=(0, 1), iters=3, population_size=4, explore_per_pop=4, topk=16,
                     n_attributions=3, attribution_k=4),
 }

@@ -74,10 +74,10 @@ PRESETS = {
     "paper": Config(model="EleutherAI/pythia-12b-deduped", dtype="float16",
                     dataset="monology/pile-uncopyrighted", layers=(4, 8, 12, 16, 20, 24, 28)),
     # SmolLM2: 4 of its 30 layers at the paper's relative depths (4..28 of 36 ~ 4, 12, 20, 28 of
-    # 30), 2 directions each, T = 40: 320 run-iterations on the core that 04's T = 300 seeds
-    # leave free (02's smollm2 preset says more); the general corpus scanned.
+    # 30), 2 directions each, T = 10: 80 run-iterations beside 04's T = 300 seeds (02's smollm2
+    # preset says why); the general corpus scanned.
     "smollm2": Config(model="smollm2-135m", dtype=fd.fast_dtype("cpu"), dataset="general",
-                      layers=(4, 12, 20, 28), directions_per_layer=2, mine_tokens=100_000, iters=40),
+                      layers=(4, 12, 20, 28), directions_per_layer=2, mine_tokens=100_000, iters=10),
     "smoke": Config(directions_per_layer=2, random_prompts=32, mine_tokens=3000, dataset_top_k=2,
                     iters=3, population_size=4, explore_per_pop=4, topk=16, calibration_slices=64),
 }

@@ -111,17 +111,6 @@ def ladder(n_layers: int) -> list[str]:
     return [f"L{round(i * (n_layers - 1) / 5)}.N{i}" for i in (1, 3, 5)]
 
 
-def shard_seeds(seeds: int, shard: str) -> list[int]:
-    """Seeds of shard 'k/K': k, k + K, ... (all seeds for '0/1')."""
-    try:
-        k, K = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must be k/K with integers 0 <= k < K, got {shard!r}") from None
-    if not 0 <= k < K:
-        raise ValueError(f"--shard must be k/K with integers 0 <= k < K, got {shard!r}")
-    return list(range(seeds))[k::K]
-
-
 def spent(run_dir: Path) -> float:
     """Seconds a finished run recorded (its share of each batched iteration's wall time)."""
     return float(np.sum(fd.History.load(run_dir / CHECKPOINT).seconds))
@@ -156,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.conditions[0] != REFERENCE:
         raise ValueError(f"the first condition must be {REFERENCE!r}: it sets the time budget")
     changes = {c: cfg.changes(c) for c in cfg.conditions}
-    seeds = shard_seeds(cfg.seeds, args.shard)
+    seeds = runs.shard_seeds(cfg.seeds, args.shard)
     preset_dir = args.results / args.preset
     out = preset_dir / NAME
     limits_path = preset_dir / CALIBRATION / "thresholds.json"

@@ -1,7 +1,7 @@
 """10 · Dreams of SAE latents: vs dataset examples, pre- vs post-activation, trigger families.
 
     python experiments/10_sae_latents.py                  # -> results/embedded/10_sae_latents
-    python experiments/10_sae_latents.py --preset smollm2 # SmolLM2-135M and its SAE, ~20 min
+    python experiments/10_sae_latents.py --preset smollm2 # SmolLM2-135M and its SAE, ~15 min
     python experiments/10_sae_latents.py --preset smoke   # seconds
 
 The paper closes (§4) by proposing sparse-autoencoder features in place of polysemantic neurons;
@@ -74,7 +74,7 @@ class Config:
     iters: int = 100
     """EPO iterations T, equal in both modes (Table 1 has 300; 100 keeps `make figures` within
     ~3 more minutes, and 05's neuron runs are cut to the same T for the family count).
-    Smollm2: 40, so 6 latents x 2 modes (480 run-iterations, ~18 minutes of one core) fit beside
+    Smollm2: 20, so 6 latents x 2 modes (240 run-iterations, ~12 minutes of one core) fit beside
     04's T = 300 seeds in the 90-minute pipeline (02's smollm2 preset says more)."""
     population_size: int = 8
     """M (Table 1: 8)."""
@@ -99,7 +99,7 @@ PRESETS = {
     # SmolLM2 and its shipped SAE (experiments/10a_train_sae.py --preset smollm2), mined on the
     # general corpus it was trained on: 100k tokens (the scan stops after block 14).
     "smollm2": Config(model="smollm2-135m", dtype=fd.fast_dtype("cpu"), sae="smollm2-L15",
-                      dataset="general", mine_tokens=100_000, latents=6, iters=40),
+                      dataset="general", mine_tokens=100_000, latents=6, iters=20),
     "smoke": Config(mine_tokens=3000, top_k=4, latents=2, iters=3, population_size=4,
                     explore_per_pop=4, topk=16, calibration_slices=64),
 }

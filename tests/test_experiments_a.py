@@ -14,14 +14,16 @@ _SMOKE: dict = {}
 
 @pytest.fixture(scope="session")
 def smoke_results(tmp_path_factory, tiny_model_dir):
-    """<results>/smoke/ after 01, 02, 03 and 04 (04 with --target: there is no 05 here).
+    """<results>/smoke/ after 01, 02, 03 and 04 (04 with --target: there is no 05 here; in two
+    shards).
     Memoized in the module, so test_figures_a reuses the same runs."""
     if "dir" not in _SMOKE:
         results = tmp_path_factory.mktemp("results")
         common = ["--preset", "smoke", "--results", str(results), "--model", str(tiny_model_dir)]
         for name in ("01_fluency_calibration", "02_token_logits", "03_six_neurons"):
             load_experiment(name).main(common)
-        load_experiment("04_seed_variance").main(common + ["--target", "L1.N3"])
+        for shard in ("1/2", "0/2"):         # as the Makefile runs it: processes share the seeds
+            load_experiment("04_seed_variance").main(common + ["--target", "L1.N3", "--shard", shard])
         _SMOKE["dir"] = results / "smoke"
     return _SMOKE["dir"]
 
@@ -136,3 +138,15 @@ def test_seed_variance_needs_a_neuron_choice(tmp_path, tiny_model_dir):
     choices.write_text(json.dumps({"example_neuron": "L0.N7", "polysemantic_neuron": "L0.N8"}))
     exp.main(common + ["--seeds", "1", "--iters", "2"])
     assert read(tmp_path / "smoke" / "04_seed_variance" / "study.json")["target"] == "L0.N7"
+
+
+def test_seed_variance_shard_runs_its_seeds_only(tmp_path, tiny_model_dir):
+    exp = load_experiment("04_seed_variance")
+    common = ["--preset", "smoke", "--results", str(tmp_path), "--model", str(tiny_model_dir),
+              "--target", "L0.N7", "--seeds", "5", "--iters", "2"]
+    exp.main(common + ["--shard", "1/3"])
+    out = tmp_path / "smoke" / "04_seed_variance"
+    assert sorted(read(d / "config.json")["seed"] for d in complete_runs(out)) == [1, 4]
+    assert read(out / "study.json")["seeds"] == [0, 1, 2, 3, 4]      # the study, not the shard
+    with pytest.raises(ValueError, match="--shard must be k/K"):
+        exp.main(common + ["--shard", "3/3"])

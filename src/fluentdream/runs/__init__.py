@@ -5,7 +5,8 @@
 
   store        what a run directory holds: config, provenance, summary; save, load, merge
   session      run directories around one batched EPO loop (open, checkpoint, finish)
-  dream        run_dream and dream_many: one run, or many in lockstep shared between processes
+  dream        run_dream and dream_many: one run, or many in lockstep shared between processes;
+               shard_seeds splits an experiment's seeds between processes
   files        a run directory's files: JSON, the checkpoint, config comparison
   lock         one writer per run directory
   tracking     W&B (or nothing) mirroring every iteration
@@ -17,7 +18,7 @@ experiments and analysis use.
 """
 from ..files import write_json
 from ..provenance import PACKAGES, git_info, provenance
-from .dream import dream_many, run_dream
+from .dream import dream_many, run_dream, shard_seeds
 from .files import (CHECKPOINT, config_diff, is_complete, load_checkpoint, read_json,
                     same_complete_run, save_history)
 from .session import MakeTracker, RunResult, RunSpec, run_many
@@ -29,4 +30,5 @@ __all__ = ["CHECKPOINT", "config_diff", "is_complete", "load_checkpoint", "read_
            "same_complete_run", "save_history", "write_json", "MakeTracker", "RunResult",
            "RunSpec", "run_many", "PACKAGES", "dream_many", "git_info", "load_run",
            "merged_frontier", "open_run", "provenance", "run_config", "run_dir_for", "run_dream",
-           "save_run", "slug", "summary", "with_post", "CE_THRESHOLDS", "FRONTIER_REF", "Tracker"]
+           "shard_seeds", "save_run", "slug", "summary", "with_post", "CE_THRESHOLDS",
+           "FRONTIER_REF", "Tracker"]

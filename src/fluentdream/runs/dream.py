@@ -87,6 +87,19 @@ def dream_many(lm, jobs: list, parent: Path, desc: str = "dream", *, wandb: str 
     return dirs
 
 
+def shard_seeds(seeds: int, shard: str) -> list[int]:
+    """Seeds of shard 'k/K' of range(seeds): k, k + K, ... ('0/1': all). Processes given the
+    K shards split one experiment's seeds between them: on 2 cores two 1-thread processes score
+    more candidates than one 2-thread process (LOG.md, 2026-12-02). ValueError names a bad shard."""
+    try:
+        k, K = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be k/K with integers 0 <= k < K, got {shard!r}") from None
+    if not 0 <= k < K:
+        raise ValueError(f"--shard must be k/K with integers 0 <= k < K, got {shard!r}")
+    return list(range(seeds))[k::K]
+
+
 def _claim_jobs(dirs: list[Path], configs: list[dict], pending: list[int],
                 told: set[int]) -> dict[int, RunLock]:
     """{job index: its lock} for the pending jobs no other process holds and none has saved
