@@ -106,8 +106,10 @@ figures: $(FIGURES:%=$(OUT)/.%.done) ## the main job: experiments -> tables -> e
 
 # Pages of every target of every experiment (DESIGN §7, docs/report.md): $(RES)/report/index.html
 # opens offline; dataset examples from every mine under $(RES), CE lines from 01's calibration.
+# It runs last and alone (the figures take seconds), so on every core: attributing the frontier
+# points is most of its work (on SmolLM2 ~9 min on 2 threads; LOG.md, 2026-12-07).
 $(RES)/.report.done: $(RES)/tables/.done $(wildcard src/fluentdream/report/*.*)
-	OMP_NUM_THREADS=$(THREADS) $(PY) -m fluentdream.cli report $(RES) --mine $(RES) --no-progress \
+	OMP_NUM_THREADS=$(shell nproc) $(PY) -m fluentdream.cli report $(RES) --mine $(RES) --no-progress \
 	  --in-distribution $(RES)/01_fluency_calibration/thresholds.json --out $(RES)/report
 	@touch $@
 

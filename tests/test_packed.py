@@ -128,3 +128,24 @@ def test_row_nll_is_minus_log_softmax_at_the_next_token_in_every_dtype():
         got = row_nll(logits, y)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), exact, rtol=0, atol=2e-5)
+
+
+def test_values_stop_after_the_deepest_site_and_run_everything_for_logits(make_lm):
+    """Scorer.values runs block L + 1 only when a target reads past block L: a layer-0 neuron
+    never reaches block 1, layer 0's attention never reaches the final norm, the residual
+    stream entering the final norm and a logit run it all."""
+    lm = make_lm("llama")
+    ids = torch.randint(1, lm.vocab_size, (3, 7), generator=torch.Generator().manual_seed(2))
+    goal = lm.tokenizer.encode(" the", add_special_tokens=False)[0]
+    for target, reaches in ((fd.Neuron(0, 3), (1, 0, 0)), (fd.AttentionEntry(0, 0, 0), (1, 1, 0)),
+                            (fd.ResidualDirection(lm.n_layers, torch.ones(lm.d_model)), (1, 1, 1)),
+                            (fd.Logit(goal, " the"), (1, 1, 1))):
+        calls = []
+        hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: calls.append(i))
+                 for i, m in enumerate([lm.blocks[0], lm.blocks[1], lm.final_norm])]
+        try:
+            Scorer(lm, target, retokenize=False).values(ids)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert tuple(int(i in calls) for i in range(3)) == reaches, target.name

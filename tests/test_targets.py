@@ -42,9 +42,14 @@ def random_ids(B=3, n=7, seed=0):
 
 
 def score(lm, tgt, ids):
-    """Target values through the library's scoring path (retokenization off: raw random ids)."""
-    f, _ = fd.Scorer(lm, tgt, retokenize=False).score(ids)
-    return f
+    """Target values through the library's scoring path (retokenization off: raw random ids):
+    Scorer.values, whose pass ends at the target's site, after checking that it gives what
+    score's full pass gives."""
+    scorer = fd.Scorer(lm, tgt, retokenize=False)
+    f, _ = scorer.score(ids)
+    v = scorer.values(ids)
+    torch.testing.assert_close(v, f, rtol=1e-6, atol=1e-6)
+    return v
 
 
 def hooked_input(lm, module, ids):

@@ -71,8 +71,8 @@ def attribute(lm, target: Target, prompt: str | np.ndarray | list[int], k: int =
     swap_ids = grad.topk(k, dim=-1).indices                           # (n, k)
     swaps = ids.repeat(n * k, 1)                                      # (n*k, n)
     swaps[torch.arange(n * k), torch.arange(n).repeat_interleave(k)] = swap_ids.reshape(-1)
-    base, _ = scorer.score(ids[None])
-    values, _ = scorer.score(swaps)
+    base = scorer.values(ids[None])              # no CE: only the target's drop is shown
+    values = scorer.values(swaps)
     values = values.numpy().astype(np.float64)
     values[~np.isfinite(values)] = np.nan
     tokens = [lm.tokenizer.decode([int(t)], clean_up_tokenization_spaces=False) for t in ids]

@@ -37,11 +37,10 @@ from ..errors import UserError
 from .features import (Features, TopK, neurons, place_key,  # noqa: F401 (mining.neurons etc.)
                        random_residual, sae_latents)
 from ..core.scoring.forward import xentropy
-from ..core.scoring.hooks import capture
+from ..core.scoring.hooks import AllCaptured, capture, stop_after
 from ..core.tokens import decode, retokenizes
 from ..files import atomic_write, write_json
 from ..provenance import __version__, git_info
-from ..targets.kinds import Site
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +82,6 @@ class ScanStats:
             setattr(self, name, getattr(self, name) + value)
 
 
-class _Stop(Exception):
-    """Raised by a hook once the deepest requested site is captured: later layers are skipped."""
-
-
-def _deepest_module(lm, sites: Sequence[Site]):
-    """The module whose input comes after every site: a layer's MLP hidden units (and their
-    pre-activations) are in by its output projection; its MLP output, by the next block."""
-    def order(site):
-        kind, layer = site
-        return 2 * layer + 2 if kind == "mlp_out" else 2 * layer + kind.startswith("mlp")
-    last = max(map(order, sites))
-    if last % 2:
-        return lm.mlp_out_proj(last // 2)
-    return lm.final_norm if last // 2 == lm.n_layers else lm.blocks[last // 2]
-
-
 def _shape(n: int, cfg: MineConfig) -> tuple[int, int]:
     """(rows, length) of the batch a window of n tokens goes to: n rounded up to a multiple of
     context/8 (at least 8), with rows * length ~ batch_size * context. A window's numbers then
@@ -120,17 +103,12 @@ def _run_batch(lm, rows, features, tops, shape: tuple[int, int], window: int) ->
         doc[i], start[i] = d, s
     ids, eligible, doc, start = ids.to(dev), eligible.to(dev), doc.to(dev), start.to(dev)
 
-    def stop(module, args, kwargs):
-        raise _Stop
     sites = tuple(f.site for f in features)
-    with torch.inference_mode(), capture(lm, sites) as acts:
-        handle = _deepest_module(lm, sites).register_forward_pre_hook(stop, with_kwargs=True)
+    with torch.inference_mode(), capture(lm, sites) as acts, stop_after(lm, sites):
         try:
             lm.model(input_ids=ids, use_cache=False)
-        except _Stop:
+        except AllCaptured:
             pass
-        finally:
-            handle.remove()
         for i, f in enumerate(features):
             v = f.values(acts).masked_fill(~eligible[..., None], -torch.inf)    # (B, L, F)
             best, arg = v.max(dim=1)                                             # (B, F)

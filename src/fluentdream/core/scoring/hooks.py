@@ -4,10 +4,17 @@
     with capture(lm, [("mlp", 1), ("resid", 2)]) as acts:
         lm.model(input_ids=ids)
     acts[("mlp", 1)]           # (B, n, d_mlp): input of layer 1's MLP output projection
+
+    with capture(lm, sites) as acts, stop_after(lm, sites):    # layers past the sites skipped
+        try:
+            lm.model(input_ids=ids)
+        except AllCaptured:
+            pass
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Sequence
 
 import torch
 
@@ -81,3 +88,35 @@ def mlp_activation(lm, layer: int) -> torch.nn.Module:
             return getattr(mlp, name)
     raise UserError(f"pre-activation targets need the MLP's activation function as a module "
                     f"named one of {', '.join(_MLP_ACTIVATIONS)}; {type(mlp).__name__} has none")
+
+
+class AllCaptured(Exception):
+    """Raised by stop_after's hook: every site is captured, the later layers are not run."""
+
+
+def deepest_module(lm, sites: Sequence[Site]) -> torch.nn.Module:
+    """The module whose input comes after every site: a layer's MLP hidden units (pre-activations
+    too) are in by its MLP output projection; its MLP output and attention probabilities, by
+    block L + 1 (the final norm after the last block); the residual stream entering block L, by
+    block L."""
+    def order(site):
+        kind, layer = site
+        return 2 * layer + {"resid": 0, "mlp": 1, "mlp_pre": 1}.get(kind, 2)
+    last = max(map(order, sites))
+    if last % 2:
+        return lm.mlp_out_proj(last // 2)
+    return lm.final_norm if last // 2 == lm.n_layers else lm.blocks[last // 2]
+
+
+@contextmanager
+def stop_after(lm, sites: Sequence[Site]):
+    """While active, a forward pass of `lm.model` raises AllCaptured once it has computed every
+    site: what only targets read is computed, not the layers after them (mining, attribution).
+    Enter it after capture(), so that capture's hook on the same module runs first."""
+    def stop(module, args, kwargs):
+        raise AllCaptured
+    handle = deepest_module(lm, sites).register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

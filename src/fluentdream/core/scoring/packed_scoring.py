@@ -19,26 +19,29 @@ rows) score each length in its own pass, without reuse.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from ..ragged import is_ragged, lengths
 from .chunks import in_chunks
 from .forward import target_values
-from .hooks import capture
+from .hooks import AllCaptured, capture, stop_after
 from .packed import Plan, once_per_token, packed_attention, packed_nll, pad_rows, unembed_rows
 
 
 def score_new(scorer, ids: torch.Tensor, parents: torch.Tensor | None,
-              which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+              which: torch.Tensor, fluency: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct unseen rows (B, W), their parents (B, W) or None, target indices (B,) -> f (B,),
     ce (B,): the rejected ones set aside, then packed passes over chunks of rows, each with the
     distinct parents its rows reuse. The context's prefix is part of what a child shares with its parent, so it is
-    computed for parents only."""
+    computed for parents only. fluency=False: the target values alone (CE nan), the model run
+    only as deep as the targets read (Scorer.values)."""
     if is_ragged(ids) and not scorer.mixes_lengths:       # one length at a time, in full
         f, ce, n = torch.empty(len(ids)), torch.empty(len(ids)), lengths(ids)
         for k in n.unique().tolist():
             g = (n == k).nonzero().squeeze(1)
-            f[g], ce[g] = score_new(scorer, ids[g, :k], None, which[g])
+            f[g], ce[g] = score_new(scorer, ids[g, :k], None, which[g], fluency)
         return f, ce
     f = torch.full((len(ids),), -torch.inf)
     ce = torch.full((len(ids),), torch.nan)
@@ -65,7 +68,7 @@ def score_new(scorer, ids: torch.Tensor, parents: torch.Tensor | None,
         rows = slice(a, b)
         if owner is None:
             fk[rows], cek[rows] = _packed(scorer, ids[rows], start[rows], torch.arange(b - a),
-                                          which[rows])
+                                          which[rows], fluency)
             return
         used, src = torch.unique(owner[rows], return_inverse=True)  # parents this chunk reuses
         U = len(used)
@@ -73,7 +76,7 @@ def score_new(scorer, ids: torch.Tensor, parents: torch.Tensor | None,
         f2, ce2 = _packed(scorer, torch.cat([uniq[used], ids[rows]]),
                           torch.cat([torch.zeros(U, dtype=torch.long), start[rows]]),
                           torch.cat([torch.arange(U), src]),
-                          torch.cat([which[rows][:1].expand(U), which[rows]]))
+                          torch.cat([which[rows][:1].expand(U), which[rows]]), fluency)
         fk[rows], cek[rows] = f2[U:], ce2[U:]
         scorer.counts["parent_rows"] += U
     in_chunks(scorer, len(ids), run)
@@ -82,19 +85,26 @@ def score_new(scorer, ids: torch.Tensor, parents: torch.Tensor | None,
     return f, ce
 
 
-def _packed(scorer, ids, start, src, which) -> tuple[torch.Tensor, torch.Tensor]:
+def _packed(scorer, ids, start, src, which, fluency: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N) whole sequences, row b computing positions start[b].. and taking the rest from
     row src[b] -> (f, ce) (B,) on CPU, from one packed pass (per model). Dummy rows pad the
-    packed length to a multiple of SHAPE_STEP tokens (fluentdream.core.scoring.packed.padded)."""
+    packed length to a multiple of SHAPE_STEP tokens (fluentdream.core.scoring.packed.padded).
+    fluency=False: f alone (ce nan), the pass stopping after the deepest site unless a target
+    reads logits."""
     B, ragged = len(ids), is_ragged(ids)
     ids, start, src, which = pad_rows(ids, start, src, which)
     dev, n, length = scorer.lm.device, ids.shape[1], lengths(ids)
     ids, which = ids.to(dev), which.to(dev)
     plan = Plan.build(start.to(dev), src.to(dev), n, length=length.to(dev),
                       probs_layers={layer for kind, layer in scorer.sites if kind == "attn"})
-    hidden, acts = _trunk(scorer.lm, ids, plan, scorer.sites)                # (T, d)
+    hidden, acts = _trunk(scorer.lm, ids, plan, scorer.sites,               # (T, d) or None
+                          stop=not fluency and not scorer.reads_logits)
     f = target_values(scorer.targets, _unpack_sites(scorer, acts, plan),
                       _logits(scorer, hidden, plan), which)
+    if not fluency:
+        scorer.counts["model_tokens"] += len(plan.pos)
+        return f[:B].cpu(), torch.full((B,), torch.nan)
     if scorer.fluency is not scorer.lm:
         fdev = scorer.fluency.device
         plan = Plan.build(start.to(fdev), src.to(fdev), n, length=length.to(fdev))
@@ -109,16 +119,22 @@ def _packed(scorer, ids, start, src, which) -> tuple[torch.Tensor, torch.Tensor]
     return f[:B].cpu(), ce.cpu()
 
 
-def _trunk(lm, ids: torch.Tensor, plan: Plan, sites) -> tuple[torch.Tensor, dict]:
+def _trunk(lm, ids: torch.Tensor, plan: Plan, sites, stop: bool = False
+           ) -> tuple[torch.Tensor | None, dict]:
     """The packed pass of `lm`'s trunk -> final hidden states (T, d) and captured `sites`.
-    Block 0's token-local modules run once per distinct token, unless a site is read there."""
+    Block 0's token-local modules run once per distinct token, unless a site is read there.
+    stop: the pass ends once every site is captured (hidden states None)."""
     tokens = plan.tokens(ids)
     local = tuple(p for p in lm.token_local
                   if not (p == "mlp" and any(k.startswith("mlp") and L == 0 for k, L in sites)))
     with packed_attention(lm.model, plan), capture(lm, sites, eager_attention=False) as acts, \
-            once_per_token(lm.blocks[0], local, tokens[0]):
-        hidden = lm.trunk(input_ids=tokens, position_ids=plan.pos[None],
-                          use_cache=False).last_hidden_state[0]
+            once_per_token(lm.blocks[0], local, tokens[0]), \
+            stop_after(lm, sites) if stop else nullcontext():
+        try:
+            hidden = lm.trunk(input_ids=tokens, position_ids=plan.pos[None],
+                              use_cache=False).last_hidden_state[0]
+        except AllCaptured:
+            hidden = None
     return hidden, acts
 
 
@@ -134,11 +150,11 @@ def _unpack_sites(scorer, acts: dict, plan: Plan) -> dict:
     return out
 
 
-def _logits(scorer, hidden: torch.Tensor, plan: Plan) -> torch.Tensor:
+def _logits(scorer, hidden: torch.Tensor | None, plan: Plan) -> torch.Tensor:
     """Packed hidden states -> the logits targets read: (B, n, V) whole prompts, (B, 1, V) the
-    last position, or (B, 0, V) when no target reads logits."""
+    last position, or (B, 0, V) when no target reads logits (hidden may then be None)."""
     if not scorer.reads_logits:
-        return hidden.new_zeros((plan.B, 0, scorer.lm.vocab_size))
+        return torch.zeros((plan.B, 0, scorer.lm.vocab_size), device=plan.start.device)
     if scorer.reads_prefix:
         return plan.unpack(scorer.lm.unembed(hidden))
     return unembed_rows(scorer.lm.unembed, hidden, plan.last)[:, None]

@@ -3,6 +3,7 @@
     scorer = Scorer(lm, target)                     # fluency model = lm unless given
     f, ce = scorer.score(ids)                       # ids (B, n) -> (B,), (B,); no grad
     f, ce = scorer.score(children, parents=rows)    # same numbers, reusing each parent's prefix
+    f = scorer.values(ids)                          # f alone, the pass ending at the target
     g = scorer.gradients(ids, lambdas)              # (M, n) -> (M, n, V): d(f - lambda*CE)/d one-hot
 
 CE is the mean next-token cross-entropy of the prompt's own tokens: logits at positions 0..n-2
@@ -156,6 +157,14 @@ class Scorer:
             self.memo.add(new)
         values = torch.tensor([known[key] for key in keys], dtype=torch.float32).view(B, 2)
         return values[:, 0].contiguous(), values[:, 1].contiguous(), computed
+
+    @torch.no_grad()
+    def values(self, ids: torch.Tensor, which=None) -> torch.Tensor:
+        """(B, n) -> f (B,) on CPU, float32: the target values of score() alone, without the
+        fluency pass and with the model run only as deep as the targets read (attribution
+        scores many swaps and needs no CE). Rejected rows are -inf; nothing is memoized."""
+        f, _ = score_new(self, ids, None, self.row_targets(which, len(ids)), fluency=False)
+        return f
 
     def remember(self, ids: torch.Tensor, f, ce, which=None) -> None:
         """Enter prompts (B, n) scored earlier, with their f (B,) and ce (B,), into the memo exactly
