@@ -31,10 +31,12 @@ def provenance_of(index: pd.DataFrame, experiment: str | tuple[str, ...], target
         rows = rows[rows["target"].isin(list(targets))]
     if len(rows) and names is not None:
         rows = rows[rows["run"].isin(list(names))]
-    col = (lambda c: rows[c].dropna().tolist()) if len(rows) else (lambda c: [])
+    def col(c: str) -> list:
+        return rows[c].dropna().tolist() if len(rows) and c in rows else []
     return dict(experiment=experiment, run_dirs=sorted(col("path")),
                 wandb_run_ids=sorted(set(col("wandb_run_id"))), git_shas=sorted(set(col("git_sha"))),
-                git_dirty=bool(any(col("git_dirty"))), files=list(files))
+                git_dirty=bool(any(col("git_dirty"))), files=list(files),
+                iterations=sorted({int(i) for i in col("iters")}))
 
 
 def entry(claim: str, label: str, unit: str, prov: dict, *, value=None, statistic: str = "value",

@@ -18,14 +18,16 @@ Schema (`schema` = "fluentdream.numbers", `schema_version` = 1) of results/<pres
     ci, ci_method   [low, high] 95% interval and how it was made (stats.py); null for one point
                 or a count, which have no sampling distribution here
     test        comparisons only: {name, statistic, p, n, effect_name, effect, difference_name,
-                difference, difference_ci} (stats.Test; paired Wilcoxon or unpaired Mann-Whitney)
+                difference, difference_ci, unreached} (stats.Test; paired Wilcoxon or unpaired
+                Mann-Whitney; unreached: paired units counted as a loss of the side with no value)
     values      the per-unit values behind a summary (per seed, per run)
     at          for a point on a frontier: {xentropy, perplexity} of that point
     target, tokens, last_position   a few claims only: the logit's target (logits.*); the token
                 that carries each attributed prompt and how many are its last (attribution.*)
     runs        how many run directories stand behind it
     provenance  {experiment, run_dirs (relative to results/<preset>/), wandb_run_ids, git_shas,
-                git_dirty, files (non-run inputs such as 01's fluency.json)}
+                git_dirty, files (non-run inputs such as 01's fluency.json), iterations (the
+                runs' distinct iteration counts)}
 Only the analysis tables are read (build_tables' output plus units.py's per-unit tables), so the
 numbers work at any iteration or seed count; a claim whose tables are missing has no keys.
 """
@@ -237,7 +239,7 @@ def sampled_neurons(t: dict, index: pd.DataFrame) -> dict:
         return {}
     prov = provenance_of(index, "05_dream_vs_dataset", names=[Path(r).name for r in table["run"]])
     dream, data = table["dream_best"], table["dataset_best"]
-    both = dream.notna() & data.notna()
+    won, compared = stats.wins(dream, data)         # a neuron never in distribution: a loss
     claim, limit = "sampled_neurons", f"CE <= {table['threshold'].iloc[0]:.2f}"
     return {
         "sampled.dream.median": entry(claim, f"median over neurons of the best dream with {limit}",
@@ -251,12 +253,10 @@ def sampled_neurons(t: dict, index: pd.DataFrame) -> dict:
             "activation", prov, est=stats.estimate(dream - data), over="neurons",
             test=stats.paired(dream, data)),
         "sampled.wins": entry(claim, "neurons whose best in-distribution dream beats the dataset's",
-                              "count", prov, value=int((dream[both] > data[both]).sum()),
-                              statistic="count", n=int(both.sum()), over="neurons"),
+                              "count", prov, value=won, statistic="count", n=compared,
+                              over="neurons"),
         "sampled.wins.share": entry(claim, "share of neurons on which the dream wins", "share", prov,
-                                    est=stats.proportion(int((dream[both] > data[both]).sum()),
-                                                         int(both.sum())),
-                                    over="neurons"),
+                                    est=stats.proportion(won, compared), over="neurons"),
     }
 
 

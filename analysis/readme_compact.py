@@ -94,9 +94,10 @@ PAPER: dict[str, str] = {
 
 def cell(row: Row, n: Numbers) -> str:
     """One model's compact cell: the verdict, then the headline number."""
-    if not any(e["claim"] == row.claim for e in n.n.values()):
+    keys = [k for k, e in n.n.items() if e["claim"] == row.claim]
+    if not keys:
         return "not run"
-    verdict = row.holds(n).split(":")[0].split(" (")[0]
+    verdict = row.holds(n).split(":")[0].split(" (")[0] + n.budget(keys)
     short = SHORT.get(row.claim)
     return f"{verdict}: {short(n)}" if short else verdict
 

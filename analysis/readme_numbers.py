@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+TABLE_1_ITERS = 300      # the paper's T (Table 1); fewer iterations mark a verdict (Numbers.budget)
+
 
 class Numbers:
     """numbers.json's entries with the formatting the table uses ("5.50 [5.12, 5.88]", "p = 0.008")."""
@@ -44,15 +46,27 @@ class Numbers:
             return "no test (no pairs)"
         short = t["name"].split()[0]
         effect = f", r = {t['effect']:.2f}" if t["effect"] is not None else ""
-        return f"{short} p = {t['p']:.2g}{effect}, n = {t['n']}"
+        lost = f", {t['unreached']} of them unreached, counted as losses" if t.get("unreached") else ""
+        return f"{short} p = {t['p']:.2g}{effect}, n = {t['n']}{lost}"
 
     def significant(self, key: str, sign: int) -> bool:
-        """The test says p < 0.05 and the difference has the given sign."""
+        """The test says p < 0.05 and its effect (the rank-biserial, which counts unreached
+        units; else the difference) has the given sign."""
         t = (self.n.get(key) or {}).get("test")
-        return bool(t and t["p"] is not None and t["p"] < 0.05 and (t["difference"] or 0) * sign > 0)
+        lean = t and (t["effect"] if t.get("effect") is not None else t["difference"])
+        return bool(t and t["p"] is not None and t["p"] < 0.05 and (lean or 0) * sign > 0)
 
     def runs(self, keys: list[str]) -> int:
         return len({d for k in keys if k in self.n for d in self.n[k]["provenance"]["run_dirs"]})
+
+    def budget(self, keys: list[str]) -> str:
+        """' at T = 10' (or ' at T = 10–25') when the runs behind `keys` stopped short of Table 1's
+        300 iterations, so a verdict says at what budget it was reached; '' otherwise."""
+        its = sorted({i for k in keys if k in self.n
+                      for i in self.n[k]["provenance"].get("iterations", [])})
+        if not its or its[-1] >= TABLE_1_ITERS:
+            return ""
+        return f" at T = {its[0]}" + (f"–{its[-1]}" if its[-1] != its[0] else "")
 
 
 @dataclass(frozen=True)

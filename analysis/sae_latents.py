@@ -82,14 +82,13 @@ def claims(t: dict, index: pd.DataFrame) -> dict:
         both = provenance_of(index, EXP,
                              targets=list(lat["target"]) + [x + ":pre" for x in lat["target"]])
         limit = f"CE <= {lat['threshold'].iloc[0]:.2f}"
-        pairs = lat.dropna(subset=["dream_best", "dataset_best"])
-        won = int((pairs["dream_best"] > pairs["dataset_best"]).sum())
+        won, compared = stats.wins(lat["dream_best"], lat["dataset_best"])   # unreached: a loss
         out["sae.dream_wins"] = entry(
             "sae_latents", f"latents whose best dream with {limit} beats their best dataset window",
-            "count", prov, value=won, statistic="count", n=len(pairs), over="latents")
+            "count", prov, value=won, statistic="count", n=compared, over="latents")
         out["sae.dream_wins.share"] = entry(
             "sae_latents", "share of latents on which the dream wins", "share", prov,
-            est=stats.proportion(won, len(pairs)), over="latents")
+            est=stats.proportion(won, compared), over="latents")
         out["sae.dream_minus_dataset"] = entry(
             "sae_latents", f"best dream minus best dataset window, both with {limit} (mean over "
             "latents)", "activation", prov, over="latents",

@@ -22,8 +22,12 @@ Conventions, stated once so every number in numbers.json means the same thing:
             splits, seeded (mann_whitney). Effect size: rank-biserial r = P(X > Y) - P(X < Y)
             in [-1, 1], and the difference of medians with a bootstrap interval (each group
             resampled on its own).
-A sample with fewer than two finite values has no interval (None); NaNs are dropped before
-anything is computed (a seed with no candidate under a CE limit has no value, not a zero).
+A sample with fewer than two finite values has no interval (None); an estimate drops NaNs (a
+seed with no candidate under a CE limit has no value, not a zero) and says over how many units
+it is. A paired test never drops them: a unit with no value on one side (a dream that never
+reached the CE limit) loses its pair by more than any observed difference (unreached_losses),
+so leaving it out cannot turn a loss into no evidence; NaN on both sides is a tie (dropped,
+like a zero difference).
 """
 from __future__ import annotations
 
@@ -67,6 +71,7 @@ class Test:
     difference_name: str
     difference: float | None
     difference_ci: tuple[float, float] | None
+    unreached: int = 0       # pairs counted as a loss of the side with no value (paired)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,23 +148,47 @@ def rank_biserial_paired(d: np.ndarray) -> float | None:
     return float((ranks[d > 0].sum() - ranks[d < 0].sum()) / ranks.sum())
 
 
+def unreached_losses(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n,) differences x - y where a NaN side loses: x NaN (y not) gives a difference below
+    every observed one, y NaN (x not) one above; NaN on both sides gives NaN. Only the sign and
+    the rank of such a difference mean anything (it is larger in size than every real one)."""
+    d = x - y
+    real = d[np.isfinite(d)]
+    beyond = 1.0 + (float(np.abs(real).max()) if len(real) else 0.0)
+    d = np.where(np.isnan(x) & ~np.isnan(y), -beyond, d)
+    return np.where(np.isnan(y) & ~np.isnan(x), beyond, d)
+
+
+def wins(x, y) -> tuple[int, int]:
+    """(units where x beats y, units compared), a NaN side losing (unreached_losses); NaN on
+    both sides is not compared."""
+    d = unreached_losses(np.asarray(x, dtype=np.float64).ravel(),
+                         np.asarray(y, dtype=np.float64).ravel())
+    return int((d > 0).sum()), int((~np.isnan(d)).sum())
+
+
 def paired(x, y) -> Test:
     """Wilcoxon signed-rank test of x - y (same units, in the same order; y may be one number,
-    compared with every x). Pairs with a NaN on either side are dropped."""
+    compared with every x). A pair with one NaN side counts as a loss of that side, beyond every
+    observed difference (unreached_losses); n counts it. The median paired difference and its
+    interval are over the pairs with both values (None when there are none)."""
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel() if np.ndim(y) else np.full(x.shape, float(y))
     if x.shape != y.shape:
         raise ValueError(f"paired samples need equal lengths, got {len(x)} and {len(y)}")
-    d = (x - y)[np.isfinite(x) & np.isfinite(y)]
-    nonzero = d[d != 0]
+    ranked = unreached_losses(x, y)
+    ranked = ranked[~np.isnan(ranked)]
+    nonzero = ranked[ranked != 0]
     if len(nonzero) == 0:      # identical samples: no evidence of a difference
-        stat, p = (0.0, 1.0) if len(d) else (None, None)
+        stat, p = (0.0, 1.0) if len(ranked) else (None, None)
     else:
         res = sps.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided")
         stat, p = float(res.statistic), float(res.pvalue)
-    return Test("Wilcoxon signed-rank", stat, p, len(d), "rank-biserial (matched pairs)",
-                rank_biserial_paired(d), "median paired difference",
-                float(np.median(d)) if len(d) else None, bootstrap_ci(d, "median"))
+    d = (x - y)[np.isfinite(x) & np.isfinite(y)]
+    return Test("Wilcoxon signed-rank", stat, p, len(ranked), "rank-biserial (matched pairs)",
+                rank_biserial_paired(ranked), "median paired difference (pairs with both values)",
+                float(np.median(d)) if len(d) else None, bootstrap_ci(d, "median"),
+                len(ranked) - len(d))
 
 
 def unpaired(x, y) -> Test:

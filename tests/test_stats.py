@@ -52,6 +52,32 @@ def test_paired_rank_biserial_and_median_difference_by_hand():
     assert test.n == 5
 
 
+def test_an_unreached_unit_loses_its_pair_and_is_never_dropped():
+    """A dream with no value under the CE limit (NaN) loses to the dataset by more than any real
+    difference: with it counted, 6 losses and 2 small wins reject; dropping the 5 NaNs (the old
+    convention) leaves 3 pairs that never reject. The NaN on the dataset side rejects the other
+    way; NaN on both sides is a tie."""
+    dream = np.array([np.nan] * 5 + [1.0, 3.0, 2.4])
+    data = np.array([2.0, 1.0, 4.0, 3.0, 2.0, 1.5, 2.9, 2.0])
+    lost = stats.paired(dream, data)
+    assert lost.n == 8 and lost.effect < 0
+    # by hand: real differences -0.5, 0.1, 0.4 rank 3, 1, 2; the 5 unreached share ranks 4..8
+    # (mid-rank 6), all negative; exact p over all 2^8 sign flips of those ranks
+    ranks, positive = np.array([6.0] * 5 + [3, 1, 2]), np.array([0] * 6 + [1, 1], dtype=bool)
+    centre, t_plus = ranks.sum() / 2, ranks[positive].sum()
+    flips = [sum(r for r, f in zip(ranks, signs) if f) for signs in
+             itertools.product([0, 1], repeat=8)]
+    p = np.mean([abs(t - centre) >= abs(t_plus - centre) - 1e-9 for t in flips])
+    assert lost.p == pytest.approx(p, abs=1e-12) and lost.p < 0.05
+    assert lost.effect == pytest.approx((3 - 33) / 36)
+    assert lost.difference == pytest.approx(0.1)       # median of the pairs with both values
+    assert stats.paired(dream[5:], data[5:]).p > 0.5          # the old, dropped answer
+    won = stats.paired(data, dream)
+    assert won.p == pytest.approx(lost.p) and won.effect == pytest.approx(-lost.effect)
+    tie = stats.paired(np.array([np.nan, 1.0, 2.0]), np.array([np.nan, 0.5, 2.5]))
+    assert tie.n == 2
+
+
 def test_mann_whitney_p_equals_enumeration_of_splits_and_rank_biserial():
     x = np.array([2.1, 3.4, 1.9, 5.0, 4.2])
     y = np.array([1.0, 2.0, 0.3, 1.5])
