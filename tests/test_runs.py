@@ -161,3 +161,26 @@ def test_dream_many_reuses_only_runs_of_the_same_settings(tiny_lm, tmp_path):
                                            r"requested 8\)"):
         dream_many(tiny_lm, [(target, cfg.replace(topk=8))], tmp_path)
     assert (run_dir / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_the_tables_make_figures_splices_do_not_make_the_tree_dirty(tmp_path):
+    """make figures writes README.md's and RESULTS.md's results tables: runs made after that are
+    still of a clean commit; any other change (code, a new file) makes the tree dirty."""
+    import subprocess
+
+    from fluentdream.provenance import git_info
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+    git("init", "-q")
+    for name in ("README.md", "RESULTS.md", "code.py"):
+        (tmp_path / name).write_text("x\n")
+    git("add", "-A")
+    git("commit", "-qm", "c")
+    assert git_info(tmp_path)["git_dirty"] is False
+    (tmp_path / "README.md").write_text("spliced table\n")
+    (tmp_path / "RESULTS.md").write_text("spliced table\n")
+    assert git_info(tmp_path)["git_dirty"] is False
+    (tmp_path / "code.py").write_text("y\n")
+    assert git_info(tmp_path)["git_dirty"] is True

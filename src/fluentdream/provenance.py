@@ -25,13 +25,20 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def git_info() -> dict:
-    """The commit this source tree is at and whether it has uncommitted changes (None outside git)."""
-    root = Path(__file__).resolve().parents[2]
+# What `make figures` itself writes into tracked files (the results tables it splices): a change
+# there is an output, not a change of the code, so it does not make the tree dirty.
+PIPELINE_OUTPUTS = ("README.md", "RESULTS.md")
+
+
+def git_info(root: Path | None = None) -> dict:
+    """The commit this source tree (or `root`) is at and whether it has uncommitted changes
+    (None outside git), leaving out PIPELINE_OUTPUTS."""
+    root = Path(__file__).resolve().parents[2] if root is None else root
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ".",
+                                     *(f":(exclude){f}" for f in PIPELINE_OUTPUTS)], cwd=root,
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return {"git_sha": None, "git_dirty": None}
