@@ -28,9 +28,7 @@ JOBS ?= 2
 MAKEFLAGS += --jobs=$(JOBS)
 THREADS := $(if $(filter 1,$(JOBS)),$(shell nproc),1)
 
-# 04 (the most runs) first, so its shards start as soon as their inputs exist and the rest runs
-# beside them; 10 right after 05, which it waits for.
-EXPERIMENTS := 01_fluency_calibration 04_seed_variance 05_dream_vs_dataset 10_sae_latents \
+EXPERIMENTS := 01_fluency_calibration 05_dream_vs_dataset 10_sae_latents 04_seed_variance \
                02_token_logits 03_six_neurons 06_polysemantic_neuron 07_residual_directions \
                08_companion_phi2
 # 04 runs in SHARDS_04 processes (--shard k/K: seeds k, k + K, ...): on SmolLM2 its 8 seeds at
@@ -38,6 +36,14 @@ EXPERIMENTS := 01_fluency_calibration 04_seed_variance 05_dream_vs_dataset 10_sa
 SHARDS_04 ?= $(if $(filter 1,$(JOBS)),1,4)
 # 10 counts trigger families on 05's sampled-neuron runs too, so it waits for 05 to finish.
 $(RES)/.10_sae_latents.done: $(RES)/.05_dream_vs_dataset.done
+# The order, spelled out (make's own among ready jobs is not the list's): the longest chain
+# first, 05 then 10 (~26 min on SmolLM2) beside 04's first shard; 04's other shards after 05;
+# the short ones once all but the last shard are done, filling the gaps. With 04's shards
+# first, 10 ran alone for the last 11 minutes on SmolLM2 (LOG.md, 2026-12-07).
+$(foreach k,$(shell seq 1 $$(($(SHARDS_04) - 1))),$(RES)/.04_seed_variance.$(k).done): \
+	| $(RES)/.05_dream_vs_dataset.done
+$(patsubst %,$(RES)/.%.done,$(filter-out 01_% 04_% 05_% 10_%,$(EXPERIMENTS))): \
+	| $(foreach k,$(shell seq 0 $$(($(SHARDS_04) - 2))),$(RES)/.04_seed_variance.$(k).done)
 FIGURES := $(basename $(notdir $(wildcard paper_figures/fig*.py paper_figures/table*.py))) frontier_plots
 FIGURES := $(filter-out fig8_operators,$(FIGURES))   # `make operators` draws Fig 8
 
@@ -107,7 +113,8 @@ figures: $(FIGURES:%=$(OUT)/.%.done) ## the main job: experiments -> tables -> e
 # Pages of every target of every experiment (DESIGN §7, docs/report.md): $(RES)/report/index.html
 # opens offline; dataset examples from every mine under $(RES), CE lines from 01's calibration.
 # It runs last and alone (the figures take seconds), so on every core: attributing the frontier
-# points is most of its work (on SmolLM2 ~9 min on 2 threads; LOG.md, 2026-12-07).
+# points is most of its work (on SmolLM2 ~9 min on 2 threads; two 1-thread worker processes
+# were no faster, LOG.md, 2026-12-07).
 $(RES)/.report.done: $(RES)/tables/.done $(wildcard src/fluentdream/report/*.*)
 	OMP_NUM_THREADS=$(shell nproc) $(PY) -m fluentdream.cli report $(RES) --mine $(RES) --no-progress \
 	  --in-distribution $(RES)/01_fluency_calibration/thresholds.json --out $(RES)/report

@@ -1,5 +1,6 @@
 """The Makefile pipeline per preset (`make -n -B`: every command it would run, none run) and the
 smollm2 preset of each experiment."""
+import os
 import re
 import shutil
 import subprocess
@@ -76,3 +77,48 @@ def test_smollm2_budget_does_not_grow_past_what_was_measured():
 def test_the_ladder_spans_smollm2s_30_layers():
     assert load_experiment("03_six_neurons").ladder(30) == ["L0.N0", "L6.N1", "L12.N2", "L17.N3",
                                                           "L23.N4", "L29.N5"]
+
+
+# Stand-in interpreter for the schedule test: logs each experiment it is asked to run, sleeps
+# its share of the SmolLM2 run (0.1 s per measured minute) and writes nothing else.
+STAND_IN = r"""#!/bin/bash
+case "$*" in
+  *--only-mine*) d=2;; *01_*) d=5;; *04_*) d=24;; *05_*) d=7;; *10_*) d=19;; *02_*) d=2;;
+  *03_*|*06_*) d=4;; *07_*) d=5;; *) d=0;;
+esac
+name=$(grep -o 'experiments/[0-9a-z_]*\.py\( --preset [a-z0-9]*\)\?\( --only-mine\| --shard [0-9/]*\)\?' <<< "$*")
+[ -n "$name" ] && echo "start $name" >> "$LOG"
+sleep "$((d / 10)).$((d % 10))"
+[ -n "$name" ] && echo "end $name" >> "$LOG"
+exit 0
+"""
+
+
+def test_smollm2_experiments_start_longest_chain_first(tmp_path):
+    """`make figures PRESET=smollm2` (JOBS=2) with a stand-in interpreter whose experiments
+    sleep in proportion to the measured run: 05 then 10 start beside 04's first shard, the
+    other shards after 05, the short experiments last. In the order make picked by itself, 10
+    started last and ran alone for 11 minutes (LOG.md, 2026-12-07)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(STAND_IN)
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / ".installed").touch()
+    res = tmp_path / "results" / "smollm2"
+    (res / "tables").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    log = tmp_path / "log"
+    subprocess.run(["make", "figures", "PRESET=smollm2", "JOBS=2", f"VENV={venv}", f"RES={res}",
+                    f"OUT={tmp_path / 'out'}", f"README={tmp_path / 'README.md'}",
+                    f"RESULTS_MD={tmp_path / 'RESULTS.md'}"], cwd=REPO_ROOT, check=True,
+                   capture_output=True, env={**os.environ, "LOG": str(log)})
+    events = log.read_text().splitlines()
+    starts = [e.split(" ", 1)[1] for e in events if e.startswith("start")]
+    names = [re.sub(r"experiments/(\d\d)\w*\.py --preset smollm2", r"\1", s) for s in starts]
+    assert len(names) == 13, names            # mining, 01, 05, 10, 4 shards, 02, 03, 06, 07, 08
+    order = {n: i for i, n in enumerate(names)}
+    assert order["05"] < order["10"] < order["04 --shard 1/4"]
+    assert events.index("start " + starts[order["10"]]) < events.index(
+        next(e for e in events if e.startswith("end") and "--shard 0/4" in e))
+    assert max(order[f"04 --shard {k}/4"] for k in range(4)) < min(order[n] for n in
+                                                                  ("02", "03", "06", "07", "08"))
