@@ -94,7 +94,7 @@ PAPER: dict[str, str] = {
 
 def cell(row: Row, n: Numbers) -> str:
     """One model's compact cell: the verdict, then the headline number."""
-    keys = [k for k, e in n.n.items() if e["claim"] == row.claim]
+    keys = n.of_claim(row.claim)
     if not keys:
         return "not run"
     verdict = row.holds(n).split(":")[0].split(" (")[0] + n.budget(keys)

@@ -56,6 +56,10 @@ class Numbers:
         lean = t and (t["effect"] if t.get("effect") is not None else t["difference"])
         return bool(t and t["p"] is not None and t["p"] < 0.05 and (lean or 0) * sign > 0)
 
+    def of_claim(self, claim: str) -> list[str]:
+        """The keys of a claim's entries."""
+        return [k for k, e in self.n.items() if e["claim"] == claim]
+
     def runs(self, keys: list[str]) -> int:
         return len({d for k in keys if k in self.n for d in self.n[k]["provenance"]["run_dirs"]})
 

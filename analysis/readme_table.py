@@ -307,7 +307,7 @@ def command(row: Row, presets: list[str]) -> str:
 
 def cells(row: Row, n: Numbers) -> list[str]:
     """One model's (ours, runs, holds?) cells of a row."""
-    keys = [k for k, e in n.n.items() if e["claim"] == row.claim]
+    keys = n.of_claim(row.claim)
     ours, holds = (row.ours(n), row.holds(n) + n.budget(keys)) if keys else ("not run", "—")
     return [ours, str(n.runs(keys)), holds]
 
