@@ -54,6 +54,7 @@ import reference as ref  # noqa: E402
 from judge import Judge  # noqa: E402
 from analysis import stats  # noqa: E402
 from ablation_arms import ARMS, NoLabelScorer, arm_config, patched  # noqa: E402
+from sections import replace_section  # noqa: E402
 
 def run_one(arm: str, lm, spec: str, cfg: fd.EPOConfig, module,
             resume: fd.History | None = None) -> fd.History:
@@ -326,7 +327,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"at fluentdream {meta['fluentdream_sha']}, reference {meta['reference_sha']}; "
                 f"runs made at fluentdream commits: {made or 'not recorded'}). "
                 "Definitions: the docstring of benchmarks/ablation.py.\n\n" + table)
-        from run import replace_section
         replace_section(Path(args.report), f"{SECTION}: {meta['model']}\n", body)
     return 1 if args.check and short_of_reference(result["summary"]) else 0
 

@@ -27,7 +27,7 @@ import numpy as np
 
 import ttq_table
 from judge import first_reaching, reference_goal
-from run import replace_section
+from sections import replace_section
 
 SECTION = "## Single runs to the reference's frontier in CPU seconds (ablation runs)"
 

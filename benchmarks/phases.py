@@ -29,7 +29,8 @@ from fluentdream.core.scoring import packed, packed_scoring  # noqa: E402
 from fluentdream.core.scoring import scorer as scorer_module  # noqa: E402
 from fluentdream.models.hardware import cpu_name  # noqa: E402
 from fluentdream.files import atomic_write  # noqa: E402
-from run import matmul_peak, replace_section  # noqa: E402
+from run import matmul_peak  # noqa: E402
+from sections import replace_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Where an iteration's time goes on a real model"

@@ -32,8 +32,10 @@ from fluentdream.core.scoring import Scorer  # noqa: E402
 from fluentdream.models.hardware import cpu_name  # noqa: E402
 from fluentdream.files import atomic_write  # noqa: E402
 from plain_epo import plain_epo, plain_score  # noqa: E402
+from sections import replace_section, split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Speed per iteration against the plain algorithm"
 
 
 class TimedScorer(Scorer):
@@ -180,7 +182,8 @@ def table(rows, children: int) -> list[str]:
 
 def report(args, cfg, lm32, target, rows) -> str:
     minutes = sum(sum(r["total"]) for r in rows) / 60
-    lines = ["# Benchmarks", "",
+    lines = [SECTION, "", "Per-iteration speed and throughput of fluentdream against the plain "
+             "algorithm (the paper's loop with none of the savings, benchmarks/plain_epo.py).", "",
              f"Reproduce: `{args.command}` (about {minutes:.0f} min of runs here).", "",
              f"Model: {lm32!r}", f"Target: {target.name}; EPO settings: M={cfg.population_size}, "
              f"r={cfg.explore_per_pop}, k={cfg.topk}, n={cfg.seq_len}, T={cfg.iters} iterations, "
@@ -189,7 +192,7 @@ def report(args, cfg, lm32, target, rows) -> str:
              f"{torch.__version__}; load average at start {args.load}.", ""]
     for threads in sorted({r["threads"] for r in rows}, reverse=True):
         these = [r for r in rows if r["threads"] == threads]
-        lines += [f"## {threads} intra-op thread(s)", ""] + table(these, cfg.children) + [""]
+        lines += [f"### {threads} intra-op thread(s)", ""] + table(these, cfg.children) + [""]
         lines += ["Per-seed frontier quality:", ""]
         lines += [f"- {r['method']}: " + ", ".join(f"{q:.2f}" for q in r["quality"]) for r in these]
         lines.append("")
@@ -265,39 +268,13 @@ def main(argv=None) -> None:
                 dtype = m.split(":")[1]
                 rows.append(summarize(f"fluentdream+batched:{dtype}", threads, runs, fpt,
                                       peaks[dtype], ref, cfg.iters))
+    text = report(args, cfg, lm32, target, rows)
+    replace_section(Path(args.out), SECTION + "\n", text)
     extra = Path(args.extra).read_text() if args.extra and Path(args.extra).exists() else ""
-    text = report(args, cfg, lm32, target, rows) + ("\n" + extra if extra else "")
-    text += kept_sections(Path(args.out))
-    atomic_write(Path(args.out), lambda fh: fh.write(text.encode()))
+    for section in split(extra)[1]:                    # LIMITS.md: its sections, each in its place
+        replace_section(Path(args.out), section.splitlines()[0] + "\n", section)
     atomic_write(Path(args.json), lambda fh: fh.write(json.dumps(rows, indent=1).encode()))
     print(text)
-
-
-# Sections of the report file that other benchmark scripts write (benchmarks/reference.py and
-# time_to_quality.py): a re-run of this one keeps them.
-OTHER_SECTIONS = ("## Against the reference implementation",
-                  "## Time to quality against the reference implementation",
-                  "## Where an iteration's time goes on a real model")
-
-
-def replace_section(path: Path, heading: str, body: str) -> None:
-    """Replace the markdown section that starts with `heading` (up to the next "## ") in the file
-    at `path` with `body`, or append `body` when there is none."""
-    old = path.read_text() if path.exists() else ""
-    start = old.find("\n" + heading)
-    if start < 0:
-        text = old.rstrip("\n") + "\n\n" + body
-    else:
-        end = old.find("\n## ", start + 1)
-        text = old[:start + 1] + body + (old[end:] if end >= 0 else "")
-    atomic_write(path, lambda fh: fh.write(text.encode()))
-
-
-def kept_sections(path: Path) -> str:
-    """The part of an existing report from the first OTHER_SECTIONS heading on ("" if none)."""
-    old = path.read_text() if path.exists() else ""
-    starts = [i for h in OTHER_SECTIONS if (i := old.find("\n" + h)) >= 0]
-    return old[min(starts):] if starts else ""
 
 
 if __name__ == "__main__":

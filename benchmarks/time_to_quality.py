@@ -66,6 +66,7 @@ from fluentdream.files import atomic_write
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference as ref  # noqa: E402  (the reference runner)
 from judge import Judge, first_reaching, reference_goal  # noqa: E402
+from sections import replace_section  # noqa: E402
 from ttq_table import (markdown, options_text, pilot_markdown, splice_section,  # noqa: E402
                        summarize)
 
@@ -372,7 +373,6 @@ def main(argv: list[str] | None = None) -> int:
         table = pilot_markdown(result["pilot"], DTYPES)
         print(table)
         if args.report:
-            from run import replace_section
             meta, p = result["meta"], result["pilot"]
             heading = f"## Best settings for time to quality: {meta['model_name']} on {meta['cpu']}"
             replace_section(Path(args.report), heading + "\n", (

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sps
 
-from run import replace_section
+from sections import replace_section
 
 SECTION = "## Time to quality against the reference implementation"
 CONFIDENCE = 0.95

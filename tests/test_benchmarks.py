@@ -14,6 +14,7 @@ from fluentdream.models.hardware import cpu_name
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from plain_epo import plain_epo  # noqa: E402
+import sections  # noqa: E402
 
 
 def _load_run():
@@ -35,11 +36,13 @@ def test_plain_baseline_follows_the_same_trajectory(tiny_lm):
 def test_benchmark_script_writes_its_report(tmp_path):
     run = _load_run()
     out, js = tmp_path / "BENCH.md", tmp_path / "results.json"
-    other = "\n## Against the reference implementation\n\n| kept |\n"
-    out.write_text("# old report\n" + other)
+    first = "## Time to quality against the reference implementation: x\n\n| kept first |\n"
+    other = "## A section of no known kind\n\n| kept last |\n"
+    out.write_text("# old report\n\n" + other + "\n" + first)
     run.main(["--quick", "--threads", "1", "--out", str(out), "--json", str(js)])
     text = out.read_text()
-    assert text.endswith(other) and "# old report" not in text     # another script's section stays
+    assert text.startswith("# old report\n\n" + first) and text.endswith(other)   # others stay
+    assert text.count(run.SECTION) == 1 and "### 1 intra-op thread(s)" in text
     assert "| plain | float32 |" in text and "| fluentdream | bfloat16 |" in text
     assert "What limits the rest" in text or "what limits the rest" in text
     rows = json.loads(js.read_text())
@@ -47,6 +50,26 @@ def test_benchmark_script_writes_its_report(tmp_path):
                                            "fluentdream+batched:float32", "fluentdream+batched:bfloat16"}
     assert "| fluentdream (1 runs batched, per run) | bfloat16 |" in text
     assert all(r["sec_per_iter"] > 0 and len(r["quality"]) == 1 for r in rows)
+
+
+def test_benchmarks_md_keeps_one_order_whatever_order_the_scripts_run_in(tmp_path):
+    """Single-run latency first (issue 29), then the pilot, the ablation, per-iteration speed and
+    the profile; a replaced section stays in its place among those of its kind."""
+    out = tmp_path / "BENCH.md"
+    def put(heading, word):
+        sections.replace_section(out, heading + "\n", f"{heading}\n\n{word}\n")
+    put("## Where an iteration's time goes on a real model", "phases")
+    put("## Unknown kind", "unknown")
+    put("## Speed per iteration against the plain algorithm", "run")
+    put("## Ablation against the reference: embedded", "ablation-1")
+    put("## Ablation against the reference: smollm2-135m", "ablation-2")
+    put("## Time to quality against the reference implementation: embedded", "ttq")
+    put("## Ablation against the reference: embedded", "ablation-1b")
+    text = out.read_text()
+    assert text.startswith(sections.HEADER)
+    words = [line for line in text.splitlines() if line and not line.startswith("#")][1:]
+    assert words == ["ttq", "ablation-1b", "ablation-2", "run", "phases", "unknown"]
+    assert sections.split(text)[1] == sorted(sections.split(text)[1], key=sections.rank)
 
 
 def test_benchmark_script_runs_the_pythia_configuration_shrunk(tmp_path):

@@ -181,7 +181,8 @@ def test_each_setting_has_its_own_report_section_replaced_in_place(tmp_path):
     ttq_table.splice_section(md, result)                   # again: replaced, not appended twice
     text = md.read_text()
     assert text.count(ttq_table.SECTION) == 1 and "5.00x" in text and "one run at a time" in text
-    assert text.startswith("# Speed\n\nbefore\n\n## Other\n\nkept\n")
+    assert text.startswith("# Speed\n\nbefore\n\n" + ttq_table.SECTION)   # the latency first
+    assert text.endswith("## Other\n\nkept\n")
     own = dict(result, meta=dict(meta, fluentdream_options=dict(topk=64)))
     ttq_table.splice_section(md, own)                      # a variant: its own section
     assert md.read_text().count(ttq_table.SECTION) == 2 and "fluentdream with topk=64" in md.read_text()
