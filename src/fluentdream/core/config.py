@@ -210,9 +210,10 @@ class EPOConfig:
 
 
 # Settings that the command line starts from (`--preset`); the Python API's EPOConfig() is always
-# the paper's Table 1. "fast" is what reached the reference code's frontier soonest in single
-# embedded runs (BENCHMARKS.md, time to quality): a greedier k, exploring restarts and the §4
-# operators, with prompts no longer than the paper's 12 tokens.
+# the paper's Table 1. "fast" (a greedier k, exploring restarts and the §4 operators, with prompts
+# no longer than the paper's 12 tokens) reached the reference code's frontier soonest in the
+# batched runs of 2026-12-03, a throughput measure since retracted (LOG.md, 2026-12-07); its
+# single-run time to quality is not measured yet, so it is not the command line's default.
 # Prompt lengths of a preset that resizes are relative to seq_len: from two thirds of it up to it.
 PRESETS: dict[str, dict] = {
     "paper": {},
