@@ -22,6 +22,9 @@ Conventions, stated once so every number in numbers.json means the same thing:
             splits, seeded (mann_whitney). Effect size: rank-biserial r = P(X > Y) - P(X < Y)
             in [-1, 1], and the difference of medians with a bootstrap interval (each group
             resampled on its own).
+  strata    paired units from several strata on different scales (seeds of several targets):
+            stratified_signed_rank ranks |differences| within each stratum and sums the signed
+            ranks, p exact over every sign flip; a family of such tests gets holm's adjustment.
 A sample with fewer than two finite values has no interval (None); an estimate drops NaNs (a
 seed with no candidate under a CE limit has no value, not a zero) and says over how many units
 it is. A paired test never drops them: a unit with no value on one side (a dream that never
@@ -219,6 +222,41 @@ def mann_whitney(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     us = ranks[picks].sum(axis=1) - m * (m + 1) / 2                 # (S,) U of each split
     far = np.abs(us - m * n / 2) >= abs(u - m * n / 2) - 1e-9
     return u, float(far.mean())
+
+
+def stratified_signed_rank(strata: Sequence[Sequence[float]]) -> tuple[float, int, float]:
+    """One signed-rank test of paired differences from several strata (one target each, so their
+    scales differ): |d| ranked within its stratum (zeros dropped, ties mid-ranked), statistic S =
+    the sum of the signed ranks over all strata. Two-sided p = the share of sign flips of the
+    nonzero differences whose |S| is at least the observed one: every flip when there are at most
+    EXACT_LIMIT of them, else EXACT_LIMIT random ones (seeded). No NaNs: pass unreached_losses'
+    differences. -> (S, nonzero pairs, p)."""
+    parts = [np.zeros(0)]
+    for x in strata:
+        d = np.asarray(x, dtype=np.float64)
+        d = d[d != 0]
+        parts.append(np.sign(d) * sps.rankdata(np.abs(d)))
+    signed = np.concatenate(parts)
+    n, s = len(signed), float(signed.sum())
+    if n == 0:
+        return 0.0, 0, 1.0
+    if 2 ** n <= EXACT_LIMIT:
+        flips = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)    # (2^n, n) of +-1
+    else:
+        flips = np.random.default_rng(SEED).choice([-1, 1], size=(EXACT_LIMIT, n))
+    null = flips @ np.abs(signed)
+    return s, n, float((np.abs(null) >= abs(s) - 1e-9).mean())
+
+
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p values (same order as given): the i-th
+    smallest becomes max over j <= i of min(1, (m - j + 1) p_(j))."""
+    order = np.argsort(ps, kind="stable")
+    adjusted, running = np.empty(len(ps)), 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - j) * float(ps[i])))
+        adjusted[i] = running
+    return adjusted.tolist()
 
 
 def t_interval(mean: float, sd: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float] | None:

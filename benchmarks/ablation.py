@@ -26,7 +26,8 @@ the compute both sides spend: the smaller of the two medians of total process CP
 arm and target: mean and SD over seeds; against the reference a two-sided exact Mann-Whitney test
 (unpaired: the two codes draw different random streams); against the defaults an exact Wilcoxon
 signed-rank test paired by seed (a blocking by seed only: arms that draw their initial prompts
-differently start from different prompts). --check exits 1 when the defaults fall short of the
+differently start from different prompts), and over all targets at once a signed-rank test
+with ranks within each target (exact; Holm's adjustment over the arms). --check exits 1 when the defaults fall short of the
 reference on a target: `make bench` runs it on both models.
 """
 from __future__ import annotations
@@ -207,6 +208,44 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def across_targets(rows: list[dict]) -> dict:
+    """Per arm other than the reference and the defaults: the arm against the defaults on every
+    target at once, at each target's equal iterations, seeds paired within a target
+    (stats.stratified_signed_rank, exact), with Holm's adjustment over the arms tested."""
+    diffs: dict[str, list[np.ndarray]] = {}
+    for target in dict.fromkeys(r["target"] for r in rows):
+        mine = [r for r in rows if r["target"] == target]
+        n_eq = min(len(r["curve"]) for r in mine)
+        value = {(r["arm"], r["seed"]): r["curve"][n_eq - 1] for r in mine}
+        for arm in [a for a in dict.fromkeys(r["arm"] for r in mine)
+                    if a not in ("reference", "defaults")]:
+            seeds = sorted(s for a, s in value if a == arm and ("defaults", s) in value)
+            diffs.setdefault(arm, []).append(
+                np.array([value[arm, s] - value["defaults", s] for s in seeds]))
+    out = {}
+    for arm, strata in diffs.items():
+        s, n, p = stats.stratified_signed_rank(strata)
+        d = np.concatenate(strata)
+        out[arm] = dict(targets=len(strata), pairs=len(d), wins=int((d > 0).sum()),
+                        statistic=s, nonzero=n, p=p)
+    for arm, adjusted in zip(out, stats.holm([e["p"] for e in out.values()])):
+        out[arm]["holm_p"] = adjusted
+    return out
+
+
+def across_markdown(across: dict | None) -> str:
+    if not across:
+        return ""
+    lines = ["**All targets at once**: each arm against the defaults, seeds paired within a "
+             "target (signed ranks within a target, summed; exact two-sided p over every sign "
+             "flip; Holm's adjustment over the arms in this table)", "",
+             "| arm | pairs where the arm is higher | signed-rank sum | p | Holm p |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {arm} | {e['wins']} of {e['pairs']} | {e['statistic']:+.1f} | {e['p']:.2g} | "
+              f"{e['holm_p']:.2g} |" for arm, e in across.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _p(test: dict | None) -> str:
     return "—" if test is None else f"{test['difference']:+.2f}, p = {test['p']:.2g}"
 
@@ -312,13 +351,14 @@ def main(argv: list[str] | None = None) -> int:
                 seeds=args.seeds, targets=args.targets, arms=args.arms, cpu=cpu_name(),
                 fluentdream_sha=ref.checkout_sha(ROOT), made_at=made_at(rows),
                 reference_sha=ref.checkout_sha(args.reference) if args.reference else None)
-            result = dict(meta=meta, summary=summarize(rows), runs=rows)
+            result = dict(meta=meta, summary=summarize(rows), across_targets=across_targets(rows),
+                          runs=rows)
             doc = json.dumps(result, indent=1).encode()
             atomic_write(out, lambda fh: fh.write(doc))
     except fd.UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    table = markdown(result["summary"], result["meta"])
+    table = markdown(result["summary"], result["meta"]) + across_markdown(result.get("across_targets"))
     print(table)
     if args.report:
         meta = result["meta"]

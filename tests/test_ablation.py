@@ -110,6 +110,24 @@ def test_equal_iterations_and_equal_compute_on_hand_made_runs():
     assert "| defaults |" in table and "3.6 ± 1.0" in table
 
 
+def test_all_targets_at_once_pairs_seeds_within_a_target_at_its_equal_iterations():
+    """Two targets on different scales, the arm above the defaults on every seed of both: one
+    test over all 6 pairs (its exact p by hand: 2 of 2^6 sign flips are as extreme); the
+    reference's extra iteration is not read (equal iterations = the shortest run's)."""
+    rows = []
+    for target, scale in (("a", 1.0), ("b", 100.0)):
+        for s in range(3):
+            rows += [dict(_row("defaults", s, [0.0, scale * s], [1.0, 2.0]), target=target),
+                     dict(_row("fp32", s, [0.0, scale * (s + 1)], [1.0, 2.0]), target=target),
+                     dict(_row("reference", s, [0.0, 0.0, 9.0], [1.0, 2.0, 3.0]), target=target)]
+    across = ab.across_targets(rows)
+    assert set(across) == {"fp32"}
+    e = across["fp32"]
+    assert (e["pairs"], e["wins"], e["nonzero"]) == (6, 6, 6)
+    assert e["p"] == pytest.approx(2 / 2 ** 6) and e["holm_p"] == e["p"]
+    assert "| fp32 | 6 of 6 |" in ab.across_markdown(across)
+
+
 def test_time_to_the_references_frontier_in_cpu_seconds_by_hand(tmp_path, capsys):
     """Goal = the lower median of the reference's finals (3, 4, 5 -> 4); a run's time is its
     CPU clock at the first iteration reaching it, scanned (a curve may fall), never = inf."""
