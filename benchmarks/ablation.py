@@ -236,7 +236,7 @@ def across_targets(rows: list[dict]) -> dict:
 def across_markdown(across: dict | None) -> str:
     if not across:
         return ""
-    lines = ["**All targets at once**: each arm against the defaults, seeds paired within a "
+    lines = ["", "**All targets at once**: each arm against the defaults, seeds paired within a "
              "target (signed ranks within a target, summed; exact two-sided p over every sign "
              "flip; Holm's adjustment over the arms in this table)", "",
              "| arm | pairs where the arm is higher | signed-rank sum | p | Holm p |",
@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         check(args)
         if args.from_json:
             result = json.loads(args.from_json.read_text())
+            result.setdefault("across_targets", across_targets(result["runs"]))  # older files
         else:
             torch.set_num_threads(args.threads)
             if not args.judge:
