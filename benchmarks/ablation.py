@@ -39,7 +39,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import fluentdream as fd
@@ -53,9 +52,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 import reference as ref  # noqa: E402
 from judge import Judge  # noqa: E402
-from analysis import stats  # noqa: E402
 from ablation_arms import ARMS, NoLabelScorer, arm_config, patched  # noqa: E402
 from sections import replace_section  # noqa: E402
+from ablation_table import (across_markdown, across_targets, made_at, markdown,  # noqa: E402
+                            merged, summarize)
 
 def run_one(arm: str, lm, spec: str, cfg: fd.EPOConfig, module,
             resume: fd.History | None = None) -> fd.History:
@@ -159,122 +159,6 @@ def iterations(args, arm: str) -> int:
     return args.reference_iters if arm == "reference" and args.reference_iters else args.iters
 
 
-def made_at(rows: list[dict]) -> dict[str, list[str]]:
-    """Per arm, the fluentdream commits its saved runs were made at (a run keeps its own)."""
-    out: dict[str, set] = {}
-    for r in rows:
-        out.setdefault(r["arm"], set()).add(r.get("made_at") or "?")
-    return {arm: sorted(shas) for arm, shas in out.items()}
-
-
-def at_compute(row: dict, seconds: float) -> float:
-    """The run's judged hypervolume at the last iteration its CPU clock reached by `seconds`
-    (0 before its first iteration ends)."""
-    done = np.flatnonzero(np.asarray(row["cpu_clock"]) <= seconds)
-    return row["curve"][done[-1]] if len(done) else 0.0
-
-
-def summarize(rows: list[dict]) -> dict:
-    """Per target and arm: the hypervolume at equal iterations and at equal compute with the
-    reference, their tests against the reference and against the defaults (module docstring)."""
-    out: dict = {}
-    for target in dict.fromkeys(r["target"] for r in rows):
-        mine = [r for r in rows if r["target"] == target]
-        by_arm = {a: sorted([r for r in mine if r["arm"] == a], key=lambda r: r["seed"])
-                  for a in dict.fromkeys(r["arm"] for r in mine)}
-        n_eq = min(len(r["curve"]) for r in mine)            # equal iterations: the shortest
-        final = {a: np.array([r["curve"][n_eq - 1] for r in rs]) for a, rs in by_arm.items()}
-        cpu = {a: float(np.median([r["cpu_clock"][-1] for r in rs])) for a, rs in by_arm.items()}
-        out[target] = {}
-        for arm, rs in by_arm.items():
-            entry = dict(runs=len(rs), mean=float(final[arm].mean()),
-                         sd=float(final[arm].std(ddof=1)) if len(rs) > 1 else 0.0,
-                         iterations=n_eq, cpu_seconds=cpu[arm],
-                         seconds_per_iteration=cpu[arm] / len(rs[0]["curve"]))
-            if arm != "reference" and "reference" in by_arm:
-                budget = min(cpu[arm], cpu["reference"])
-                ours = np.array([at_compute(r, budget) for r in rs])
-                theirs = np.array([at_compute(r, budget) for r in by_arm["reference"]])
-                entry["vs_reference"] = stats.unpaired(final[arm], final["reference"]).to_dict()
-                entry["equal_compute"] = dict(seconds=budget, mean=float(ours.mean()),
-                                              reference_mean=float(theirs.mean()),
-                                              test=stats.unpaired(ours, theirs).to_dict())
-            if arm not in ("defaults", "reference") and "defaults" in by_arm:
-                seeds = [r["seed"] for r in rs]
-                base = {r["seed"]: r["curve"][n_eq - 1] for r in by_arm["defaults"]}
-                if all(s in base for s in seeds):
-                    entry["vs_defaults"] = stats.paired(final[arm], [base[s] for s in seeds]).to_dict()
-            out[target][arm] = entry
-    return out
-
-
-def across_targets(rows: list[dict]) -> dict:
-    """Per arm other than the reference and the defaults: the arm against the defaults on every
-    target at once, at each target's equal iterations, seeds paired within a target
-    (stats.stratified_signed_rank, exact), with Holm's adjustment over the arms tested."""
-    diffs: dict[str, list[np.ndarray]] = {}
-    for target in dict.fromkeys(r["target"] for r in rows):
-        mine = [r for r in rows if r["target"] == target]
-        n_eq = min(len(r["curve"]) for r in mine)
-        value = {(r["arm"], r["seed"]): r["curve"][n_eq - 1] for r in mine}
-        for arm in [a for a in dict.fromkeys(r["arm"] for r in mine)
-                    if a not in ("reference", "defaults")]:
-            seeds = sorted(s for a, s in value if a == arm and ("defaults", s) in value)
-            diffs.setdefault(arm, []).append(
-                np.array([value[arm, s] - value["defaults", s] for s in seeds]))
-    out = {}
-    for arm, strata in diffs.items():
-        s, n, p = stats.stratified_signed_rank(strata)
-        d = np.concatenate(strata)
-        out[arm] = dict(targets=len(strata), pairs=len(d), wins=int((d > 0).sum()),
-                        statistic=s, nonzero=n, p=p)
-    for arm, adjusted in zip(out, stats.holm([e["p"] for e in out.values()])):
-        out[arm]["holm_p"] = adjusted
-    return out
-
-
-def across_markdown(across: dict | None) -> str:
-    if not across:
-        return ""
-    lines = ["", "**All targets at once**: each arm against the defaults, seeds paired within a "
-             "target (signed ranks within a target, summed; exact two-sided p over every sign "
-             "flip; Holm's adjustment over the arms in this table)", "",
-             "| arm | pairs where the arm is higher | signed-rank sum | p | Holm p |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {arm} | {e['wins']} of {e['pairs']} | {e['statistic']:+.1f} | {e['p']:.2g} | "
-              f"{e['holm_p']:.2g} |" for arm, e in across.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _p(test: dict | None) -> str:
-    return "—" if test is None else f"{test['difference']:+.2f}, p = {test['p']:.2g}"
-
-
-def markdown(summary: dict, meta: dict) -> str:
-    """One table per target: an arm a row."""
-    lines = []
-    for target, arms in summary.items():
-        ref_iters = meta.get("reference_iters") or meta["iters"]
-        runs = (f"{meta['iters']} iterations" if ref_iters == meta["iters"] else
-                f"the reference {ref_iters} iterations, the other arms {meta['iters']}; the "
-                f"hypervolume columns at {ref_iters}")
-        lines += [f"**{target}** ({runs}, seeds 0..{meta['seeds'] - 1}; n = the "
-                  "runs an arm has saved)", "",
-                  "| arm | what differs from the defaults | hypervolume, mean ± SD (n) | vs the "
-                  "reference: difference of medians, Mann-Whitney p | vs the defaults: median "
-                  "paired difference, Wilcoxon p | at equal compute: arm vs reference (CPU s) "
-                  "| CPU s / iteration |", "|---|---|---|---|---|---|---|"]
-        for arm, e in arms.items():
-            eq = e.get("equal_compute")
-            eq_text = (f"{eq['mean']:.1f} vs {eq['reference_mean']:.1f} ({eq['seconds']:.0f} s; "
-                       f"p = {eq['test']['p']:.2g})" if eq else "—")
-            lines.append(f"| {arm} | {ARMS[arm]} | {e['mean']:.1f} ± {e['sd']:.1f} ({e['runs']}) "
-                         f"| {_p(e.get('vs_reference'))} | {_p(e.get('vs_defaults'))} | {eq_text} "
-                         f"| {e['seconds_per_iteration']:.2f} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 SECTION = "## Ablation against the reference"
 
 
@@ -302,7 +186,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--judge", action="store_true", help="run nothing: judge the saved runs")
     ap.add_argument("--json", type=Path, help="judged rows and summary (default: "
                     "benchmarks/ablation_MODEL.json)")
-    ap.add_argument("--from-json", type=Path, help="run and judge nothing: tabulate a --json")
+    ap.add_argument("--from-json", type=Path, nargs="+", metavar="JSON", help="run and judge "
+                    "nothing: tabulate one --json, or the judged runs of several together "
+                    "(judged apart, e.g. one target or arm each, by the same commit)")
     ap.add_argument("--report", metavar="MD", help="also write the tables as the "
                     f"'{SECTION}: MODEL' section of this markdown file")
     ap.add_argument("--check", action="store_true", help="exit 1 when fluentdream's defaults "
@@ -327,6 +213,18 @@ def check(args) -> None:
                            "Confirm-Solutions/dreamy); or leave it out of --arms")
 
 
+def read_result(path: Path) -> dict:
+    """A --json file of this script, or a one-line error."""
+    try:
+        result = json.loads(path.read_text())
+        if not {"meta", "runs"} <= set(result):
+            raise ValueError("no meta or runs")
+        return result
+    except (OSError, ValueError) as err:
+        raise fd.UserError(f"--from-json {path}: not a results file of this script "
+                           f"({type(err).__name__}: {err})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.targets = args.targets or ["L8.N1371", "logit: dog"]
@@ -336,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check(args)
         if args.from_json:
-            result = json.loads(args.from_json.read_text())
-            result.setdefault("across_targets", across_targets(result["runs"]))  # older files
+            result = merged([read_result(path) for path in args.from_json], args.from_json)
         else:
             torch.set_num_threads(args.threads)
             if not args.judge:
@@ -354,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 reference_sha=ref.checkout_sha(args.reference) if args.reference else None)
             result = dict(meta=meta, summary=summarize(rows), across_targets=across_targets(rows),
                           runs=rows)
+        if not args.from_json or args.json:           # a merge is saved where --json says
             doc = json.dumps(result, indent=1).encode()
             atomic_write(out, lambda fh: fh.write(doc))
     except fd.UserError as err:

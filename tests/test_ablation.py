@@ -28,6 +28,7 @@ def _load():
 
 ab = _load()
 import ablation_arms as arms  # noqa: E402  (benchmarks/ is on the path once ablation.py loads)
+import ablation_table as tab  # noqa: E402
 SMALL = dict(population_size=4, explore_per_pop=4, seq_len=5, topk=16, batch_size=64)
 
 
@@ -99,14 +100,14 @@ def test_equal_iterations_and_equal_compute_on_hand_made_runs():
     rows = ([_row("reference", s, [1.0, 2.0, 3.0 + s], [10.0, 20.0, 30.0]) for s in range(3)]
             + [_row("defaults", s, [2.0, 2.5, 2.6 + s], [1.0, 2.0, 3.0]) for s in range(3)]
             + [_row("fp32", s, [2.0, 2.5, 2.6 + s], [5.0, 10.0, 15.0]) for s in range(3)])
-    summary = ab.summarize(rows)["t"]
+    summary = tab.summarize(rows)["t"]
     assert summary["defaults"]["mean"] == pytest.approx(3.6)
     eq = summary["defaults"]["equal_compute"]
     assert eq["seconds"] == 3.0 and eq["reference_mean"] == 0.0    # the reference has not ended
     assert summary["fp32"]["equal_compute"]["reference_mean"] == pytest.approx(1.0)  # 1 iteration
     assert summary["fp32"]["vs_defaults"]["difference"] == 0.0
-    assert ab.at_compute(rows[0], 25.0) == 2.0 and ab.at_compute(rows[0], 5.0) == 0.0
-    table = ab.markdown(ab.summarize(rows), dict(iters=3, seeds=3))
+    assert tab.at_compute(rows[0], 25.0) == 2.0 and tab.at_compute(rows[0], 5.0) == 0.0
+    table = tab.markdown(tab.summarize(rows), dict(iters=3, seeds=3))
     assert "| defaults |" in table and "3.6 ± 1.0" in table
 
 
@@ -120,12 +121,41 @@ def test_all_targets_at_once_pairs_seeds_within_a_target_at_its_equal_iterations
             rows += [dict(_row("defaults", s, [0.0, scale * s], [1.0, 2.0]), target=target),
                      dict(_row("fp32", s, [0.0, scale * (s + 1)], [1.0, 2.0]), target=target),
                      dict(_row("reference", s, [0.0, 0.0, 9.0], [1.0, 2.0, 3.0]), target=target)]
-    across = ab.across_targets(rows)
+    across = tab.across_targets(rows)
     assert set(across) == {"fp32"}
     e = across["fp32"]
     assert (e["pairs"], e["wins"], e["nonzero"]) == (6, 6, 6)
     assert e["p"] == pytest.approx(2 / 2 ** 6) and e["holm_p"] == e["p"]
-    assert "| fp32 | 6 of 6 |" in ab.across_markdown(across)
+    assert "| fp32 | 6 of 6 |" in tab.across_markdown(across)
+
+
+def test_runs_judged_apart_tabulate_as_one(tmp_path, capsys):
+    """Two --json files, one target each (judged by two processes): --from-json A B gives the
+    table of all their runs together, the all-targets test over both, and both commands."""
+    files = []
+    for target, scale in (("a", 1.0), ("b", 100.0)):
+        rows = [dict(_row(arm, s, [0.0, scale * (s + bump)], [1.0, 2.0]), target=target,
+                     made_at="abc1234")
+                for s in range(3) for arm, bump in (("reference", 0), ("defaults", 0), ("fp32", 1))]
+        meta = dict(command=f"judge {target}", model="m", iters=2, reference_iters=2, seeds=3,
+                    targets=[target], arms=["reference", "defaults", "fp32"], cpu="c",
+                    fluentdream_sha="s", reference_sha=None)
+        result = dict(meta=meta, summary=tab.summarize(rows), runs=rows)
+        files.append(tmp_path / f"{target}.json")
+        files[-1].write_text(json.dumps(result))
+    report = tmp_path / "B.md"
+    assert ab.main(["--from-json", *map(str, files), "--report", str(report)]) == 0
+    text = report.read_text()
+    assert "**a**" in text and "**b**" in text and "| fp32 | 6 of 6 |" in text
+    assert "`judge a; judge b; then python benchmarks/ablation.py --from-json" in text
+    both = tmp_path / "both.json"
+    assert ab.main(["--from-json", *map(str, files), "--json", str(both)]) == 0
+    one = json.loads(both.read_text())
+    assert one["summary"] == json.loads(json.dumps(tab.summarize(one["runs"])))
+    assert one["meta"]["targets"] == ["a", "b"] and len(one["runs"]) == 18
+    files[0].write_text("{}")
+    assert ab.main(["--from-json", str(files[0])]) == 2
+    assert "not a results file" in capsys.readouterr().err
 
 
 def test_time_to_the_references_frontier_in_cpu_seconds_by_hand(tmp_path, capsys):
@@ -166,7 +196,7 @@ def test_a_continued_run_is_the_long_run_and_its_clocks_go_on(tiny_lm):
 def test_arms_longer_than_the_reference_are_compared_at_its_iterations():
     rows = ([_row("reference", s, [1.0, 2.0], [10.0, 20.0]) for s in range(3)]
             + [_row("defaults", s, [1.5, 2.5, 9.0, 9.0], [1.0, 2.0, 3.0, 4.0]) for s in range(3)])
-    summary = ab.summarize(rows)["t"]
+    summary = tab.summarize(rows)["t"]
     assert summary["defaults"]["mean"] == pytest.approx(2.5) and summary["defaults"]["iterations"] == 2
     assert summary["defaults"]["equal_compute"]["seconds"] == 4.0      # its whole run's CPU time
     assert ab.iterations(type("A", (), dict(iters=4, reference_iters=2))(), "reference") == 2
