@@ -27,8 +27,8 @@ arm and target: mean and SD over seeds; against the reference a two-sided exact 
 (unpaired: the two codes draw different random streams); against the defaults an exact Wilcoxon
 signed-rank test paired by seed (a blocking by seed only: arms that draw their initial prompts
 differently start from different prompts), and over all targets at once a signed-rank test
-with ranks within each target (exact; Holm's adjustment over the arms). --check exits 1 when the defaults fall short of the
-reference on a target: `make bench` runs it on both models.
+with ranks within each target (exact; Holm's adjustment over the arms). --check exits 1 when
+the defaults fall short of the reference on a target: `make bench` runs it on both models.
 """
 from __future__ import annotations
 

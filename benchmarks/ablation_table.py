@@ -27,16 +27,27 @@ def at_compute(row: dict, seconds: float) -> float:
     return row["curve"][done[-1]] if len(done) else 0.0
 
 
+def at_equal_iterations(rows: list[dict]) -> dict[str, dict[tuple[str, int], float]]:
+    """Per target: each (arm, seed)'s judged hypervolume at equal iterations, the iterations of
+    that target's shortest run."""
+    out: dict[str, dict] = {}
+    for target in dict.fromkeys(r["target"] for r in rows):
+        mine = [r for r in rows if r["target"] == target]
+        n_eq = min(len(r["curve"]) for r in mine)
+        out[target] = {(r["arm"], r["seed"]): r["curve"][n_eq - 1] for r in mine}
+    return out
+
+
 def summarize(rows: list[dict]) -> dict:
     """Per target and arm: the hypervolume at equal iterations and at equal compute with the
     reference, their tests against the reference and against the defaults (module docstring)."""
     out: dict = {}
-    for target in dict.fromkeys(r["target"] for r in rows):
+    for target, value in at_equal_iterations(rows).items():
         mine = [r for r in rows if r["target"] == target]
         by_arm = {a: sorted([r for r in mine if r["arm"] == a], key=lambda r: r["seed"])
                   for a in dict.fromkeys(r["arm"] for r in mine)}
         n_eq = min(len(r["curve"]) for r in mine)            # equal iterations: the shortest
-        final = {a: np.array([r["curve"][n_eq - 1] for r in rs]) for a, rs in by_arm.items()}
+        final = {a: np.array([value[a, r["seed"]] for r in rs]) for a, rs in by_arm.items()}
         cpu = {a: float(np.median([r["cpu_clock"][-1] for r in rs])) for a, rs in by_arm.items()}
         out[target] = {}
         for arm, rs in by_arm.items():
@@ -54,9 +65,9 @@ def summarize(rows: list[dict]) -> dict:
                                               test=stats.unpaired(ours, theirs).to_dict())
             if arm not in ("defaults", "reference") and "defaults" in by_arm:
                 seeds = [r["seed"] for r in rs]
-                base = {r["seed"]: r["curve"][n_eq - 1] for r in by_arm["defaults"]}
-                if all(s in base for s in seeds):
-                    entry["vs_defaults"] = stats.paired(final[arm], [base[s] for s in seeds]).to_dict()
+                if all(("defaults", s) in value for s in seeds):
+                    entry["vs_defaults"] = stats.paired(
+                        final[arm], [value["defaults", s] for s in seeds]).to_dict()
             out[target][arm] = entry
     return out
 
@@ -66,12 +77,8 @@ def across_targets(rows: list[dict]) -> dict:
     target at once, at each target's equal iterations, seeds paired within a target
     (stats.stratified_signed_rank, exact), with Holm's adjustment over the arms tested."""
     diffs: dict[str, list[np.ndarray]] = {}
-    for target in dict.fromkeys(r["target"] for r in rows):
-        mine = [r for r in rows if r["target"] == target]
-        n_eq = min(len(r["curve"]) for r in mine)
-        value = {(r["arm"], r["seed"]): r["curve"][n_eq - 1] for r in mine}
-        for arm in [a for a in dict.fromkeys(r["arm"] for r in mine)
-                    if a not in ("reference", "defaults")]:
+    for value in at_equal_iterations(rows).values():
+        for arm in dict.fromkeys(a for a, _ in value if a not in ("reference", "defaults")):
             seeds = sorted(s for a, s in value if a == arm and ("defaults", s) in value)
             diffs.setdefault(arm, []).append(
                 np.array([value[arm, s] - value["defaults", s] for s in seeds]))
