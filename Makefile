@@ -154,7 +154,8 @@ BENCH_THREADS = $(shell nproc)
 TTQ = $(PY) benchmarks/time_to_quality.py --reference $(REFERENCE) --threads $(BENCH_THREADS) --report BENCHMARKS.md
 ABLATION = $(PY) benchmarks/ablation.py --reference $(REFERENCE) --threads $(BENCH_THREADS) --report BENCHMARKS.md --check
 # Each side's dtype setting, chosen by the pilots' time to quality (BENCHMARKS.md, "Best settings"):
-# embedded by the pilot of 2026-12-07; SmolLM2's pilot has not been run (bf16 both, a placeholder)
+# embedded and SmolLM2 each by its pilot of 2026-12-07 (bf16 both on SmolLM2: the reference's
+# fp32 is twice as slow per iteration and reached its own goal in 1 of 3 runs)
 EMBEDDED_DTYPES = --dtype bfloat16 --reference-dtype bfloat16-fp32-ce
 SMOLLM2_DTYPES = --dtype bfloat16 --reference-dtype bfloat16
 # fluentdream's own options, `fluentdream dream --preset fast` (the default stays Table 1 until
@@ -162,7 +163,7 @@ SMOLLM2_DTYPES = --dtype bfloat16 --reference-dtype bfloat16
 OWN_OPTIONS = --topk 128 --restart-mode frontier --operators swap=0.5,swap2=0.1,insert=0.2,delete=0.2 --min-len 8 --max-len 12
 # SmolLM2: two targets, 8 seeds a side, the reference's 100-iteration frontier as the goal
 SMOLLM2_TTQ = --model smollm2-135m --iters 100 --seeds 8 --target L8.N1371 --target "logit: dog" --stop-at-goal 10
-bench: install ## speed vs the plain algorithm (~30 min), SmolLM2 per phase (~2 min); with REFERENCE=PATH: single-run time to quality vs the reference (pilots, then embedded ~1 h, SmolLM2 ~3 h) and the ablation at equal iterations with its parity check (SmolLM2 ~5 h, embedded ~20 min), on 2 cores
+bench: install ## speed vs the plain algorithm (~30 min), SmolLM2 per phase (~2 min); with REFERENCE=PATH: single-run time to quality vs the reference (pilots: embedded ~15 min, SmolLM2 ~1 h; then embedded ~1 h, SmolLM2 ~2.5 h) and the ablation at equal iterations with its parity check (SmolLM2 ~5 h, embedded ~20 min), on 2 cores
 	$(PY) benchmarks/run.py --iters 300 --threads 2,1
 	$(PY) benchmarks/phases.py --model smollm2-135m --threads $(BENCH_THREADS) --report BENCHMARKS.md
 	$(if $(REFERENCE),,@echo "the rows against the reference skipped: give REFERENCE=PATH (git clone https://github.com/Confirm-Solutions/dreamy PATH)")
