@@ -27,14 +27,14 @@ def at_compute(row: dict, seconds: float) -> float:
     return row["curve"][done[-1]] if len(done) else 0.0
 
 
-def at_equal_iterations(rows: list[dict]) -> dict[str, dict[tuple[str, int], float]]:
-    """Per target: each (arm, seed)'s judged hypervolume at equal iterations, the iterations of
-    that target's shortest run."""
-    out: dict[str, dict] = {}
+def at_equal_iterations(rows: list[dict]) -> dict[str, tuple[int, dict[tuple[str, int], float]]]:
+    """Per target: the equal iterations (those of that target's shortest run) and each
+    (arm, seed)'s judged hypervolume there."""
+    out: dict[str, tuple] = {}
     for target in dict.fromkeys(r["target"] for r in rows):
         mine = [r for r in rows if r["target"] == target]
         n_eq = min(len(r["curve"]) for r in mine)
-        out[target] = {(r["arm"], r["seed"]): r["curve"][n_eq - 1] for r in mine}
+        out[target] = n_eq, {(r["arm"], r["seed"]): r["curve"][n_eq - 1] for r in mine}
     return out
 
 
@@ -42,11 +42,10 @@ def summarize(rows: list[dict]) -> dict:
     """Per target and arm: the hypervolume at equal iterations and at equal compute with the
     reference, their tests against the reference and against the defaults (module docstring)."""
     out: dict = {}
-    for target, value in at_equal_iterations(rows).items():
+    for target, (n_eq, value) in at_equal_iterations(rows).items():
         mine = [r for r in rows if r["target"] == target]
         by_arm = {a: sorted([r for r in mine if r["arm"] == a], key=lambda r: r["seed"])
                   for a in dict.fromkeys(r["arm"] for r in mine)}
-        n_eq = min(len(r["curve"]) for r in mine)            # equal iterations: the shortest
         final = {a: np.array([value[a, r["seed"]] for r in rs]) for a, rs in by_arm.items()}
         cpu = {a: float(np.median([r["cpu_clock"][-1] for r in rs])) for a, rs in by_arm.items()}
         out[target] = {}
@@ -77,7 +76,7 @@ def across_targets(rows: list[dict]) -> dict:
     target at once, at each target's equal iterations, seeds paired within a target
     (stats.stratified_signed_rank, exact), with Holm's adjustment over the arms tested."""
     diffs: dict[str, list[np.ndarray]] = {}
-    for value in at_equal_iterations(rows).values():
+    for _, value in at_equal_iterations(rows).values():
         for arm in dict.fromkeys(a for a, _ in value if a not in ("reference", "defaults")):
             seeds = sorted(s for a, s in value if a == arm and ("defaults", s) in value)
             diffs.setdefault(arm, []).append(
