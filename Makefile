@@ -155,7 +155,9 @@ TTQ = $(PY) benchmarks/time_to_quality.py --reference $(REFERENCE) --threads $(B
 ABLATION = $(PY) benchmarks/ablation.py --reference $(REFERENCE) --threads $(BENCH_THREADS) --report BENCHMARKS.md --check
 # Each side's dtype setting, chosen by the pilots' time to quality (BENCHMARKS.md, "Best settings"):
 # embedded and SmolLM2 each by its pilot of 2026-12-07 (bf16 both on SmolLM2: the reference's
-# fp32 is twice as slow per iteration and reached its own goal in 1 of 3 runs)
+# fp32 is twice as slow per iteration and reached its own goal in 1 of 3 runs). Both pilots ran
+# on an AMD EPYC; on an Intel Xeon without AMX bf16 is the slower dtype on both sides (LOG.md,
+# 2026-12-08): on another CPU, run the pilots there first
 EMBEDDED_DTYPES = --dtype bfloat16 --reference-dtype bfloat16-fp32-ce
 SMOLLM2_DTYPES = --dtype bfloat16 --reference-dtype bfloat16
 # fluentdream's own options, `fluentdream dream --preset fast` (the default stays Table 1 until

@@ -52,10 +52,10 @@ class Config:
     """W&B mode for every run (auto, online, offline, disabled)."""
 
 
-FAST = fd.fast_dtype("cpu")   # bf16 where this CPU computes it natively, else fp32
+FAST = fd.fast_dtype("cpu")   # bf16 where it measures faster on this CPU, else fp32
 PRESETS = {
     # Table 1 in full (T = 300). The 6 runs go batched in lockstep (fluentdream.core.batched), in
-    # bf16 where this CPU computes it natively (fd.fast_dtype): about 1 min on 2 cores.
+    # bf16 where it measures faster on this CPU (fd.fast_dtype): about 1 min on 2 cores.
     "embedded": Config(model="embedded", epo=fd.EPOConfig(iters=300, device="cpu", dtype=FAST)),
     "paper": Config(model="EleutherAI/pythia-12b-deduped", words=(" dog", " AI", " grand"),
                     epo=fd.EPOConfig(iters=300, device="cuda", dtype="float16"), wandb="auto"),

@@ -51,7 +51,7 @@ class Config:
     """W&B mode for every run (auto, online, offline, disabled)."""
 
 
-FAST = fd.fast_dtype("cpu")   # bf16 where this CPU computes it natively, else fp32
+FAST = fd.fast_dtype("cpu")   # bf16 where it measures faster on this CPU, else fp32
 PRESETS = {
     # Table 1 in full (T = 300); the 6 runs go batched, in the fast dtype (02's preset says more).
     "embedded": Config(model="embedded", epo=fd.EPOConfig(iters=300, device="cpu", dtype=FAST)),

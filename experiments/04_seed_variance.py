@@ -59,7 +59,7 @@ class Config:
         return sorted(set(scaled))
 
 
-FAST = fd.fast_dtype("cpu")   # bf16 where this CPU computes it natively, else fp32
+FAST = fd.fast_dtype("cpu")   # bf16 where it measures faster on this CPU, else fp32
 PRESETS = {
     # 32 seeds x 300 iterations (Table 1), all seeds batched in lockstep in the fast dtype: the
     # largest share of `make figures` (LOG.md has the timing). 32 of the paper's 60 seeds keep

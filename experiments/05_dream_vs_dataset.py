@@ -58,7 +58,7 @@ class Config:
     """Model name or directory (fd.load_model)."""
     dtype: str | None = None
     """Model dtype; None = the checkpoint's own (fp32 on CPU). Embedded: fd.fast_dtype (bf16
-    where the CPU computes it natively); mining and dreams share it, so they share one scale."""
+    where the CPU measures it faster); mining and dreams share it, so they share one scale."""
     dataset: str = "embedded"
     """Corpus mined for examples (mining.DataSource): the embedded corpus, the general corpus
     (data/general) or a hub name."""

@@ -88,7 +88,7 @@ class Config:
         return out
 
 
-FAST = fd.fast_dtype("cpu")   # bf16 where this CPU computes it natively, else fp32
+FAST = fd.fast_dtype("cpu")   # bf16 where it measures faster on this CPU, else fp32
 PRESETS = {
     # 3 neurons x 16 seeds x 4 conditions = 192 runs of 100 iterations' time each: about 17
     # minutes as two 1-thread shards on 2 cores (`make operators`; LOG.md has the timing).

@@ -57,7 +57,7 @@ class Config:
     """Model name or directory (fd.load_model); the model the SAE was trained on."""
     dtype: str | None = None
     """Model dtype; None = the checkpoint's own. Embedded: fd.fast_dtype (bf16 where the CPU
-    computes it natively); mining and dreams share it, so they share one scale."""
+    measures it faster); mining and dreams share it, so they share one scale."""
     sae: str = "embedded-L2"
     """SAE directory (SAELens or sparsify layout) or a shipped SAE's name."""
     dataset: str = "embedded"

@@ -1,13 +1,32 @@
-"""fd.fast_dtype: bf16 exactly where the CPU reports native bf16 instructions (DESIGN §10)."""
+"""fd.fast_dtype: bf16 on a CPU exactly where a bf16 matrix product measures at least
+MIN_BF16_SPEEDUP times as fast as fp32 (DESIGN §10: bf16 where the hardware is fast at it)."""
 from __future__ import annotations
 
+import math
+
+import pytest
+import torch
+
 import fluentdream as fd
+from fluentdream.models import hardware
 from fluentdream.models.hardware import BF16_CPU_FLAGS, cpu_flags, cpu_name
 
 
-def test_fast_dtype_follows_the_cpu_flags():
-    native = bool(set(BF16_CPU_FLAGS) & cpu_flags())
-    assert fd.fast_dtype("cpu") == ("bfloat16" if native else "float32")
+@pytest.mark.parametrize("speedup, dtype", [(2.0, "bfloat16"), (1.2, "bfloat16"), (1.19, "float32"),
+                                            (0.5, "float32")])
+def test_fast_dtype_is_bf16_exactly_where_bf16_measured_fast_enough(monkeypatch, speedup, dtype):
+    # 2.0 and 0.5: what an AMD EPYC and an Intel Xeon, both AVX512-BF16 without AMX, measured
+    monkeypatch.setattr(hardware, "bf16_speedup", lambda threads: speedup)
+    assert fd.fast_dtype("cpu") == dtype
+
+
+def test_the_measured_speedup_is_a_ratio_of_times_on_the_threads_asked_for():
+    before = torch.get_num_threads()
+    speedup = hardware.bf16_speedup.__wrapped__(1)       # uncached: a fresh measurement
+    assert math.isfinite(speedup) and speedup > 0
+    assert torch.get_num_threads() == before             # the caller's threads are restored
+    assert fd.fast_dtype("cpu") == ("bfloat16" if hardware.bf16_speedup(before)
+                                    >= hardware.MIN_BF16_SPEEDUP else "float32")
 
 
 def test_cpu_flags_are_read_from_proc_cpuinfo():

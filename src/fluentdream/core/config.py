@@ -81,8 +81,8 @@ class EPOConfig:
     device: str | None = None
     """Device the model is loaded on ("cpu", "cuda", ...); None = wherever it already is."""
     dtype: str | None = None
-    """Model dtype: float32, float16, bfloat16, or auto (bf16 where the device computes it natively,
-    else fp32: fd.fast_dtype; the command line's default, recorded as what it resolved to);
+    """Model dtype: float32, float16, bfloat16, or auto (bf16 where the device is measured faster in
+    it, else fp32: fd.fast_dtype; the command line's default, recorded as what it resolved to);
     None = the checkpoint's own. A model given to fd.epo runs in its own dtype under auto."""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
     """Free-form notes stored with the run (not used by the algorithm)."""
