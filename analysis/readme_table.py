@@ -3,20 +3,18 @@
     python -m analysis.readme_table --preset embedded             # -> results/embedded/readme_table.md
     python -m analysis.readme_table --preset smollm2 --splice README.md
 
---splice replaces what lies between the marker lines `<!-- results-table:begin -->` and
-`<!-- results-table:end -->` of the given file (both must be there, begin first) with a table that
-has a column group (ours, runs, holds?) per model of MODELS: from its numbers.json when that is
-here, else kept from the file's current table, so a clone that ran only the embedded preset keeps
-the SmolLM2 numbers (and their source line) it did not recompute. Each row is a paper claim (paper
-§, numbers from PAPER.md), our numbers with their 95% intervals and tests, how many run
-directories stand behind them, and a verdict computed per model from those numbers by the rule in
-the row's `holds` (stated in its docstring), never typed by hand.
+--splice replaces the lines between `<!-- results-table:begin -->` and `<!-- results-table:end -->`
+of FILE with one column group (ours, runs, holds?) per model of MODELS: from its numbers.json when
+here, else kept from FILE with its source line (a clone that ran only the embedded preset keeps
+the SmolLM2 numbers). A row is a paper claim (§, numbers from PAPER.md), ours with 95% intervals
+and tests, the runs behind them, and a verdict per model by the rule in the row's `holds`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -176,8 +174,11 @@ def _attribution(n: Numbers) -> str:
 
 
 def _attribution_holds(n: Numbers) -> str:
-    """yes when different prompts hinge on different tokens (more than one family)."""
-    return "yes" if n.value("attribution.top_tokens") > 1 else "no: one family"
+    """yes when a second family (top-attributed token) carries >= 2 of the prompts; no when one
+    carries them all; else undecided: one prompt's family turns with the trajectory (LOG.md)."""
+    counts = sorted(Counter(n.n["attribution.top_tokens"]["tokens"]).values())
+    return ("no: one family" if len(counts) == 1 else "yes" if counts[-2] >= 2
+            else "undecided: a second family in one prompt")
 
 
 def _residual(n: Numbers) -> str:
@@ -232,10 +233,15 @@ def _layers(n: Numbers) -> str:
 
 
 def _layers_holds(n: Numbers) -> str:
-    """yes when the lowest mean alignment is at an inner layer, not the first or the last."""
-    vals = [n.value(k) for k in _layer_keys(n)]
-    low = vals.index(min(vals))
-    return "yes" if 0 < low < len(vals) - 1 else "no: lowest at an end layer"
+    """yes when an inner layer's 95% interval lies below both end layers'; no when an end layer's
+    lies below every inner one's; else undecided: overlapping means turn with the trajectory."""
+    keys = _layer_keys(n)
+    low, high = ({k: (n.n[k].get("ci") or [n.value(k)] * 2)[i] for k in keys} for i in (0, 1))
+    ends, inner = (keys[0], keys[-1]), keys[1:-1]
+    if inner and min(high[k] for k in inner) < min(low[e] for e in ends):
+        return "yes"
+    return ("no: lowest at an end layer" if any(all(high[e] < low[k] for k in inner) for e in ends)
+            else "undecided: the layers' intervals overlap")
 
 
 ROWS = (

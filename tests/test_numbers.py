@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import build_tables, numbers, readme_table, residual, units
+from analysis.readme_numbers import Numbers
 from fluentdream.core.history import History
 from test_experiments_a import smoke_results  # noqa: F401 - the shared session fixtures
 from test_experiments_b import b_results  # noqa: F401
@@ -244,3 +245,28 @@ def test_a_verdict_made_short_of_table_1s_iterations_says_at_what_budget(iters, 
     from analysis.readme_numbers import Numbers
     sampled = next(r for r in readme_table.ROWS if r.claim == "sampled_neurons")
     assert readme_compact.cell(sampled, Numbers(doc)).startswith("yes" + mark + ":")
+
+
+def _layers(*cis):
+    return Numbers({"numbers": {f"residual.layer{i + 1}.dream.mean": dict(value=sum(ci) / 2, ci=ci)
+                                for i, ci in enumerate(cis)}})
+
+
+def test_the_layer_verdict_needs_intervals_apart_and_can_go_each_way():
+    holds = readme_table._layers_holds
+    assert holds(_layers([6, 7], [4, 5], [6, 7], [6.5, 7])) == "yes"          # L2 below both ends
+    assert holds(_layers([3, 4], [5, 6], [6, 7], [6.5, 7])).startswith("no")  # L1 below all inner
+    # the embedded runs' numbers (LOG.md, 2026-12-08): bf16 has L2 lowest, fp32 L1; both undecided
+    bf16 = _layers([4.63, 6.27], [4.71, 5.45], [5.87, 6.34], [6.45, 7.03])
+    fp32 = _layers([4.50, 6.26], [4.80, 6.03], [6.26, 6.27], [6.79, 7.19])
+    assert holds(bf16).startswith("undecided") and holds(fp32).startswith("undecided")
+
+
+def test_the_trigger_family_verdict_needs_a_second_family_in_two_prompts():
+    def holds(*tokens):
+        return readme_table._attribution_holds(
+            Numbers({"numbers": {"attribution.top_tokens": dict(value=len(set(tokens)),
+                                                                tokens=list(tokens))}}))
+    assert holds(" a", " a", " b", " b", " a") == "yes"
+    assert holds(*[" represented"] * 5) == "no: one family"
+    assert holds(" defined", *[" represented"] * 4).startswith("undecided")
