@@ -236,11 +236,11 @@ def _layers_holds(n: Numbers) -> str:
     """yes when an inner layer's 95% interval lies below both end layers'; no when an end layer's
     lies below every inner one's; else undecided: overlapping means turn with the trajectory."""
     keys = _layer_keys(n)
-    low, high = ({k: (n.n[k].get("ci") or [n.value(k)] * 2)[i] for k in keys} for i in (0, 1))
+    ci = {k: n.n[k].get("ci") or [n.value(k)] * 2 for k in keys}      # [low, high] per layer
     ends, inner = (keys[0], keys[-1]), keys[1:-1]
-    if inner and min(high[k] for k in inner) < min(low[e] for e in ends):
+    if inner and min(ci[k][1] for k in inner) < min(ci[e][0] for e in ends):
         return "yes"
-    return ("no: lowest at an end layer" if any(all(high[e] < low[k] for k in inner) for e in ends)
+    return ("no: lowest at an end layer" if any(all(ci[e][1] < ci[k][0] for k in inner) for e in ends)
             else "undecided: the layers' intervals overlap")
 
 

@@ -242,7 +242,6 @@ def test_a_verdict_made_short_of_table_1s_iterations_says_at_what_budget(iters, 
                if x.startswith("| Beyond the paper's one neuron")).split(" | ")
     assert row[5].startswith("yes") and row[5].endswith(mark)
     from analysis import readme_compact
-    from analysis.readme_numbers import Numbers
     sampled = next(r for r in readme_table.ROWS if r.claim == "sampled_neurons")
     assert readme_compact.cell(sampled, Numbers(doc)).startswith("yes" + mark + ":")
 
