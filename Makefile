@@ -163,7 +163,9 @@ SMOLLM2_DTYPES = --dtype bfloat16 --reference-dtype bfloat16
 # fluentdream's own options, `fluentdream dream --preset fast` (the default stays Table 1 until
 # these rows show it sooner on both models), with prompts never longer than the paper's 12 tokens
 OWN_OPTIONS = --topk 128 --restart-mode frontier --operators swap=0.5,swap2=0.1,insert=0.2,delete=0.2 --min-len 8 --max-len 12
-# SmolLM2: two targets, 8 seeds a side, the reference's 100-iteration frontier as the goal
+# SmolLM2: two targets, 8 seeds a side, the reference's 100-iteration frontier as the goal. Where
+# both do not fit one sitting, run one --target per sitting with its own --json on one CPU and
+# settings, then `benchmarks/time_to_quality.py --from-json A.json B.json --report BENCHMARKS.md`
 SMOLLM2_TTQ = --model smollm2-135m --iters 100 --seeds 8 --target L8.N1371 --target "logit: dog" --stop-at-goal 10
 bench: install ## speed vs the plain algorithm (~30 min), SmolLM2 per phase (~2 min); with REFERENCE=PATH: single-run time to quality vs the reference (pilots: embedded ~15 min, SmolLM2 ~1 h; then embedded ~1 h, SmolLM2 ~2.5 h) and the ablation at equal iterations with its parity check (SmolLM2 ~5 h, embedded ~20 min), on 2 cores
 	$(PY) benchmarks/run.py --iters 300 --threads 2,1

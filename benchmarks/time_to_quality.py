@@ -7,6 +7,7 @@
     python benchmarks/time_to_quality.py --reference /tmp/dreamy --iters 3 --seeds 2 \
         --target L1.N840                                                            # a smoke run
     python benchmarks/time_to_quality.py --from-json benchmarks/time_to_quality_embedded.json
+    python benchmarks/time_to_quality.py --from-json a.json b.json --report BENCHMARKS.md  # merged
 
 A user dreams one target with one seed and waits. So both sides run exactly so: one seed per run,
 one run at a time, in this process, on --threads threads, each side in its best setting (below).
@@ -67,8 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference as ref  # noqa: E402  (the reference runner)
 from judge import Judge, first_reaching, reference_goal  # noqa: E402
 from sections import replace_section  # noqa: E402
-from ttq_table import (markdown, options_text, pilot_markdown, splice_section,  # noqa: E402
-                       summarize)
+from ttq_table import (markdown, options_text, pilot_markdown, read_results,  # noqa: E402
+                       splice_section, summarize)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGETS = ("L1.N840", "logit: function", "resid:L2:0")   # a neuron, a logit, a direction
@@ -244,8 +245,9 @@ def parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", help="checkout of Confirm-Solutions/dreamy (the folder holding "
                     "dreamy/epo.py); needed unless --from-json")
-    ap.add_argument("--from-json", metavar="PATH", help="run nothing: print the table of a "
-                    "results file this script wrote")
+    ap.add_argument("--from-json", metavar="PATH", nargs="+", help="run nothing: print the "
+                    "table of results files this script wrote (several: one setting's targets, "
+                    "e.g. one per session, merged)")
     ap.add_argument("--model", default="embedded",
                     help="anything fd.load_model takes (default: %(default)s)")
     ap.add_argument("--target", action="append", dest="targets", metavar="SPEC",
@@ -358,12 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.from_json:
             try:
-                result = json.loads(Path(args.from_json).read_text())
-                if "runs" in result:
-                    result["summary"] = summarize(result["runs"])
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                raise fd.UserError(f"--from-json {args.from_json!r} is not a results file of this "
-                                   f"script ({type(err).__name__}: {err})") from None
+                result = read_results(args.from_json)
+            except ValueError as err:
+                raise fd.UserError(f"--from-json: {err}") from None
         else:
             result = run(args)
     except fd.UserError as err:

@@ -20,6 +20,7 @@ targets' intervals lie above 1.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,57 @@ def summarize(rows: list[dict]) -> dict:
     out["all"] = dict(median=float(np.median(ratios)) if ratios else float("nan"),
                       targets=len(ratios), above_one=sum(s["ci"][0] > 1 for s in out.values()))
     return out
+
+
+# What every merged file must share: the measurement's settings. The commit may differ (each
+# file names its own), and so may the targets, which must not repeat.
+SAME_SETTINGS = ("model_name", "cpu", "threads", "fluentdream_dtype", "reference_dtype",
+                 "stop_at_goal", "config", "reference_options", "fluentdream_options",
+                 "reference_sha", "seeds", "reference_seeds", "torch")
+
+
+def merge(results: list[dict]) -> dict:
+    """Results files of one setting, each holding other targets (e.g. one target per session on
+    a CPU too slow for all in one) -> one result. Each target's runs, both sides', come from one
+    process, so each speed-up compares runs made side by side; ValueError names what differs."""
+    first = results[0]["meta"]
+    rows, seen = [], set()
+    for result in results:
+        meta = result["meta"]
+        for key in SAME_SETTINGS:
+            if meta.get(key) != first.get(key):
+                raise ValueError(f"the files differ in {key}: {first.get(key)!r} vs "
+                                 f"{meta.get(key)!r}; merge only runs of one setting")
+        targets = set(dict.fromkeys(r["target"] for r in result["runs"]))
+        if targets & seen:
+            raise ValueError(f"target {sorted(targets & seen)[0]!r} is in two files; each "
+                             "target's runs must come from one file")
+        seen |= targets
+        rows += result["runs"]
+    shas = ", ".join(dict.fromkeys(r["meta"]["fluentdream_sha"] for r in results))
+    meta = dict(first, command="`; `".join(r["meta"]["command"] for r in results),
+                fluentdream_sha=shas)
+    return dict(meta=meta, runs=rows, summary=summarize(rows))
+
+
+def read_results(paths: list[str]) -> dict:
+    """--from-json: one results file (its summary recomputed), or several of one setting merged;
+    ValueError says which file is wrong and how."""
+    docs = []
+    for path in paths:
+        try:
+            docs.append(json.loads(Path(path).read_text()))
+            if "runs" in docs[-1]:
+                docs[-1]["summary"] = summarize(docs[-1]["runs"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path!r} is not a results file of time_to_quality.py "
+                             f"({type(err).__name__}: {err})") from None
+    if len(docs) > 1 and any("runs" not in doc for doc in docs):
+        raise ValueError("only main runs' files merge, not pilots: give one pilot file")
+    try:
+        return docs[0] if len(docs) == 1 else merge(docs)
+    except KeyError as err:
+        raise ValueError(f"a file lacks {err}: not a results file of time_to_quality.py") from None
 
 
 def _x(v: float) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import math
 import sys
 
@@ -169,11 +170,14 @@ def test_bad_arguments_are_one_line_errors(capsys, argv, message):
     assert message in err and err.count("\n") == 1
 
 
+META = dict(command="python benchmarks/time_to_quality.py", model="m", threads=2,
+            model_name="embedded", cpu="AMD EPYC (avx512_bf16)", fluentdream_dtype="bfloat16",
+            reference_dtype="bfloat16", seeds=[0, 1, 2], reference_seeds=[0, 1, 2],
+            fluentdream_sha="x", reference_sha="y", config=dict(iters=300))
+
+
 def test_each_setting_has_its_own_report_section_replaced_in_place(tmp_path):
-    meta = dict(command="python benchmarks/time_to_quality.py", model="m", threads=2,
-                model_name="embedded", cpu="AMD EPYC (avx512_bf16)", fluentdream_dtype="bfloat16",
-                reference_dtype="bfloat16", seeds=[0, 1, 2], reference_seeds=[0, 1, 2],
-                fluentdream_sha="x", reference_sha="y", config=dict(iters=300))
+    meta = META
     result = dict(meta=meta, summary=ttq_table.summarize(_rows([10.0] * 3, [2.0] * 3)))
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Speed\n\nbefore\n\n## Other\n\nkept\n")
@@ -195,3 +199,43 @@ def test_more_than_half_the_reference_runs_reach_its_goal_so_its_median_time_is_
     assert goal == sorted(final)[(n - 1) // 2]                  # the lower median, by hand
     assert (final >= goal).sum() > n / 2
     assert np.isfinite(np.median(np.where(final >= goal, 1.0, np.inf)))
+
+
+def _write(path, meta, rows):
+    path.write_text(json.dumps(dict(meta=meta, runs=rows)))
+    return str(path)
+
+
+def test_one_target_per_file_merges_into_the_table_of_all_in_one(tmp_path, capsys):
+    a, b = _rows([10.0, 11.0, 12.0], [2.0, 3.0, None], "a"), _rows([8.0] * 3, [4.0] * 3, "b")
+    one = _write(tmp_path / "one.json", META, a + b)
+    first = _write(tmp_path / "a.json", dict(META, command="run a"), a)
+    second = _write(tmp_path / "b.json", dict(META, command="run b", fluentdream_sha="z"), b)
+    merged = ttq_table.read_results([first, second])
+    assert merged["summary"] == ttq_table.read_results([one])["summary"]
+    assert merged["meta"]["fluentdream_sha"] == "x, z"       # each file's commit is named
+    md = tmp_path / "BENCHMARKS.md"
+    assert ttq.main(["--from-json", first, second, "--report", str(md)]) == 0
+    assert "`run a`; `run b`" in md.read_text() and "| b | 8.0 | 4.0 | 2.00x" in md.read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(cpu="Intel(R) Xeon(R) Processor"), "the files differ in cpu"),
+    (dict(reference_dtype="float32"), "the files differ in reference_dtype"),
+    (dict(seeds=[0, 1]), "the files differ in seeds"),
+    ("same target", "target 'a' is in two files"),
+    ("pilot", "only main runs' files merge"),
+    ("not json", "is not a results file"),
+])
+def test_files_of_other_settings_or_the_same_target_do_not_merge(tmp_path, capsys, change, message):
+    first = _write(tmp_path / "a.json", META, _rows([10.0] * 3, [2.0] * 3, "a"))
+    rows = _rows([8.0] * 3, [4.0] * 3, "a" if change == "same target" else "b")
+    second = _write(tmp_path / "b.json", dict(META, **change) if isinstance(change, dict) else META,
+                    rows)
+    if change == "pilot":
+        (tmp_path / "b.json").write_text(json.dumps(dict(meta=META, pilot={})))
+    if change == "not json":
+        (tmp_path / "b.json").write_text("{")
+    assert ttq.main(["--from-json", first, second]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
