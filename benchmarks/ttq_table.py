@@ -132,7 +132,7 @@ def merge(results: list[dict]) -> dict:
             if meta.get(key) != first.get(key):
                 raise ValueError(f"the files differ in {key}: {first.get(key)!r} vs "
                                  f"{meta.get(key)!r}; merge only runs of one setting")
-        targets = set(dict.fromkeys(r["target"] for r in result["runs"]))
+        targets = {r["target"] for r in result["runs"]}
         if targets & seen:
             raise ValueError(f"target {sorted(targets & seen)[0]!r} is in two files; each "
                              "target's runs must come from one file")
@@ -145,23 +145,27 @@ def merge(results: list[dict]) -> dict:
 
 
 def read_results(paths: list[str]) -> dict:
-    """--from-json: one results file (its summary recomputed), or several of one setting merged;
-    ValueError says which file is wrong and how."""
+    """--from-json: one results file (its summary recomputed, once), or several of one setting
+    merged; ValueError says which file is wrong and how."""
     docs = []
     for path in paths:
         try:
             docs.append(json.loads(Path(path).read_text()))
-            if "runs" in docs[-1]:
-                docs[-1]["summary"] = summarize(docs[-1]["runs"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError) as err:
             raise ValueError(f"{path!r} is not a results file of time_to_quality.py "
                              f"({type(err).__name__}: {err})") from None
     if len(docs) > 1 and any("runs" not in doc for doc in docs):
         raise ValueError("only main runs' files merge, not pilots: give one pilot file")
     try:
-        return docs[0] if len(docs) == 1 else merge(docs)
-    except KeyError as err:
-        raise ValueError(f"a file lacks {err}: not a results file of time_to_quality.py") from None
+        if len(docs) > 1:
+            return merge(docs)
+        if "runs" in docs[0]:
+            docs[0]["summary"] = summarize(docs[0]["runs"])
+        return docs[0]
+    except (KeyError, TypeError) as err:
+        which = repr(paths[0]) if len(docs) == 1 else "one of the files"
+        raise ValueError(f"{which} is not a results file of time_to_quality.py "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def _x(v: float) -> str:
